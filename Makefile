@@ -1,0 +1,17 @@
+# Developer shortcuts. The test venv (.venv) is created by scripts/test.sh.
+VENV ?= .venv
+
+.PHONY: lint test install module
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test:
+	bash scripts/test.sh
+
+install:
+	bash scripts/install.sh
+
+module:
+	$(MAKE) -C pam_module

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Build pam-mfa and run its whole test suite: lint, types, then pytest.
+#
+#   bash scripts/test.sh [pytest arguments...]
+#
+# Meant for a fresh Debian 12 machine as root with no terminal (that is how CI
+# runs it through .ci/run): it installs what the tests need, creates or
+# updates the test virtualenv at .venv, builds the PAM module, runs ruff and
+# mypy, then pytest. Any failure, including pytest collecting no test (exit
+# 5), exits non-zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "scripts/test.sh: run as root: the tests create users and start sshd" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+# Debian packages the build and the tests use.
+apt_packages=(
+    gcc make pkg-config libpam0g-dev          # build pam_mfa.so
+    python3-venv python3-dev                  # the test virtualenv (python3-dev: any sdist build)
+    openssh-server openssh-client             # the real sshd login test
+    libpam-wrapper                            # run libpam/sshd against test service files
+    libpam-modules passwd                     # pam_unix, useradd/chpasswd for throwaway users
+    oathtool                                  # codes from an independent TOTP implementation
+    zbar-tools                                # decode the enrolment QR code back to its URI
+    valgrind clang                            # memory checks and a second compiler for the module
+    sqlite3                                   # inspect the store in tests
+    libpam-google-authenticator               # comparison/interop tests
+)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "== apt-get install ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The test virtualenv: Debian's python refuses system-wide pip (PEP 668).
+# Reinstall only when pyproject.toml changed since the last install.
+if [[ ! -x .venv/bin/python ]]; then
+    echo "== creating .venv"
+    /usr/bin/python3 -m venv .venv
+fi
+stamp=.venv/.pam-mfa-pyproject.sha256
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    echo "== pip install -e '.[test]'"
+    .venv/bin/pip install -q -e '.[test]'
+    echo "$want" >"$stamp"
+fi
+
+echo "== building pam_module"
+make -s -C pam_module
+
+echo "== ruff + mypy"
+make -s lint
+
+echo "== pytest"
+rc=0
+.venv/bin/pytest "$@" || rc=$?
+if [[ $rc -eq 5 ]]; then
+    echo "scripts/test.sh: pytest collected no tests" >&2
+fi
+exit "$rc"
