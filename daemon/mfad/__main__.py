@@ -1,0 +1,5 @@
+import sys
+
+from mfad.main import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""mfad.yaml: load, validate, and explain what is wrong with line and key.
+
+The file is parsed into YAML nodes first so every complaint can name the line
+of the key it is about. Unknown keys are errors: a typo such as
+``max_atempts`` must not silently fall back to a default on a login system.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mfad.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/mfad/mfad.yaml")
+MODES = ("off", "optional", "required")
+ALGORITHMS = ("SHA1", "SHA256", "SHA512")
+
+
+@dataclass(frozen=True, slots=True)
+class TotpConfig:
+    issuer: str = field(default_factory=socket.gethostname)
+    window: int = 1
+    digits: int = 6
+    period: int = 30
+    algorithm: str = "SHA1"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginConfig:
+    max_attempts: int = 3
+    prompt_timeout: float = 120.0
+    prompt: str = "Verification code: "
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mode: str = "optional"
+    admin_group: str = ""
+    pam_socket: Path = Path("/run/mfad/pam.sock")
+    control_socket: Path = Path("/run/mfad/control.sock")
+    store_backend: str = "sqlite"
+    store_path: Path = Path("/var/lib/mfad/mfad.db")
+    key_file: Path = Path("/etc/mfad/secret.key")
+    audit_path: Path = Path("/var/log/mfad/audit.jsonl")
+    max_connections: int = 1024
+    totp: TotpConfig = field(default_factory=TotpConfig)
+    login: LoginConfig = field(default_factory=LoginConfig)
+
+
+# --- validators: each takes the raw YAML value and returns the typed one or raises ValueError ---
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"must be a whole number from {lo} to {hi}, got {value!r}")
+        return value
+
+    return check
+
+
+def _seconds(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise ValueError(f"must be a number of seconds from {lo:g} to {hi:g}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _choice(*options: Any) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or value not in options:
+            raise ValueError(f"must be one of {', '.join(map(str, options))}, got {value!r}")
+        return value
+
+    return check
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, got {value!r}")
+    return value
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    return Path(value)
+
+
+# key path in the file -> (Config attribute path, validator)
+_SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "mode": ("mode", _choice(*MODES)),
+    "admin_group": ("admin_group", _text),
+    "max_connections": ("max_connections", _int(16, 65536)),
+    "sockets.pam": ("pam_socket", _path),
+    "sockets.control": ("control_socket", _path),
+    "store.backend": ("store_backend", _choice("sqlite")),
+    "store.path": ("store_path", _path),
+    "key_file": ("key_file", _path),
+    "audit.path": ("audit_path", _path),
+    "totp.issuer": ("totp.issuer", _text),
+    "totp.window": ("totp.window", _int(0, 10)),
+    "totp.digits": ("totp.digits", _choice(6, 8)),
+    "totp.period": ("totp.period", _choice(30, 60)),
+    "totp.algorithm": ("totp.algorithm", _choice(*ALGORITHMS)),
+    "login.max_attempts": ("login.max_attempts", _int(1, 10)),
+    "login.prompt_timeout": ("login.prompt_timeout", _seconds(1, 3600)),
+    "login.prompt": ("login.prompt", _text),
+}
+_SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
+
+
+def _flatten(node: yaml.Node, where: str, prefix: str = "") -> dict[str, tuple[Any, int]]:
+    """Map 'section.key' -> (python value, 1-based line) for every scalar in the file."""
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{where} line {node.start_mark.line + 1}: expected a mapping of keys")
+    flat: dict[str, tuple[Any, int]] = {}
+    for key_node, value_node in node.value:
+        key = f"{prefix}{key_node.value}"
+        line = key_node.start_mark.line + 1
+        if key in flat:
+            raise ConfigError(f"{where} line {line}: {key}: given twice")
+        if key in _SECTIONS and not prefix:
+            flat.update(_flatten(value_node, where, f"{key}."))
+            continue
+        if key not in _SCHEMA:
+            raise ConfigError(f"{where} line {line}: {key}: unknown setting")
+        value = yaml.safe_load(yaml.serialize(value_node))
+        flat[key] = (value, line)
+    return flat
+
+
+def parse(text: str, where: str = "<config>") -> Config:
+    """Validate config text; raise ConfigError naming the line and the key on any problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    flat = _flatten(root, where) if root is not None else {}
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {"totp": {}, "login": {}}
+    for key, (raw, line) in flat.items():
+        attr, check = _SCHEMA[key]
+        try:
+            value = check(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where} line {line}: {key}: {exc}") from None
+        section, _, name = attr.rpartition(".")
+        (nested[section] if section else top)[name] = value
+    return Config(**top, totp=TotpConfig(**nested["totp"]), login=LoginConfig(**nested["login"]))
+
+
+def load(path: Path = DEFAULT_PATH) -> Config:
+    """Read and validate the config file; a missing file is an error, not silent defaults."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text") from exc
+    return parse(text, str(path))

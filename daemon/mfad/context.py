@@ -1,0 +1,21 @@
+"""What every connection handler shares: config, store, secret box, audit log, clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mfad.audit import AuditLog
+from mfad.config import Config
+from mfad.secretbox import SecretBox
+from mfad.store import Store
+
+
+@dataclass(slots=True)
+class Context:
+    config: Config  # replaced as a whole on reload, never mutated
+    store: Store
+    box: SecretBox
+    audit: AuditLog
+    clock: Callable[[], float] = field(default=time.time)  # injected so tests control time

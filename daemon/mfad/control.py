@@ -1,0 +1,220 @@
+"""Control requests from `mfa`: one JSON request, one JSON response per connection.
+
+Authorisation is by the caller's kernel-reported uid (SO_PEERCRED), never by
+anything in the request: root and members of ``admin_group`` may act on
+anyone, any other user only on the account named like their own uid.
+Refusals are audited. RequestErrors become ``{"ok": false, ...}`` here and
+nowhere else; other exceptions become a generic ``unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import os
+import pwd
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from mfad import totp
+from mfad.context import Context
+from mfad.errors import (
+    AlreadyEnrolled,
+    AuditError,
+    Forbidden,
+    MfaError,
+    NoPendingEnrolment,
+    NoSuchUser,
+    NotEnrolled,
+    ProtocolError,
+    RequestError,
+    StoreError,
+    WrongCode,
+)
+from mfad.framing import Frame
+from mfad.protocol import T
+from mfad.store import PendingEnrolment, TokenParams
+
+log = structlog.get_logger("mfad.control")
+
+# Removing a second factor is an administrator's act, even on one's own account:
+# otherwise anyone holding a password and a shell could opt out of MFA.
+ADMIN_ONLY = frozenset({"disable"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    uid: int
+    name: str
+    is_admin: bool
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def identify(uid: int, admin_group: str) -> Caller:
+    """Who is asking: name from NSS, admin if root or in the admin group (NSS too)."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return Caller(uid, f"uid:{uid}", uid == 0)
+    is_admin = uid == 0
+    if admin_group and not is_admin:
+        try:
+            gid = grp.getgrnam(admin_group).gr_gid
+            is_admin = gid in os.getgrouplist(entry.pw_name, entry.pw_gid)
+        except KeyError:
+            is_admin = False
+    return Caller(uid, entry.pw_name, is_admin)
+
+
+def _user_field(request: dict[str, Any]) -> str:
+    user = request.get("user")
+    if not isinstance(user, str) or not user or len(user) > 256 or not user.isprintable():
+        raise RequestError("the request needs a user name")
+    return user
+
+
+class ControlHandler:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._ops: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "status": self.status,
+            "enroll_begin": self.enroll_begin,
+            "enroll_confirm": self.enroll_confirm,
+            "disable": self.disable,
+        }
+
+    async def handle(self, frame: Frame, uid: int) -> dict[str, Any]:
+        """Turn one REQUEST frame into a response object; the single error boundary."""
+        caller = await asyncio.to_thread(identify, uid, self.ctx.config.admin_group)
+        op = "?"
+        try:
+            if frame.type != T.REQUEST:
+                raise ProtocolError(f"expected REQUEST, got a {frame.type!r} frame")
+            try:
+                request = json.loads(frame.payload)
+            except ValueError as exc:
+                raise RequestError("the request is not JSON") from exc
+            if not isinstance(request, dict):
+                raise RequestError("the request must be a JSON object")
+            op = str(request.get("op"))
+            handler = self._ops.get(op)
+            if handler is None:
+                raise RequestError(f"unknown operation {op!r}")
+            target = _user_field(request)
+            if not caller.is_admin and op in ADMIN_ONLY:
+                raise Forbidden(f"only an administrator may {op} a second factor")
+            if not caller.is_admin and target != caller.name:
+                raise Forbidden(f"{caller.name} may only act on their own account, not {target!r}")
+            result = await handler(caller, request)
+            return {"ok": True, **result}
+        except RequestError as exc:
+            await self._audit_refusal(caller, op, exc)
+            return {"ok": False, "error": exc.code, "message": str(exc)}
+        except (StoreError, AuditError) as exc:
+            log.error("control_unavailable", op=op, error=str(exc))
+            return {"ok": False, "error": "unavailable", "message": "mfad cannot reach its store "
+                    "or audit log; see the daemon's log"}
+
+    async def _audit_refusal(self, caller: Caller, op: str, exc: MfaError) -> None:
+        try:
+            await self.ctx.audit.record(
+                "control", outcome="refused", op=op, reason=type(exc).__name__,
+                actor_uid=caller.uid, actor=caller.name, message=str(exc),
+            )
+        except AuditError as err:
+            log.error("audit_unwritable", error=str(err))
+
+    async def _audit_action(self, caller: Caller, op: str, target: str, **extra: Any) -> None:
+        await self.ctx.audit.record(
+            "control", outcome="success", op=op, actor_uid=caller.uid, actor=caller.name,
+            user=target, **extra,
+        )
+
+    # --- operations ---
+
+    async def status(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        user = _user_field(request)
+        account = await self.ctx.store.get_account(user)
+        if account is None:
+            pending = await self.ctx.store.get_pending(user)
+            return {"user": user, "state": "none", "enrolment_pending": pending is not None,
+                    "enrolled_at": None, "last_verified_at": None, "last_rhost": None,
+                    "clock_offset_steps": 0}
+        return {
+            "user": user,
+            "state": account.state,
+            "enrolment_pending": await self.ctx.store.get_pending(user) is not None,
+            "algorithm": account.params.algorithm,
+            "digits": account.params.digits,
+            "period": account.params.period,
+            "enrolled_at": _iso(account.enrolled_at),
+            "last_verified_at": _iso(account.last_verified_at),
+            "last_rhost": account.last_rhost,
+            "clock_offset_steps": account.clock_offset,
+        }
+
+    async def enroll_begin(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        user = _user_field(request)
+        try:
+            await asyncio.to_thread(pwd.getpwnam, user)
+        except KeyError:
+            raise NoSuchUser(f"there is no user {user!r} on this system") from None
+        account = await self.ctx.store.get_account(user)
+        if account is not None and account.state == "active":
+            raise AlreadyEnrolled(
+                f"{user} is already enrolled; run `mfa disable {user}` first to replace the token"
+            )
+        cfg = self.ctx.config.totp
+        params = TokenParams(cfg.algorithm, cfg.digits, cfg.period)
+        secret = totp.new_secret(params)
+        now = self.ctx.clock()
+        await self.ctx.store.begin_enrolment(
+            PendingEnrolment(user, self.ctx.box.seal(user, secret), params, now)
+        )
+        await self._audit_action(caller, "enroll_begin", user, state="pending")
+        return {
+            "user": user,
+            "secret": totp.b32(secret),
+            "uri": totp.provisioning_uri(secret, params, user, cfg.issuer),
+            "algorithm": params.algorithm,
+            "digits": params.digits,
+            "period": params.period,
+        }
+
+    async def enroll_confirm(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        user = _user_field(request)
+        answer = request.get("code")
+        if not isinstance(answer, str):
+            raise RequestError("the request needs a code")
+        pending = await self.ctx.store.get_pending(user)
+        if pending is None:
+            raise NoPendingEnrolment(f"{user} has no enrolment waiting; run `mfa enroll {user}`")
+        code = totp.normalise(answer, pending.params.digits)
+        secret = self.ctx.box.open(user, pending.sealed_secret)
+        now = self.ctx.clock()
+        found = None
+        if code is not None:
+            found = totp.match(secret, pending.params, code, now, self.ctx.config.totp.window)
+        if found is None:
+            raise WrongCode(
+                "that code is not right for the new key; check the phone's clock and try "
+                "the code that is showing now"
+            )
+        await self.ctx.store.activate(pending, found.step, now)
+        await self._audit_action(caller, "enroll_confirm", user, state="active")
+        return {"user": user, "state": "active"}
+
+    async def disable(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        user = _user_field(request)
+        if not await self.ctx.store.disable(user, self.ctx.clock()):
+            raise NotEnrolled(f"{user} has no second factor to disable")
+        await self._audit_action(caller, "disable", user, state="disabled")
+        return {"user": user, "state": "disabled"}

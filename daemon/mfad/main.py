@@ -1,0 +1,130 @@
+"""`mfad`: start the daemon, or create its key file, or check a config file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import structlog
+
+from mfad import __version__, config
+from mfad.audit import AuditLog
+from mfad.context import Context
+from mfad.errors import MfaError
+from mfad.secretbox import SecretBox, generate_key_file
+from mfad.server import Server
+from mfad.store import SqliteStore
+
+log = structlog.get_logger("mfad")
+
+
+def _configure_logging() -> None:
+    """Operational logs: one JSON object per line on stderr (journald under systemd)."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _notify(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as exc:  # the supervisor went away; nothing to tell
+            log.warning("notify_failed", state=state, error=exc.strerror)
+
+
+async def serve(config_path: Path) -> None:
+    os.umask(0o077)  # the store, its WAL and the audit log are for root's eyes only
+    cfg = config.load(config_path)
+    box = SecretBox.from_file(cfg.key_file)
+    store = await SqliteStore.open(cfg.store_path)
+    audit = AuditLog(cfg.audit_path)
+    await audit.open()
+    ctx = Context(cfg, store, box, audit)
+    server = Server(ctx)
+    await server.start()
+    await audit.record("daemon_start", outcome="success", version=__version__, pid=os.getpid())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(ctx, config_path)))
+    _notify("READY=1")
+    log.info("ready", pam_socket=str(cfg.pam_socket), control_socket=str(cfg.control_socket))
+    await stop.wait()
+
+    _notify("STOPPING=1")
+    await server.stop()
+    try:
+        await audit.record("daemon_stop", outcome="success", pid=os.getpid())
+    except MfaError as exc:
+        log.error("audit_unwritable", error=str(exc))
+    await audit.close()
+    await store.close()
+
+
+async def _reload(ctx: Context, config_path: Path) -> None:
+    """SIGHUP: take a valid new config, keep the running one on any error; reopen the log."""
+    try:
+        new = config.load(config_path)
+    except MfaError as exc:
+        log.error("reload_rejected", error=str(exc), reason="keeping the running config")
+        await ctx.audit.record("daemon_reload", outcome="failure", reason=str(exc))
+        return
+    fixed = ("pam_socket", "control_socket", "store_path", "key_file", "audit_path")
+    changed = [name for name in fixed if getattr(new, name) != getattr(ctx.config, name)]
+    if changed:
+        log.warning("reload_needs_restart", settings=changed)
+    ctx.config = new
+    await ctx.audit.reopen()
+    await ctx.audit.record("daemon_reload", outcome="success")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mfad", description="pam-mfa daemon")
+    parser.add_argument("--config", type=Path, default=config.DEFAULT_PATH,
+                        help="config file (default: %(default)s)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the config file and exit")
+    parser.add_argument("--generate-key", type=Path, metavar="PATH",
+                        help="create a new secret key file (mode 0600) and exit")
+    parser.add_argument("--version", action="version", version=f"mfad {__version__}")
+    args = parser.parse_args(argv)
+    _configure_logging()
+    try:
+        if args.generate_key:
+            generate_key_file(args.generate_key)
+            print(f"created {args.generate_key}")
+        elif args.check_config:
+            config.load(args.config)
+            print(f"{args.config}: ok")
+        else:
+            asyncio.run(serve(args.config))
+    except MfaError as exc:
+        print(f"mfad: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

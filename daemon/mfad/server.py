@@ -1,0 +1,146 @@
+"""The two listening sockets, one task per connection, bounded shutdown.
+
+The PAM socket is 0600 root (only root processes such as sshd's monitor, login
+and su may start a login check); the control socket is 0666 and every request
+on it is authorised by the caller's SO_PEERCRED uid in control.py.
+
+Each connection gets a hard deadline and the daemon holds at most
+``max_connections`` at once, so idle or trickling clients cannot starve logins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from mfad.context import Context
+from mfad.control import ControlHandler
+from mfad.errors import MfaError, ProtocolError
+from mfad.framing import encode, read_frame
+from mfad.protocol import T
+from mfad.session import START_TIMEOUT, LoginSession
+
+log = structlog.get_logger("mfad.server")
+
+CONTROL_DEADLINE = 30.0
+SHUTDOWN_GRACE = 5.0
+_PEERCRED = struct.Struct("3i")
+
+
+def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the connecting process, as the kernel reports it."""
+    sock: socket.socket = writer.get_extra_info("socket")
+    return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+
+
+def bind_unix(path: Path, mode: int) -> socket.socket:
+    """Bind a listening socket with `mode` from the first instant (no chmod race)."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()  # a stale socket from a previous run
+        else:
+            raise MfaError(f"{path} exists and is not a socket; refusing to replace it")
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(512)
+    return sock
+
+
+class Server:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.control = ControlHandler(ctx)
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paths: list[Path] = []
+
+    async def start(self) -> None:
+        cfg = self.ctx.config
+        for path, mode, serve in (
+            (cfg.pam_socket, 0o600, self._serve_pam),
+            (cfg.control_socket, 0o666, self._serve_control),
+        ):
+            sock = bind_unix(path, mode)
+            self._paths.append(path)
+            self._servers.append(await asyncio.start_unix_server(
+                self._admit(serve), sock=sock, limit=2**17,
+            ))
+
+    def _admit(
+        self, serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        """Wrap a handler: connection cap, task tracking, and the writer always closed."""
+
+        async def admitted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if len(self._tasks) >= self.ctx.config.max_connections:
+                log.warning("connection_refused", reason="max_connections reached")
+                writer.close()
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self._tasks.add(task)
+            try:
+                await serve(reader, writer)
+            except TimeoutError:
+                log.warning("connection_deadline", reason="connection held too long")
+            finally:
+                self._tasks.discard(task)
+                writer.close()
+
+        return admitted
+
+    async def _serve_pam(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pid, uid, _ = peer_credentials(writer)
+        login = self.ctx.config.login
+        deadline = START_TIMEOUT + login.max_attempts * (login.prompt_timeout + 5)
+        async with asyncio.timeout(deadline):
+            await LoginSession(self.ctx, reader, writer, peer=f"pid={pid},uid={uid}").run()
+
+    async def _serve_control(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        _, uid, _ = peer_credentials(writer)
+        async with asyncio.timeout(CONTROL_DEADLINE):
+            try:
+                frame = await read_frame(reader)
+            except ProtocolError as exc:
+                log.warning("control_protocol_error", uid=uid, reason=str(exc))
+                return
+            if frame is None:
+                return
+            response = await self.control.handle(frame, uid)
+            writer.write(encode(T.RESPONSE, json.dumps(response)))
+            await writer.drain()
+
+    async def stop(self) -> None:
+        """Stop accepting, let logins in flight finish briefly, cancel the rest."""
+        for server in self._servers:
+            server.close()
+        for path in self._paths:
+            path.unlink(missing_ok=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("shutdown_cancelled", connections=len(pending),
+                            reason=f"still open after {SHUTDOWN_GRACE:g}s")
+                await asyncio.wait(pending)
+        for server in self._servers:
+            await server.wait_closed()

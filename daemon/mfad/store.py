@@ -1,0 +1,297 @@
+"""Per-user state behind one interface; SQLite is the embedded default.
+
+Every method is a coroutine, so a PostgreSQL backend (many hosts sharing users,
+replay state and lockouts) can implement the same interface. The SQLite backend
+runs every statement on one dedicated thread: the event loop never blocks on
+disk, and statements are serialised without extra locking.
+
+Replay protection lives here as one conditional UPDATE (``consume_step``): the
+database, not the caller, decides atomically whether a time step is still
+unused, so two parallel logins with one code give exactly one success — on
+PostgreSQL across hosts too.
+
+Secrets arrive sealed (see secretbox.py); this module never sees plaintext.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mfad.errors import StoreError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenParams:
+    algorithm: str = "SHA1"
+    digits: int = 6
+    period: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    user: str
+    state: str  # "active" | "disabled"
+    sealed_secret: bytes | None
+    params: TokenParams
+    enrolled_at: float | None
+    last_step: int | None
+    last_verified_at: float | None
+    last_rhost: str | None
+    clock_offset: int  # steps between the phone's clock and ours at the last success
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEnrolment:
+    user: str
+    sealed_secret: bytes
+    params: TokenParams
+    created_at: float
+
+
+class Store(abc.ABC):
+    """What the daemon needs from storage; nothing else touches the tables."""
+
+    @abc.abstractmethod
+    async def get_account(self, user: str) -> Account | None: ...
+
+    @abc.abstractmethod
+    async def begin_enrolment(self, pending: PendingEnrolment) -> None:
+        """Keep a new secret aside until a code confirms it; replaces an older pending one."""
+
+    @abc.abstractmethod
+    async def get_pending(self, user: str) -> PendingEnrolment | None: ...
+
+    @abc.abstractmethod
+    async def activate(self, pending: PendingEnrolment, step: int, now: float) -> None:
+        """Make a confirmed secret the user's token; its confirming step counts as used."""
+
+    @abc.abstractmethod
+    async def consume_step(
+        self, user: str, step: int, offset: int, now: float, rhost: str, service: str
+    ) -> bool:
+        """Atomically mark `step` used; False if it (or a later step) was used already."""
+
+    @abc.abstractmethod
+    async def disable(self, user: str, now: float) -> bool:
+        """Erase secret and pending enrolment, keep history; False if there was no account."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+_MIGRATIONS: list[str] = [
+    # 1: accounts, pending enrolments, and the history of second-factor logins
+    """
+    CREATE TABLE accounts (
+        user TEXT PRIMARY KEY,
+        state TEXT NOT NULL CHECK (state IN ('active', 'disabled')),
+        secret BLOB,
+        algorithm TEXT NOT NULL DEFAULT 'SHA1',
+        digits INTEGER NOT NULL DEFAULT 6,
+        period INTEGER NOT NULL DEFAULT 30,
+        enrolled_at REAL,
+        last_step INTEGER,
+        last_verified_at REAL,
+        last_rhost TEXT,
+        clock_offset INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE enrolments (
+        user TEXT PRIMARY KEY,
+        secret BLOB NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits INTEGER NOT NULL,
+        period INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE logins (
+        id INTEGER PRIMARY KEY,
+        user TEXT NOT NULL,
+        at REAL NOT NULL,
+        service TEXT NOT NULL,
+        rhost TEXT NOT NULL,
+        method TEXT NOT NULL
+    );
+    CREATE INDEX logins_user_at ON logins (user, at);
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE takes the write lock up front, so a read-then-write cannot race."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+class SqliteStore(Store):
+    """One SQLite file in WAL mode, driven from one thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfad-store")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        store = cls(path)
+        await store._run(store._open)
+        return store
+
+    def _open(self) -> None:
+        try:
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            # NORMAL in WAL mode survives a killed daemon; only a power cut can lose the
+            # last commits, which for replay state means at most one time step's codes.
+            db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            db.execute("PRAGMA busy_timeout=5000")
+            self._db = db
+            self._migrate(db)
+            self._path.chmod(0o600)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {self._path}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store has schema version {version}, newer than this mfad "
+                f"understands ({SCHEMA_VERSION}); upgrade pam-mfa"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            with _transaction(db):
+                for statement in _MIGRATIONS[number].split(";"):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self._path}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("the store is closed")
+        return self._db
+
+    async def get_account(self, user: str) -> Account | None:
+        def q() -> Account | None:
+            row = self._conn().execute(
+                "SELECT state, secret, algorithm, digits, period, enrolled_at, last_step,"
+                " last_verified_at, last_rhost, clock_offset FROM accounts WHERE user = ?",
+                (user,),
+            ).fetchone()
+            if row is None:
+                return None
+            return Account(user, row[0], row[1], TokenParams(*row[2:5]), *row[5:])
+
+        return await self._run(q)
+
+    async def begin_enrolment(self, pending: PendingEnrolment) -> None:
+        p = pending
+
+        def q() -> None:
+            self._conn().execute(
+                "INSERT OR REPLACE INTO enrolments VALUES (?, ?, ?, ?, ?, ?)",
+                (p.user, p.sealed_secret, p.params.algorithm, p.params.digits,
+                 p.params.period, p.created_at),
+            )
+
+        await self._run(q)
+
+    async def get_pending(self, user: str) -> PendingEnrolment | None:
+        def q() -> PendingEnrolment | None:
+            row = self._conn().execute(
+                "SELECT secret, algorithm, digits, period, created_at FROM enrolments"
+                " WHERE user = ?",
+                (user,),
+            ).fetchone()
+            if row is None:
+                return None
+            return PendingEnrolment(user, row[0], TokenParams(*row[1:4]), row[4])
+
+        return await self._run(q)
+
+    async def activate(self, pending: PendingEnrolment, step: int, now: float) -> None:
+        p = pending
+
+        def q() -> None:
+            with _transaction(self._conn()) as db:
+                db.execute(
+                    "INSERT INTO accounts (user, state, secret, algorithm, digits, period,"
+                    " enrolled_at, last_step, clock_offset, updated_at)"
+                    " VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?)"
+                    " ON CONFLICT (user) DO UPDATE SET state = 'active', secret = excluded.secret,"
+                    " algorithm = excluded.algorithm, digits = excluded.digits,"
+                    " period = excluded.period, enrolled_at = excluded.enrolled_at,"
+                    " last_step = excluded.last_step, clock_offset = 0,"
+                    " updated_at = excluded.updated_at",
+                    (p.user, p.sealed_secret, p.params.algorithm, p.params.digits,
+                     p.params.period, now, step, now),
+                )
+                db.execute("DELETE FROM enrolments WHERE user = ?", (p.user,))
+
+        await self._run(q)
+
+    async def consume_step(
+        self, user: str, step: int, offset: int, now: float, rhost: str, service: str
+    ) -> bool:
+        def q() -> bool:
+            with _transaction(self._conn()) as db:
+                cur = db.execute(
+                    "UPDATE accounts SET last_step = ?, clock_offset = ?, last_verified_at = ?,"
+                    " last_rhost = ?, updated_at = ?"
+                    " WHERE user = ? AND state = 'active' AND (last_step IS NULL OR last_step < ?)",
+                    (step, offset, now, rhost, now, user, step),
+                )
+                if cur.rowcount == 1:
+                    db.execute(
+                        "INSERT INTO logins (user, at, service, rhost, method)"
+                        " VALUES (?, ?, ?, ?, 'totp')",
+                        (user, now, service, rhost),
+                    )
+            return cur.rowcount == 1
+
+        return await self._run(q)
+
+    async def disable(self, user: str, now: float) -> bool:
+        def q() -> bool:
+            with _transaction(self._conn()) as db:
+                cur = db.execute(
+                    "UPDATE accounts SET state = 'disabled', secret = NULL, last_step = NULL,"
+                    " updated_at = ? WHERE user = ?",
+                    (now, user),
+                )
+                gone = db.execute("DELETE FROM enrolments WHERE user = ?", (user,)).rowcount
+            return cur.rowcount == 1 or gone == 1
+
+        return await self._run(q)
+
+    async def close(self) -> None:
+        def q() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(q)
+        self._executor.shutdown(wait=True)

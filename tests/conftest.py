@@ -1,0 +1,186 @@
+"""Shared fixtures: the built PAM module, a real mfad in a temp dir, throwaway users.
+
+Everything a fixture creates (processes, users, files) is removed at teardown:
+the suite leaves the machine as it found it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+import yaml
+
+from mfad.framing import encode, recv_frame_blocking
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE_DIR = ROOT / "pam_module"
+
+
+def totp_now(secret: str, offset_steps: int = 0, *, digits: int = 6, period: int = 30) -> str:
+    """The code an authenticator app would show, `offset_steps` periods from now."""
+    otp = pyotp.TOTP(secret, digits=digits, interval=period)
+    return str(otp.at(time.time() + offset_steps * period))
+
+
+@pytest.fixture(scope="session")
+def pam_module() -> Path:
+    """pam_mfa.so built by its own Makefile, exactly as it ships."""
+    subprocess.run(["make", "-s", "-C", str(MODULE_DIR)], check=True)
+    return MODULE_DIR / "pam_mfa.so"
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class Daemon:
+    """A real mfad process with its own sockets, store, key and audit log under `tmp`."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.tmp.chmod(0o755)
+        self.config_path = tmp / "mfad.yaml"
+        self.pam_socket = tmp / "run" / "pam.sock"
+        self.control_socket = tmp / "run" / "control.sock"
+        self.db_path = tmp / "lib" / "mfad.db"
+        self.key_path = tmp / "etc" / "secret.key"
+        self.audit_path = tmp / "log" / "audit.jsonl"
+        self.stderr_path = tmp / "mfad.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base: dict[str, Any] = {
+            "mode": "required",
+            "sockets": {"pam": str(self.pam_socket), "control": str(self.control_socket)},
+            "store": {"path": str(self.db_path)},
+            "key_file": str(self.key_path),
+            "audit": {"path": str(self.audit_path)},
+            "totp": {"issuer": "pam-mfa-test"},
+        }
+
+    def write_config(self, **overrides: Any) -> None:
+        self.config_path.write_text(yaml.safe_dump(_merge(self.base, overrides)))
+
+    def start(self, **overrides: Any) -> None:
+        """Start mfad and return once it has said READY=1 over $NOTIFY_SOCKET."""
+        self.write_config(**overrides)
+        if not self.key_path.exists():
+            subprocess.run(
+                [sys.executable, "-m", "mfad", "--generate-key", str(self.key_path)],
+                check=True, capture_output=True,
+            )
+        notify_path = self.tmp / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(str(notify_path))
+            notify.settimeout(15)
+            env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+            with self.stderr_path.open("ab") as err:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "mfad", "--config", str(self.config_path)],
+                    stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
+                )
+            try:
+                while notify.recv(4096) != b"READY=1":
+                    pass
+            except TimeoutError:
+                self.kill()
+                raise RuntimeError(f"mfad did not start:\n{self.stderr()}") from None
+        notify_path.unlink()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM and wait: the daemon's own orderly shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self, **overrides: Any) -> None:
+        self.stop()
+        self.start(**overrides)
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """One control request over the control socket, as the test's own uid (root)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(self.control_socket))
+            sock.sendall(encode("Q", json.dumps({"op": op, **fields})))
+            frame = recv_frame_blocking(sock)
+        assert frame.type == "J"
+        response: dict[str, Any] = json.loads(frame.payload)
+        return response
+
+    def enroll(self, user: str) -> str:
+        """Enrol and confirm `user`; returns the base32 secret.
+
+        The confirming code is the previous step's, so the current step's code
+        is still unused and a test can log in with it straight away.
+        """
+        begun = self.request("enroll_begin", user=user)
+        assert begun["ok"], begun
+        confirmed = self.request("enroll_confirm", user=user, code=totp_now(begun["secret"], -1))
+        assert confirmed["ok"], confirmed
+        return str(begun["secret"])
+
+    def audit(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+
+@pytest.fixture
+def mfad(tmp_path: Path) -> Iterator[Daemon]:
+    """A started daemon in mode `required`; stopped (and checked alive) at teardown."""
+    daemon = Daemon(tmp_path)
+    daemon.start()
+    yield daemon
+    daemon.kill() if daemon.proc is not None and daemon.proc.poll() is not None else daemon.stop()
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@pytest.fixture
+def make_user() -> Iterator[Callable[..., str]]:
+    """Factory for throwaway local users (with a home and optional password), removed after."""
+    created: list[str] = []
+
+    def make(password: str | None = None) -> str:
+        name = "mfat" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))
+        _run("useradd", "--create-home", "--shell", "/bin/sh", name)
+        created.append(name)
+        if password is not None:
+            subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
+        return name
+
+    yield make
+    for name in created:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
