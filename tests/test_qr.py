@@ -10,6 +10,7 @@ from __future__ import annotations
 import pyotp
 import pytest
 import qrimage
+
 from mfad.qrtext import MAX_COLUMNS, QUIET_ZONE, render_qr
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"

@@ -1,0 +1,84 @@
+"""A blocking client for mfad's control socket: one connection per request.
+
+The wire format (docs/protocol.md, "Control socket") is one REQUEST frame ``Q``
+carrying a JSON object, answered by one RESPONSE frame ``J``. Framing is
+mfad.framing's, shared with the daemon, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from mfa_cli.errors import CliError, DaemonUnreachable, from_response
+from mfad.errors import ProtocolError
+from mfad.framing import encode, recv_frame_blocking
+
+DEFAULT_SOCKET = Path("/run/mfad/control.sock")
+DEFAULT_TIMEOUT = 30.0
+"""Seconds for the whole exchange; a daemon that is up answers in milliseconds."""
+
+START_HINT = "start it with `systemctl start mfad`"
+
+
+class DaemonClient:
+    """Sends control requests to mfad; raises mfa_cli.errors exceptions on any failure."""
+
+    def __init__(self, socket_path: Path = DEFAULT_SOCKET, timeout: float = DEFAULT_TIMEOUT):
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send ``{"op": op, **fields}`` and return the daemon's result (``ok`` is true).
+
+        A refusal (``ok`` false) raises the matching CliError with the daemon's message.
+        """
+        try:
+            request = encode("Q", json.dumps({"op": op, **fields}, ensure_ascii=False))
+        except ProtocolError as exc:
+            raise CliError(f"the {op!r} request is too large to send") from exc
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(str(self.socket_path))
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                raise DaemonUnreachable(
+                    f"mfad is not running (no socket at {self.socket_path}): {START_HINT}"
+                ) from exc
+            except ConnectionRefusedError as exc:
+                raise DaemonUnreachable(
+                    f"mfad is not running (nothing listens on {self.socket_path}): {START_HINT}"
+                ) from exc
+            except PermissionError as exc:
+                raise DaemonUnreachable(
+                    f"cannot connect to mfad at {self.socket_path}: permission denied"
+                ) from exc
+            except TimeoutError as exc:
+                raise DaemonUnreachable(self._no_answer()) from exc
+            try:
+                sock.sendall(request)
+                frame = recv_frame_blocking(sock)
+            except TimeoutError as exc:
+                raise DaemonUnreachable(self._no_answer()) from exc
+            except (ConnectionError, ProtocolError) as exc:
+                raise DaemonUnreachable(
+                    f"mfad at {self.socket_path} closed the connection without answering; "
+                    "its log says why"
+                ) from exc
+        return self._result(op, frame.type, frame.payload)
+
+    def _no_answer(self) -> str:
+        return f"mfad at {self.socket_path} did not answer within {self.timeout:g} s"
+
+    def _result(self, op: str, ftype: str, payload: str) -> dict[str, Any]:
+        try:
+            response = json.loads(payload) if ftype == "J" else None
+        except ValueError:
+            response = None
+        if not isinstance(response, dict) or not isinstance(response.get("ok"), bool):
+            raise CliError(f"mfad sent a malformed answer to {op!r}; is it the same version?")
+        if not response["ok"]:
+            raise from_response(str(response.get("error")), str(response.get("message") or ""))
+        return response

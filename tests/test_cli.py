@@ -1,0 +1,336 @@
+"""The `mfa` command against a real mfad on a temporary socket.
+
+Most tests drive the click group in-process with CliRunner; the interactive
+enrolment runs the installed `mfa` script in a real pseudo-terminal (pexpect),
+and the permission tests run it as a throwaway non-root user (runuser), since
+the daemon authorises by the caller's kernel-reported uid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pexpect
+import pyotp
+import pytest
+import qrimage
+from click.testing import CliRunner, Result
+from conftest import totp_now
+from wire import PamWire
+
+from mfa_cli.main import cli
+from mfad.framing import Frame
+
+MFA = Path(sys.executable).with_name("mfa")
+
+
+def mfa(mfad: Any, *args: str, input: str | None = None) -> Result:
+    """Run `mfa --socket <the test daemon's control socket> ARGS` in-process."""
+    return CliRunner().invoke(cli, ["--socket", str(mfad.control_socket), *args], input=input)
+
+
+def shown_uri(output: str) -> str:
+    match = re.search(r"^\s*URI:\s+(otpauth://\S+)$", output, re.MULTILINE)
+    assert match, output
+    return match.group(1)
+
+
+def shown_key(output: str) -> str:
+    match = re.search(r"^\s*Key:\s+([A-Z2-7 ]+)$", output, re.MULTILINE)
+    assert match, output
+    return match.group(1)
+
+
+def totp_of(uri: str) -> pyotp.TOTP:
+    """The authenticator an app would set up from ``uri``."""
+    otp = pyotp.parse_uri(uri)
+    assert isinstance(otp, pyotp.TOTP), uri
+    return otp
+
+
+def wrong_code(totp: pyotp.TOTP) -> str:
+    """A well-formed code that no step the daemon accepts (now ±1, with margin) produces."""
+    now = time.time()
+    valid = {totp.at(now + k * totp.interval) for k in range(-2, 3)}
+    return next(c for c in ("000000", "123456", "999999", "424242", "131313") if c not in valid)
+
+
+def begin(mfad: Any, user: str) -> tuple[Result, pyotp.TOTP]:
+    """`mfa enroll USER` with no code typed: it shows the key and leaves the enrolment pending."""
+    result = mfa(mfad, "enroll", user, input="")
+    return result, totp_of(shown_uri(result.stdout))
+
+
+def state_of(mfad: Any, user: str) -> str:
+    result = mfa(mfad, "status", user, "--json")
+    assert result.exit_code == 0, result.output
+    return str(json.loads(result.stdout)["state"])
+
+
+def test_help_documents_exit_codes() -> None:
+    """`mfa --help` lists every exit code the command uses, with an example."""
+    result = CliRunner().invoke(cli, ["--help"])
+
+    assert result.exit_code == 0
+    for line in ("3  mfad is not reachable", "4  not allowed", "5  no such user", "6  the ver"):
+        assert line in result.output
+    assert "mfa enroll alice" in result.output
+
+
+def test_enroll_shows_a_qr_code_that_scans_to_the_shown_uri(mfad: Any, make_user: Any) -> None:
+    """`mfa enroll USER` shows a QR code that a scanner reads as exactly the otpauth:// URI
+    printed under it; the URI names the issuer and account and carries the key that is also
+    shown in groups of four; digits and period match what is printed (absent from the URI
+    means the key-URI format's defaults, 6 and 30). No code typed: the enrolment stays
+    pending and the user is told how to confirm it."""
+    user = make_user()
+
+    result = mfa(mfad, "enroll", user, input="")
+
+    uri = shown_uri(result.stdout)
+    assert qrimage.decode(result.stdout) == uri
+    parts = urlsplit(uri)
+    query = parse_qs(parts.query)
+    assert (parts.scheme, parts.netloc) == ("otpauth", "totp")
+    issuer = query["issuer"][0]
+    assert unquote(parts.path) == f"/{issuer}:{user}"
+    secret = query["secret"][0]
+    assert shown_key(result.stdout).replace(" ", "") == secret
+    assert all(len(group) == 4 for group in shown_key(result.stdout).split()[:-1])
+    digits, period = int(query.get("digits", ["6"])[0]), int(query.get("period", ["30"])[0])
+    assert f"{digits} digits, every {period} s" in result.stdout
+    assert result.exit_code == 1
+    assert "pending, not active" in result.stderr
+    assert f"mfa enroll {user} --code CODE" in result.stderr
+    assert state_of(mfad, user) == "none"
+
+
+def test_wrong_code_does_not_activate_and_right_code_does(mfad: Any, make_user: Any) -> None:
+    """A wrong code is refused with exit code 6 and leaves the user not active; the right
+    code for the key in the QR code then activates the enrolment. Neither code is printed."""
+    user = make_user()
+    _, totp = begin(mfad, user)
+    bad = wrong_code(totp)
+
+    refused = mfa(mfad, "enroll", user, "--code", bad)
+
+    assert refused.exit_code == 6
+    assert "Incorrect verification code" in refused.stderr
+    assert bad not in refused.output
+    assert state_of(mfad, user) == "none"
+
+    good = totp.now()
+    accepted = mfa(mfad, "enroll", user, "--code", good)
+
+    assert accepted.exit_code == 0, accepted.output
+    assert accepted.stdout == f"Enrolment of {user} is active.\n"
+    assert good not in accepted.output
+    assert state_of(mfad, user) == "active"
+
+
+def _spawn(mfad: Any, *args: str) -> pexpect.spawn:
+    child = pexpect.spawn(
+        str(MFA),
+        ["--socket", str(mfad.control_socket), *args],
+        encoding="utf-8",
+        timeout=15,
+        dimensions=(60, 100),
+    )
+    return child
+
+
+def test_interactive_enrol_reprompts_after_a_wrong_code(mfad: Any, make_user: Any) -> None:
+    """In a terminal, `mfa enroll` asks "Verification code: ", says "Incorrect verification
+    code." and asks again after a wrong code, and then activates on the right one; the QR
+    code as drawn on the terminal scans."""
+    user = make_user()
+    child = _spawn(mfad, "enroll", user)
+    child.expect("Verification code: ")
+    screen = child.before.replace("\r\n", "\n")
+    totp = totp_of(shown_uri(screen))
+    assert qrimage.decode(screen) == shown_uri(screen)
+
+    child.sendline(wrong_code(totp))
+    child.expect("Incorrect verification code.")
+    child.expect("Verification code: ")
+    child.sendline(totp.now())
+    child.expect(f"Enrolment of {user} is active.")
+    child.expect(pexpect.EOF)
+    child.close()
+
+    assert child.exitstatus == 0
+    assert state_of(mfad, user) == "active"
+
+
+def test_three_wrong_codes_exit_6_and_leave_enrolment_pending(mfad: Any, make_user: Any) -> None:
+    """After three wrong codes `mfa enroll` gives up with exit code 6; the user is not
+    active, the enrolment is still pending and the right code still confirms it."""
+    user = make_user()
+    child = _spawn(mfad, "enroll", user)
+    child.expect("Verification code: ")
+    totp = totp_of(shown_uri(child.before.replace("\r\n", "\n")))
+    for attempt in range(3):
+        if attempt:
+            child.expect("Verification code: ")
+        child.sendline(wrong_code(totp))
+        child.expect("Incorrect verification code.")
+    child.expect("3 incorrect codes; the enrolment of")
+    child.expect(pexpect.EOF)
+    child.close()
+
+    assert child.exitstatus == 6
+    status = json.loads(mfa(mfad, "status", user, "--json").stdout)
+    assert status["state"] == "none"
+    assert status["enrolment_pending"] is True
+    assert mfa(mfad, "enroll", user, "--code", totp.now()).exit_code == 0
+
+
+def test_enrolling_an_unknown_user_exits_5(mfad: Any) -> None:
+    """Enrolling a user the system does not know fails with exit code 5 and says so."""
+    result = mfa(mfad, "enroll", "no-such-user-mfa-test", input="")
+
+    assert result.exit_code == 5
+    assert "no user 'no-such-user-mfa-test'" in result.stderr
+    assert "otpauth://" not in result.output
+
+
+def test_status_shows_enrolment_and_last_login(
+    mfad: Any, make_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mfa status USER` shows the state and when the user enrolled; after a login it shows
+    when and from where the last code was verified and how far the phone's clock is off
+    (a code from the next step: one step, about 30 s, ahead). `--json` gives the same as
+    data. The socket can also come from MFA_SOCKET."""
+    user = make_user()
+    secret = mfad.enroll(user)
+    monkeypatch.setenv("MFA_SOCKET", str(mfad.control_socket))
+
+    before = CliRunner().invoke(cli, ["status", user])
+
+    assert before.exit_code == 0, before.output
+    fields = {k: v.strip() for k, v in (ln.split(":", 1) for ln in before.stdout.splitlines())}
+    assert fields["User"] == user
+    assert fields["State"] == "active"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", fields["Enrolled at"])
+    assert fields["Last verified"] == "never"
+    assert fields["Last remote host"] == "-"
+
+    with PamWire(mfad.pam_socket) as wire:
+        frames = wire.login(user, [totp_now(secret, +1)], service="sshd", rhost="203.0.113.7")
+    assert frames[-1] == Frame("R", "S")
+
+    after = CliRunner().invoke(cli, ["status", user])
+
+    fields = {k: v.strip() for k, v in (ln.split(":", 1) for ln in after.stdout.splitlines())}
+    assert fields["Last verified"].endswith("+00:00")
+    assert fields["Last remote host"] == "203.0.113.7"
+    assert fields["Clock offset"] == "+1 step (phone clock about 30 s ahead)"
+    as_json = json.loads(CliRunner().invoke(cli, ["status", user, "--json"]).stdout)
+    assert as_json["user"] == user
+    assert as_json["state"] == "active"
+    assert as_json["last_rhost"] == "203.0.113.7"
+    assert as_json["clock_offset_steps"] == 1
+    assert "ok" not in as_json
+
+
+def test_disable_erases_the_enrolment(mfad: Any, make_user: Any) -> None:
+    """`mfa disable USER` asks first (answering no changes nothing), then says what changed;
+    afterwards the user is disabled and can start a fresh enrolment."""
+    user = make_user()
+    mfad.enroll(user)
+
+    declined = mfa(mfad, "disable", user, input="n\n")
+
+    assert declined.exit_code == 1
+    assert f"Erase the authenticator secret of {user} (state: active)?" in declined.stdout
+    assert state_of(mfad, user) == "active"
+
+    done = mfa(mfad, "disable", user, input="y\n")
+
+    assert done.exit_code == 0, done.output
+    assert f"{user}: active -> disabled; secret erased, history kept." in done.stdout
+    assert state_of(mfad, user) == "disabled"
+    again, _ = begin(mfad, user)
+    assert "otpauth://" in again.stdout
+
+    nothing = mfa(mfad, "disable", "--yes", "never-enrolled-mfa-test")
+    assert nothing.exit_code == 5
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_daemon_down_exits_3_with_a_clear_message(mfad: Any, make_user: Any, how: str) -> None:
+    """With mfad stopped (socket gone) or killed (stale socket left behind), every command
+    exits 3 and says that mfad is not running and how to start it."""
+    user = make_user()
+    getattr(mfad, how)()
+
+    for args in (["status", user], ["enroll", user], ["disable", "--yes", user]):
+        result = mfa(mfad, *args)
+
+        assert result.exit_code == 3, result.output
+        assert "mfad is not running" in result.stderr
+        assert str(mfad.control_socket) in result.stderr
+        assert "systemctl start mfad" in result.stderr
+        assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def public_socket(mfad: Any) -> Iterator[Path]:
+    """The test daemon's control socket moved where any uid can reach it.
+
+    pytest's tmp_path sits under /tmp/pytest-of-root (mode 0700), which a
+    non-root caller cannot traverse; the daemon is restarted with its control
+    socket in a world-traversable directory of its own.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="mfa-cli-test-"))
+    directory.chmod(0o755)
+    control = directory / "control.sock"
+    mfad.restart(sockets={"control": str(control)})
+    yield control
+    mfad.stop()
+    shutil.rmtree(directory)
+
+
+def run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed `mfa` as ``user`` (a real non-root uid, as the daemon sees it)."""
+    return subprocess.run(
+        ["runuser", "-u", user, "--", str(MFA), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_non_root_user_is_refused_other_accounts(
+    public_socket: Path, make_user: Callable[..., str]
+) -> None:
+    """A non-root user may see their own status (the default user), but asking about or
+    disabling another account is refused with exit code 4, and so is disabling their own:
+    only root or the admin group may remove a second factor."""
+    alice, bob = make_user(), make_user()
+    sock = ["--socket", str(public_socket)]
+
+    own = run_as(alice, *sock, "status")
+    assert own.returncode == 0, own.stderr
+    assert re.search(rf"^User:\s+{alice}$", own.stdout, re.MULTILINE)
+
+    for args in (["status", bob], ["enroll", bob], ["disable", "--yes", bob]):
+        refused = run_as(alice, *sock, *args)
+
+        assert refused.returncode == 4, refused.stderr
+        assert refused.stderr.startswith("Error: ")
+        assert bob in refused.stderr
+        assert "otpauth://" not in refused.stdout
+
+    assert run_as(alice, *sock, "disable", "--yes", alice).returncode == 4
