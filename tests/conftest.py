@@ -6,6 +6,7 @@ the suite leaves the machine as it found it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -24,6 +25,8 @@ import pytest
 import yaml
 
 from mfad.framing import encode, recv_frame_blocking
+from mfad.secretbox import SecretBox
+from mfad.store import PendingEnrolment, SqliteStore, TokenParams
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "pam_module"
@@ -147,6 +150,23 @@ class Daemon:
         confirmed = self.request("enroll_confirm", user=user, code=totp_now(begun["secret"], -1))
         assert confirmed["ok"], confirmed
         return str(begun["secret"])
+
+    def seed(self, user: str, secret: bytes, params: TokenParams | None = None) -> None:
+        """Give `user` an active token with no step used yet, through mfad's own store code.
+
+        Enrolling over the control socket marks the confirming code's step as
+        used; tests of the acceptance window need a token with none used.
+        """
+
+        async def write() -> None:
+            store = await SqliteStore.open(self.db_path)
+            box = SecretBox.from_file(self.key_path)
+            pending = PendingEnrolment(user, box.seal(user, secret), params or TokenParams(), 0.0)
+            await store.begin_enrolment(pending)
+            await store.activate(pending, step=0, now=time.time())
+            await store.close()
+
+        asyncio.run(write())
 
     def audit(self) -> list[dict[str, Any]]:
         if not self.audit_path.exists():
