@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,8 @@ from click.testing import CliRunner, Result
 from conftest import totp_now
 from wire import PamWire
 
+from mfa_cli.client import DaemonClient
+from mfa_cli.errors import DaemonUnreachable
 from mfa_cli.main import cli
 from mfad.framing import Frame
 
@@ -334,3 +337,18 @@ def test_non_root_user_is_refused_other_accounts(
         assert "otpauth://" not in refused.stdout
 
     assert run_as(alice, *sock, "disable", "--yes", alice).returncode == 4
+
+
+def test_a_daemon_that_does_not_answer_times_out_with_exit_3(tmp_path: Path) -> None:
+    """A socket that accepts connections but never answers (a hung daemon) does not hang
+    `mfa`: the request gives up after its timeout with exit code 3 and says so."""
+    path = tmp_path / "hung.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hung:
+        hung.bind(str(path))
+        hung.listen()
+
+        with pytest.raises(DaemonUnreachable) as caught:
+            DaemonClient(path, timeout=0.3).request("status", user="root")
+
+    assert caught.value.exit_code == 3
+    assert caught.value.message == f"mfad at {path} did not answer within 0.3 s"
