@@ -58,7 +58,7 @@ make -s -C pam_module install PAMDIR="$pam_dir"
 say "installing mfad and mfa into $VENV"
 install -d -m 0755 "$PREFIX"
 [[ -x $VENV/bin/python ]] || /usr/bin/python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade --force-reinstall --no-deps .
+# pip reinstalls a local project on every run, so a re-run picks up new code.
 "$VENV/bin/pip" install -q .
 ln -sfn "$VENV/bin/mfad" /usr/local/sbin/mfad
 ln -sfn "$VENV/bin/mfa" /usr/local/bin/mfa
@@ -136,6 +136,7 @@ else
         fi
         rm -f "$PID_FILE"
     fi
+    [[ -e $LOG_FILE ]] || install -m 0640 /dev/null "$LOG_FILE"
     setsid /usr/local/sbin/mfad --config "$CONF" </dev/null >>"$LOG_FILE" 2>&1 &
     pid=$!
     echo "$pid" >"$PID_FILE"

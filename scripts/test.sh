@@ -28,9 +28,9 @@ apt_packages=(
     libpam-modules passwd                     # pam_unix, useradd/chpasswd for throwaway users
     oathtool                                  # codes from an independent TOTP implementation
     zbar-tools                                # decode the enrolment QR code back to its URI
-    valgrind clang                            # memory checks and a second compiler for the module
-    sqlite3                                   # inspect the store in tests
-    libpam-google-authenticator               # comparison/interop tests
+    valgrind                                  # the PAM-module tests under valgrind
+    clang sqlite3 libpam-google-authenticator # on hand for tests: a second C compiler, the
+                                              # sqlite3 shell, google-authenticator's module
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do
