@@ -10,11 +10,13 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import string
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,12 +177,20 @@ class Daemon:
 
 
 @pytest.fixture
-def mfad(tmp_path: Path) -> Iterator[Daemon]:
-    """A started daemon in mode `required`; stopped (and checked alive) at teardown."""
-    daemon = Daemon(tmp_path)
-    daemon.start()
-    yield daemon
-    daemon.kill() if daemon.proc is not None and daemon.proc.poll() is not None else daemon.stop()
+def mfad() -> Iterator[Daemon]:
+    """A started daemon in mode `required`, its files removed at teardown.
+
+    Its directory is under /tmp with mode 0755 (pytest's own tmp_path is 0700)
+    so that tests may run `mfa` as an unprivileged user against the control socket.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="mfad-test-"))
+    daemon = Daemon(tmp)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(*argv: str) -> None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -52,9 +53,18 @@ def _notify(state: str) -> None:
             log.warning("notify_failed", state=state, error=exc.strerror)
 
 
+def _raise_fd_limit(wanted: int) -> None:
+    """Each connection is a descriptor: allow max_connections plus room for files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 async def serve(config_path: Path) -> None:
     os.umask(0o077)  # the store, its WAL and the audit log are for root's eyes only
     cfg = config.load(config_path)
+    _raise_fd_limit(cfg.max_connections + 256)
     box = SecretBox.from_file(cfg.key_file)
     store = await SqliteStore.open(cfg.store_path)
     audit = AuditLog(cfg.audit_path)

@@ -5,7 +5,9 @@ and su may start a login check); the control socket is 0666 and every request
 on it is authorised by the caller's SO_PEERCRED uid in control.py.
 
 Each connection gets a hard deadline and the daemon holds at most
-``max_connections`` at once, so idle or trickling clients cannot starve logins.
+``max_connections`` at once. At the cap a new connection evicts the oldest one
+that has not yet sent its START frame: clients that connect and say nothing
+(or trickle) cannot starve real logins, and no conversation under way is cut.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class Server:
         self.control = ControlHandler(ctx)
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # connections that have not finished their first frame, oldest first
+        self._unstarted: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._paths: list[Path] = []
 
     async def start(self) -> None:
@@ -88,29 +92,47 @@ class Server:
         """Wrap a handler: connection cap, task tracking, and the writer always closed."""
 
         async def admitted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if len(self._tasks) >= self.ctx.config.max_connections:
+            if len(self._tasks) >= self.ctx.config.max_connections and not self._evict_one():
                 log.warning("connection_refused", reason="max_connections reached")
                 writer.close()
                 return
             task = asyncio.current_task()
             assert task is not None
             self._tasks.add(task)
+            self._unstarted[task] = writer
             try:
                 await serve(reader, writer)
             except TimeoutError:
                 log.warning("connection_deadline", reason="connection held too long")
             finally:
                 self._tasks.discard(task)
+                self._unstarted.pop(task, None)
                 writer.close()
 
         return admitted
+
+    def _evict_one(self) -> bool:
+        """Close the oldest connection still waiting for its first frame, if any."""
+        for task, writer in self._unstarted.items():
+            del self._unstarted[task]
+            writer.transport.abort()
+            log.warning("connection_evicted", reason="max_connections reached; idle client")
+            return True
+        return False
+
+    def _started(self) -> None:
+        """Called once a connection's first frame is in: it may no longer be evicted."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._unstarted.pop(task, None)
 
     async def _serve_pam(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pid, uid, _ = peer_credentials(writer)
         login = self.ctx.config.login
         deadline = START_TIMEOUT + login.max_attempts * (login.prompt_timeout + 5)
+        session = LoginSession(self.ctx, reader, writer, peer=f"pid={pid},uid={uid}")
         async with asyncio.timeout(deadline):
-            await LoginSession(self.ctx, reader, writer, peer=f"pid={pid},uid={uid}").run()
+            await session.run(on_start=self._started)
 
     async def _serve_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -124,6 +146,7 @@ class Server:
                 return
             if frame is None:
                 return
+            self._started()
             response = await self.control.handle(frame, uid)
             writer.write(encode(T.RESPONSE, json.dumps(response)))
             await writer.drain()

@@ -15,6 +15,7 @@ import asyncio
 import pwd
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -53,13 +54,18 @@ class LoginSession:
         self.fields: dict[str, Any] = {"session": secrets.token_hex(8), "peer": peer}
         self.started = time.monotonic()
 
-    async def run(self) -> None:
-        """Serve one connection; never raises for what a peer or the disk does."""
+    async def run(self, on_start: Callable[[], None] = lambda: None) -> None:
+        """Serve one connection; never raises for what a peer or the disk does.
+
+        `on_start` is called once the START frame is in, so the server stops
+        treating this connection as an idle one it may evict.
+        """
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 frame = await read_frame(self.reader)
             if frame is None:
                 return
+            on_start()
             start = parse_start(frame)
             self.fields.update(
                 user=start.user, service=start.service, rhost=start.rhost,
