@@ -7,6 +7,11 @@ chain; the last step, the sink, writes them. Writing happens on one dedicated
 thread so a slow or full disk never stalls the event loop, and so the chain is
 extended strictly in order.
 
+Beside the log, ``<log>.head`` holds the sequence number and hash of the last
+record written (rewritten in place after every record). It lets the chain go on
+across log rotation, and it exposes truncation: a log whose last record is not
+the head was cut, which the daemon records at start and ``verify`` reports.
+
 A record that cannot be written raises AuditError: the caller fails the login
 closed. A partial line left by a full disk is cut off again so the file stays
 parseable and the chain intact.
@@ -59,6 +64,26 @@ def _last_line(path: Path) -> bytes | None:
     return None
 
 
+def head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+def read_head(path: Path) -> tuple[int, str] | None:
+    """(seq, hash) of the last record written to the log at `path`, if recorded."""
+    try:
+        seq, digest = head_path(path).read_text().split()
+        return int(seq), digest
+    except (OSError, ValueError):
+        return None
+
+
+def _seq_of(line: bytes) -> int:
+    try:
+        return int(json.loads(line)["seq"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
 class _Sink:
     """structlog's 'logger': appends a rendered record to the file and to stderr."""
 
@@ -66,27 +91,38 @@ class _Sink:
         self.path = path
         self.to_stderr = to_stderr
         self.fd = -1
+        self.head_fd = -1
         self.prev = GENESIS
         self.seq = 0
 
-    def open(self) -> None:
+    def open(self) -> str | None:
+        """Open the log and its head; return why they disagree, if they do."""
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         last = _last_line(self.path)
+        head = read_head(self.path)
+        problem = None
         if last is not None:
-            try:
-                record = json.loads(last)
-                self.seq = int(record["seq"])
-            except (ValueError, KeyError, TypeError):
-                self.seq = 0
-            self.prev = line_hash(last)
+            self.seq, self.prev = _seq_of(last), line_hash(last)
+            if head is not None and head != (self.seq, self.prev):
+                problem = (
+                    f"the log ends at record {self.seq} but record {head[0]} was written last: "
+                    "records were removed or altered while mfad was not running"
+                )
+        elif head is not None:  # rotated away: the new file continues the chain
+            self.seq, self.prev = head
         self.fd = os.open(
             self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
         )
+        self.head_fd = os.open(
+            head_path(self.path), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        return problem
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in (self.fd, self.head_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.head_fd = -1
 
     def chain(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
         """The last processor: number, chain and render the record."""
@@ -98,7 +134,7 @@ class _Sink:
         record["prev"] = self.prev
         return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
-    def msg(self, line: str) -> None:
+    def msg(self, line: str) -> str:
         data = line.encode("utf-8") + b"\n"
         try:
             size = os.fstat(self.fd).st_size
@@ -110,9 +146,14 @@ class _Sink:
             raise AuditError(f"cannot write the audit log {self.path}: {exc.strerror}") from exc
         self.prev = line_hash(data)
         self.seq += 1
+        try:
+            os.pwrite(self.head_fd, f"{self.seq:020d} {self.prev}\n".encode(), 0)
+        except OSError as exc:
+            raise AuditError(f"cannot update {head_path(self.path)}: {exc.strerror}") from exc
         if self.to_stderr:
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
+        return line
 
     info = msg
 
@@ -132,6 +173,20 @@ class AuditLog:
             ],
         )
         self._host = socket.gethostname()
+        self._subscribers: set[asyncio.Queue[str]] = set()
+
+    @property
+    def path(self) -> Path:
+        return self._sink.path
+
+    def subscribe(self) -> asyncio.Queue[str]:
+        """A queue that receives every record written from now on, as its JSON line."""
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[str]) -> None:
+        self._subscribers.discard(queue)
 
     def _add_host(self, _l: Any, _n: str, event: MutableMapping[str, Any]) -> Any:
         event["host"] = self._host
@@ -141,27 +196,32 @@ class AuditLog:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def open(self) -> None:
+        """Open the log; a log cut or altered since the last run is itself recorded."""
         try:
-            await self._run(self._sink.open)
+            problem = await self._run(self._sink.open)
         except OSError as exc:
             path = self._sink.path
             raise AuditError(f"cannot open the audit log {path}: {exc.strerror}") from exc
+        if problem is not None:
+            await self.record("audit_tampered", outcome="error", reason=problem)
 
     async def reopen(self) -> None:
         """After logrotate moved the file: continue the chain in a new one."""
-        def swap() -> None:
+        def swap() -> str | None:
             self._sink.close()
-            prev, seq = self._sink.prev, self._sink.seq
-            self._sink.open()
-            if self._sink.seq == 0:  # a fresh file continues the old chain
-                self._sink.prev, self._sink.seq = prev, seq
+            return self._sink.open()
 
-        await self._run(swap)
+        problem = await self._run(swap)
+        if problem is not None:
+            await self.record("audit_tampered", outcome="error", reason=problem)
 
     async def record(self, event: str, **fields: Any) -> None:
         """Write one record; None-valued fields are dropped to keep lines short."""
         clean = {k: v for k, v in fields.items() if v is not None}
-        await self._run(lambda: self._log.info(event, **clean))
+        line: str = await self._run(lambda: self._log.info(event, **clean))
+        for queue in self._subscribers:
+            if not queue.full():  # a stalled follower misses records; the file has them all
+                queue.put_nowait(line)
 
     async def close(self) -> None:
         await self._run(self._sink.close)
