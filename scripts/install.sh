@@ -79,12 +79,14 @@ chmod 0600 "$KEY"
 install -d -m 0700 /var/lib/mfad
 install -d -m 0750 /var/log/mfad
 
+# Check the config before touching a running daemon: a bad file leaves it running.
+/usr/local/sbin/mfad --check-config --config "$CONF" >/dev/null \
+    || die "$CONF is not valid (see above); fix it and run again"
 # The control socket path comes from the config the daemon will read, through
 # the daemon's own parser, so the readiness check looks where mfad listens.
 control_socket=$("$VENV/bin/python" -c \
     'import sys; from pathlib import Path; from mfad.config import load
-print(load(Path(sys.argv[1])).control_socket)' "$CONF") \
-    || die "$CONF is not valid (see above); fix it and run again"
+print(load(Path(sys.argv[1])).control_socket)' "$CONF")
 
 socket_answers() {
     "$VENV/bin/python" - "$control_socket" <<'PY' 2>/dev/null
