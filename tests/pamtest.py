@@ -513,7 +513,8 @@ def _child_ctypes(spec: dict[str, Any]) -> dict[str, Any]:
     libpam.pam_authenticate.argtypes = [ctypes.c_void_p, ctypes.c_int]
     libpam.pam_end.argtypes = [ctypes.c_void_p, ctypes.c_int]
 
-    answers = [a.encode() for a in spec["answers"]]
+    # surrogateescape: a test can send bytes that are not UTF-8 ("\udcff" is 0xff)
+    answers = [a.encode("utf-8", "surrogateescape") for a in spec["answers"]]
     messages: list[list[str]] = []
 
     def converse(n: int, msgs: Any, resp: Any, _data: Any) -> int:
