@@ -78,6 +78,8 @@ class Daemon:
             "key_file": str(self.key_path),
             "audit": {"path": str(self.audit_path)},
             "totp": {"issuer": "pam-mfa-test"},
+            # no back-off delay unless a test is about it: it would only slow the suite
+            "lockout": {"delay": 0},
         }
 
     def write_config(self, **overrides: Any) -> None:
@@ -89,7 +91,8 @@ class Daemon:
         if not self.key_path.exists():
             subprocess.run(
                 [sys.executable, "-m", "mfad", "--generate-key", str(self.key_path)],
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             )
         notify_path = self.tmp / "notify.sock"
         notify_path.unlink(missing_ok=True)
@@ -100,7 +103,10 @@ class Daemon:
             with self.stderr_path.open("ab") as err:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "mfad", "--config", str(self.config_path)],
-                    stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    env=env,
                 )
             try:
                 while notify.recv(4096) != b"READY=1":

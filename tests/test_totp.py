@@ -61,7 +61,9 @@ def _oathtool(secret: bytes, when: float) -> str:
     b32 = base64.b32encode(secret).decode()
     out = subprocess.run(
         ["oathtool", "--totp", "-b", f"--now=@{int(when)}", b32],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return out.stdout.strip()
 

@@ -39,6 +39,23 @@ class LoginConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LockoutConfig:
+    """pam_faillock's vocabulary for the account lock, plus a per-source stage before it."""
+
+    deny: int = 5  # consecutive wrong codes within fail_interval that lock the account
+    fail_interval: float = 900.0
+    unlock_time: float = 900.0  # 0: locked until an administrator unlocks
+    even_deny_root: bool = False
+    silent: bool = False  # do not tell the user that (or until when) they are locked
+    # wrong codes from one remote host that block that host for the user: above
+    # max_attempts (one bad conversation is a typo, not an attack), below deny
+    source_deny: int = 4
+    source_block_time: float = 900.0
+    delay: float = 1.0  # seconds before answering a wrong code; doubles per failure
+    max_delay: float = 16.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mode: str = "optional"
     admin_group: str = ""
@@ -51,6 +68,7 @@ class Config:
     max_connections: int = 1024
     totp: TotpConfig = field(default_factory=TotpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
+    lockout: LockoutConfig = field(default_factory=LockoutConfig)
 
 
 # --- validators: each takes the raw YAML value and returns the typed one or raises ValueError ---
@@ -81,6 +99,12 @@ def _choice(*options: Any) -> Callable[[Any], Any]:
         return value
 
     return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
 
 
 def _text(value: Any) -> str:
@@ -114,6 +138,15 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "login.max_attempts": ("login.max_attempts", _int(1, 10)),
     "login.prompt_timeout": ("login.prompt_timeout", _seconds(1, 3600)),
     "login.prompt": ("login.prompt", _text),
+    "lockout.deny": ("lockout.deny", _int(1, 1000)),
+    "lockout.fail_interval": ("lockout.fail_interval", _seconds(1, 7 * 86400)),
+    "lockout.unlock_time": ("lockout.unlock_time", _seconds(0, 7 * 86400)),
+    "lockout.even_deny_root": ("lockout.even_deny_root", _bool),
+    "lockout.silent": ("lockout.silent", _bool),
+    "lockout.source_deny": ("lockout.source_deny", _int(1, 1000)),
+    "lockout.source_block_time": ("lockout.source_block_time", _seconds(1, 7 * 86400)),
+    "lockout.delay": ("lockout.delay", _seconds(0, 60)),
+    "lockout.max_delay": ("lockout.max_delay", _seconds(0, 600)),
 }
 _SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
 
@@ -148,7 +181,7 @@ def parse(text: str, where: str = "<config>") -> Config:
         raise ConfigError(f"{where}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     flat = _flatten(root, where) if root is not None else {}
     top: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {"totp": {}, "login": {}}
+    nested: dict[str, dict[str, Any]] = {"totp": {}, "login": {}, "lockout": {}}
     for key, (raw, line) in flat.items():
         attr, check = _SCHEMA[key]
         try:
@@ -157,7 +190,10 @@ def parse(text: str, where: str = "<config>") -> Config:
             raise ConfigError(f"{where} line {line}: {key}: {exc}") from None
         section, _, name = attr.rpartition(".")
         (nested[section] if section else top)[name] = value
-    return Config(**top, totp=TotpConfig(**nested["totp"]), login=LoginConfig(**nested["login"]))
+    return Config(
+        **top, totp=TotpConfig(**nested["totp"]), login=LoginConfig(**nested["login"]),
+        lockout=LockoutConfig(**nested["lockout"]),
+    )
 
 
 def load(path: Path = DEFAULT_PATH) -> Config:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from mfad.audit import AuditLog
 from mfad.config import Config
+from mfad.lockout import Guard
 from mfad.secretbox import SecretBox
 from mfad.store import Store
 
@@ -18,4 +19,5 @@ class Context:
     store: Store
     box: SecretBox
     audit: AuditLog
+    guard: Guard
     clock: Callable[[], float] = field(default=time.time)  # injected so tests control time

@@ -18,6 +18,7 @@ from mfad import __version__, config
 from mfad.audit import AuditLog
 from mfad.context import Context
 from mfad.errors import MfaError
+from mfad.lockout import Guard
 from mfad.secretbox import SecretBox, generate_key_file
 from mfad.server import Server
 from mfad.store import SqliteStore
@@ -69,7 +70,7 @@ async def serve(config_path: Path) -> None:
     store = await SqliteStore.open(cfg.store_path)
     audit = AuditLog(cfg.audit_path)
     await audit.open()
-    ctx = Context(cfg, store, box, audit)
+    ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout))
     server = Server(ctx)
     await server.start()
     await audit.record("daemon_start", outcome="success", version=__version__, pid=os.getpid())

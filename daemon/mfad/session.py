@@ -12,10 +12,13 @@ outcome, reason and duration (the canonical line for this login).
 from __future__ import annotations
 
 import asyncio
+import math
 import pwd
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -24,6 +27,7 @@ from mfad import policy, totp
 from mfad.context import Context
 from mfad.errors import AuditError, ProtocolError, StoreError
 from mfad.framing import encode, read_frame
+from mfad.lockout import Refusal
 from mfad.protocol import Outcome, Start, T, parse_start
 from mfad.store import Account, TokenParams
 
@@ -33,6 +37,28 @@ START_TIMEOUT = 10.0  # the module sends START right after connecting
 MSG_INCORRECT = "Incorrect verification code."
 MSG_TIMEOUT = "Correct verification code was not entered before timeout."
 MSG_TOO_MANY = "Too many failed attempts with incorrect verification code."
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    reason: str | None  # None: the code was right
+    details: dict[str, Any] = field(default_factory=dict)
+    delay: float = 0.0
+    refusal: Refusal | None = None  # locked or blocked, now or already
+
+
+def _iso(ts: float) -> str | None:
+    return None if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _refusal_message(refusal: Refusal) -> str:
+    if math.isinf(refusal.until):
+        when = "until an administrator unlocks it"
+    else:
+        when = "until " + datetime.fromtimestamp(refusal.until, UTC).strftime("%H:%M UTC")
+    if refusal.reason == "locked":
+        return f"The account is locked after too many failed attempts, {when}."
+    return f"Too many failed attempts from this host; verification is blocked {when}."
 
 
 def _user_exists(user: str) -> bool:
@@ -99,6 +125,11 @@ class LoginSession:
             if decision.message:
                 await self._send(T.ERROR, decision.message)
             return Outcome.FAILURE
+        refusal = await self.ctx.guard.refusal(start.user, start.rhost, self.ctx.clock())
+        if refusal is not None and not config.lockout.silent:
+            await self._finish("failure", refusal.reason)
+            await self._send(T.ERROR, _refusal_message(refusal))
+            return Outcome.FAILURE
         await self.ctx.audit.record("challenge", outcome="pending", method="totp", **self.fields)
         return await self._ask_for_code(account if decision.reason == "enrolled" else None)
 
@@ -118,38 +149,78 @@ class LoginSession:
                 return None
             if frame.type != T.ANSWER:
                 raise ProtocolError(f"expected ANSWER, got a {frame.type!r} frame")
-            reason = await self._check(account, frame.payload)
-            if reason is None:
+            check = await self._check(account, frame.payload)
+            if check.reason is None:
                 await self._finish("success", "correct_code", method="totp", attempts=attempt)
                 return Outcome.SUCCESS
             await self.ctx.audit.record(
-                "attempt", outcome="failure", reason=reason, attempt=attempt, **self.fields
+                "attempt", outcome="failure", reason=check.reason, attempt=attempt,
+                **check.details, **self.fields,
             )
+            await asyncio.sleep(check.delay)
+            if check.refusal is not None and not config.lockout.silent:
+                await self._finish("failure", check.refusal.reason, attempts=attempt)
+                await self._send(T.ERROR, _refusal_message(check.refusal))
+                return Outcome.FAILURE
             if attempt < config.login.max_attempts:
                 await self._send(T.ERROR, MSG_INCORRECT)
         await self._finish("failure", "too_many_attempts", attempts=config.login.max_attempts)
         await self._send(T.ERROR, MSG_TOO_MANY)
         return Outcome.MAXTRIES
 
-    async def _check(self, account: Account | None, answer: str) -> str | None:
-        """None if the answer is a correct, unused code; else the reason it is not."""
-        cfg, now = self.config.totp, self.ctx.clock()
+    async def _check(self, account: Account | None, answer: str) -> Check:
+        """Judge one answer under the user's guard: refused unseen, right, or counted wrong."""
+        user, rhost = self.fields["user"], self.fields["rhost"]
+        guard = self.ctx.guard
+        async with guard.hold(user):
+            now = self.ctx.clock()
+            refusal = await guard.refusal(user, rhost, now)
+            if refusal is not None:
+                return Check(refusal.reason, refusal=refusal)
+            reason, details = await self._verify(account, answer, now)
+            if reason is None:
+                await guard.succeeded(user, rhost)
+                return Check(None)
+            effect = await guard.failed(user, rhost, now)
+        refusal = None
+        if effect.locked_until is not None:
+            refusal = Refusal("locked", effect.locked_until)
+            await self.ctx.audit.record(
+                "lock_set", outcome="locked", until=_iso(effect.locked_until),
+                failures=effect.failures, **self.fields,
+            )
+        elif effect.blocked_until is not None:
+            refusal = Refusal("source_blocked", effect.blocked_until)
+            await self.ctx.audit.record(
+                "source_blocked", outcome="blocked", until=_iso(effect.blocked_until),
+                **self.fields,
+            )
+        return Check(reason, details, effect.delay, refusal)
+
+    async def _verify(
+        self, account: Account | None, answer: str, now: float
+    ) -> tuple[str | None, dict[str, Any]]:
+        """(None, {}) for a correct unused code, else the reason and what the admin should see."""
+        window = self.config.totp.window
         params = account.params if account is not None else TokenParams()
         code = totp.normalise(answer, params.digits)
         if code is None:
-            return "malformed_code"
+            return "malformed_code", {}
         if account is None or account.sealed_secret is None:
-            totp.decoy(params, code, now, cfg.window)
-            return "incorrect_code"
+            totp.decoy(params, code, now, window)
+            return "incorrect_code", {}
         secret = self.ctx.box.open(account.user, account.sealed_secret)
-        found = totp.match(secret, params, code, now, cfg.window)
+        found = totp.match(secret, params, code, now, window)
         if found is None:
-            return "incorrect_code"
+            far = totp.far_offset(secret, params, code, now, window)
+            if far is None:
+                return "incorrect_code", {}
+            return "incorrect_code", {"suspected_clock_offset_s": far * params.period}
         used = await self.ctx.store.consume_step(
             account.user, found.step, found.offset, now,
             self.fields["rhost"], self.fields["service"],
         )
-        return None if used else "replayed_code"
+        return (None, {}) if used else ("replayed_code", {})
 
     async def _finish(self, outcome: str, reason: str, **extra: Any) -> None:
         duration_ms = round((time.monotonic() - self.started) * 1000, 1)

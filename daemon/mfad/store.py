@@ -58,6 +58,21 @@ class PendingEnrolment:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """Consecutive wrong codes since `first_at`, and a lock or block that may be in force."""
+
+    failures: int = 0
+    first_at: float = 0.0
+    until: float = 0.0  # locked/blocked until this time; 0 = not; inf = until an admin unlocks
+
+
+@dataclass(frozen=True, slots=True)
+class GuardState:
+    account: Counter  # all sources together: the account lock
+    source: Counter  # this (user, remote host) pair: the per-source block
+
+
 class Store(abc.ABC):
     """What the daemon needs from storage; nothing else touches the tables."""
 
@@ -84,6 +99,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def disable(self, user: str, now: float) -> bool:
         """Erase secret and pending enrolment, keep history; False if there was no account."""
+
+    @abc.abstractmethod
+    async def get_guard(self, user: str, source: str) -> GuardState: ...
+
+    @abc.abstractmethod
+    async def put_guard(self, user: str, source: str, state: GuardState) -> None:
+        """Replace both counters; callers serialise per user (see lockout.Guard)."""
+
+    @abc.abstractmethod
+    async def clear_guard(self, user: str) -> bool:
+        """Forget every counter, lock and block of `user`; False if there were none."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -124,7 +150,21 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX logins_user_at ON logins (user, at);
     """,
+    # 2: failure counters for lockout; any user name, enrolled or not, so that
+    # unknown names behave exactly like real ones. until = 1e308 means "until unlocked".
+    """
+    CREATE TABLE guard (
+        user TEXT NOT NULL,
+        source TEXT NOT NULL,  -- '*' for the account as a whole, else the remote host
+        failures INTEGER NOT NULL,
+        first_at REAL NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (user, source)
+    );
+    """,
 ]
+ACCOUNT_SOURCE = "*"
+_FOREVER = 1e308
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -284,6 +324,41 @@ class SqliteStore(Store):
                 )
                 gone = db.execute("DELETE FROM enrolments WHERE user = ?", (user,)).rowcount
             return cur.rowcount == 1 or gone == 1
+
+        return await self._run(q)
+
+    async def get_guard(self, user: str, source: str) -> GuardState:
+        def q() -> GuardState:
+            rows = self._conn().execute(
+                "SELECT source, failures, first_at, until FROM guard"
+                " WHERE user = ? AND source IN (?, ?)",
+                (user, ACCOUNT_SOURCE, source),
+            ).fetchall()
+            found = {r[0]: Counter(r[1], r[2], float("inf") if r[3] >= _FOREVER else r[3])
+                     for r in rows}
+            return GuardState(found.get(ACCOUNT_SOURCE, Counter()), found.get(source, Counter()))
+
+        return await self._run(q)
+
+    async def put_guard(self, user: str, source: str, state: GuardState) -> None:
+        def q() -> None:
+            with _transaction(self._conn()) as db:
+                for key, counter in ((ACCOUNT_SOURCE, state.account), (source, state.source)):
+                    if counter == Counter():
+                        db.execute("DELETE FROM guard WHERE user = ? AND source = ?", (user, key))
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO guard VALUES (?, ?, ?, ?, ?)",
+                            (user, key, counter.failures, counter.first_at,
+                             min(counter.until, _FOREVER)),
+                        )
+
+        await self._run(q)
+
+    async def clear_guard(self, user: str) -> bool:
+        def q() -> bool:
+            with _transaction(self._conn()) as db:
+                return db.execute("DELETE FROM guard WHERE user = ?", (user,)).rowcount > 0
 
         return await self._run(q)
 

@@ -70,6 +70,30 @@ def match(secret: bytes, params: TokenParams, code: str, now: float, window: int
     return found
 
 
+FAR_WINDOW = 20  # steps either side (10 minutes at 30 s) searched for a drifting phone
+
+
+def far_offset(
+    secret: bytes, params: TokenParams, code: str, now: float, window: int
+) -> int | None:
+    """Steps between now and a match outside the window but within FAR_WINDOW, if any.
+
+    Never grounds for acceptance: only evidence of a phone clock that drifted,
+    for the administrator (the commonest "codes don't work" support call).
+    """
+    otp = _otp(secret, params)
+    current = int(now // params.period)
+    found = None
+    for offset in range(-FAR_WINDOW, FAR_WINDOW + 1):
+        if abs(offset) > window and hmac.compare_digest(
+            otp.generate_otp(current + offset).encode(), code.encode()
+        ):
+            found = offset if found is None or abs(offset) < abs(found) else found
+    return found
+
+
 def decoy(params: TokenParams, code: str, now: float, window: int) -> None:
-    """Spend the same work as `match` for a user who has no token."""
-    match(b"\x00" * SECRET_BYTES[params.algorithm], params, code, now, window)
+    """Spend the same work as a wrong code costs a user who has a token."""
+    dummy = b"\x00" * SECRET_BYTES[params.algorithm]
+    match(dummy, params, code, now, window)
+    far_offset(dummy, params, code, now, window)

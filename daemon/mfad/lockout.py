@@ -1,0 +1,119 @@
+"""Guessing defence: slow and block one source first, lock the account last.
+
+Stages, for each wrong code (pam_faillock semantics for the account lock):
+
+1. Back-off: the answer to a wrong code is delayed ``delay`` seconds, doubling
+   with each consecutive failure from that (user, remote host), up to
+   ``max_delay``. The delay is served outside any lock, so the owner logging in
+   from elsewhere is not slowed.
+2. Source block: ``source_deny`` wrong codes from one remote host block that
+   host for that user for ``source_block_time``. An attacker on one host cannot
+   lock the owner out: with ``source_deny < deny`` the account lock needs
+   guesses from several hosts.
+3. Account lock: ``deny`` consecutive wrong codes within ``fail_interval``, from
+   anywhere, lock the account for ``unlock_time`` (0: until ``mfa unlock``).
+   Root is only locked with ``even_deny_root``.
+
+A correct code clears the account counter and that source's. Counters live in
+the store, so they survive restarts. All checks for one user run under one
+asyncio lock, so with 200 parallel guesses exactly ``deny`` are checked
+against the secret; the rest are refused unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+
+from mfad.config import LockoutConfig
+from mfad.store import Counter, GuardState, Store
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str  # "locked" | "source_blocked"
+    until: float  # inf: until an administrator unlocks
+
+
+@dataclass(frozen=True, slots=True)
+class FailureEffect:
+    delay: float  # seconds to wait before answering
+    locked_until: float | None = None  # set when this failure locked the account
+    blocked_until: float | None = None  # set when this failure blocked the source
+    failures: int = 0  # the account's consecutive failures, this one included
+
+
+def source_key(rhost: str) -> str:
+    return f"host:{rhost}" if rhost else "local"
+
+
+class Guard:
+    def __init__(self, store: Store, config: Callable[[], LockoutConfig]) -> None:
+        self._store = store
+        self._config = config  # read per call, so a reload applies at once
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, user: str) -> AsyncIterator[None]:
+        """Serialise every check of one user's codes; entries vanish when unused."""
+        lock, users = self._locks.get(user, (asyncio.Lock(), 0))
+        self._locks[user] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[user]
+            if users == 1:
+                del self._locks[user]
+            else:
+                self._locks[user] = (lock, users - 1)
+
+    async def refusal(self, user: str, rhost: str, now: float) -> Refusal | None:
+        """Why no code of this user from this host may be checked now, if so."""
+        state = await self._store.get_guard(user, source_key(rhost))
+        if state.account.until > now:
+            return Refusal("locked", state.account.until)
+        if state.source.until > now:
+            return Refusal("source_blocked", state.source.until)
+        return None
+
+    async def failed(self, user: str, rhost: str, now: float) -> FailureEffect:
+        """Count a wrong code; lock or block when a threshold is reached. Call under hold()."""
+        cfg = self._config()
+        key = source_key(rhost)
+        state = await self._store.get_guard(user, key)
+        account = _count(state.account, now, cfg.fail_interval)
+        source = _count(state.source, now, cfg.fail_interval)
+        effect = FailureEffect(
+            delay=min(cfg.delay * 2 ** (source.failures - 1), cfg.max_delay),
+            failures=account.failures,
+        )
+        if source.failures >= cfg.source_deny:
+            source = replace(source, until=now + cfg.source_block_time)
+            effect = replace(effect, blocked_until=source.until)
+        if account.failures >= cfg.deny and (user != "root" or cfg.even_deny_root):
+            until = now + cfg.unlock_time if cfg.unlock_time > 0 else math.inf
+            account = replace(account, until=until)
+            effect = replace(effect, locked_until=until)
+        await self._store.put_guard(user, key, GuardState(account, source))
+        return effect
+
+    async def succeeded(self, user: str, rhost: str) -> None:
+        """A correct code: clear the account counter and this source's. Call under hold()."""
+        key = source_key(rhost)
+        if await self._store.get_guard(user, key) != GuardState(Counter(), Counter()):
+            await self._store.put_guard(user, key, GuardState(Counter(), Counter()))
+
+    async def unlock(self, user: str) -> bool:
+        async with self.hold(user):
+            return await self._store.clear_guard(user)
+
+
+def _count(counter: Counter, now: float, interval: float) -> Counter:
+    """One more failure; a run older than the interval, or ended by a lock, starts over."""
+    if counter.failures == 0 or now - counter.first_at > interval or counter.until:
+        return Counter(1, now, 0.0)
+    return replace(counter, failures=counter.failures + 1)
