@@ -44,7 +44,7 @@ log = structlog.get_logger("mfad.control")
 
 # Removing a second factor is an administrator's act, even on one's own account:
 # otherwise anyone holding a password and a shell could opt out of MFA.
-ADMIN_ONLY = frozenset({"disable"})
+ADMIN_ONLY = frozenset({"disable", "unlock"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,7 @@ class ControlHandler:
             "enroll_begin": self.enroll_begin,
             "enroll_confirm": self.enroll_confirm,
             "disable": self.disable,
+            "unlock": self.unlock,
         }
 
     async def handle(self, frame: Frame, uid: int) -> dict[str, Any]:
@@ -218,3 +219,15 @@ class ControlHandler:
             raise NotEnrolled(f"{user} has no second factor to disable")
         await self._audit_action(caller, "disable", user, state="disabled")
         return {"user": user, "state": "disabled"}
+
+    async def unlock(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        """Clear the account lock, source blocks and failure counts (pam_faillock --reset)."""
+        user = _user_field(request)
+        cleared = await self.ctx.guard.unlock(user)
+        await self._audit_action(caller, "unlock", user, cleared=cleared)
+        if cleared:
+            await self.ctx.audit.record(
+                "lock_cleared", outcome="success", user=user, reason="unlocked by administrator",
+                actor=caller.name, actor_uid=caller.uid,
+            )
+        return {"user": user, "cleared": cleared}
