@@ -73,7 +73,7 @@ struct relay {
 	char why[192];      /* reason for "unreachable", for the log */
 };
 
-/* Record why the daemon counts as unreachable; always returns -1. */
+/* Record why the daemon counts as unreachable (%m: errno, thread-safe); returns -1. */
 __attribute__((format(printf, 2, 3))) static int fail(struct relay *r, const char *fmt, ...)
 {
 	va_list ap;
@@ -107,7 +107,7 @@ static int wait_fd(struct relay *r, short events, long long deadline)
 		if (n > 0)
 			return 0;
 		if (n < 0 && errno != EINTR)
-			return fail(r, "poll: %s", strerror(errno));
+			return fail(r, "poll: %m");
 	}
 }
 
@@ -128,7 +128,7 @@ static int write_all(struct relay *r, const void *data, size_t n, long long dead
 
 			if (err == EINTR || err == EAGAIN)
 				continue;
-			fail(r, "write to mfad: %s", strerror(err));
+			fail(r, "write to mfad: %m");
 			errno = err;
 			return -1;
 		}
@@ -151,7 +151,7 @@ static int read_all(struct relay *r, unsigned char *p, size_t n, long long deadl
 		if (got < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
-			return fail(r, "read from mfad: %s", strerror(errno));
+			return fail(r, "read from mfad: %m");
 		}
 		p += got;
 		n -= (size_t)got;
@@ -274,18 +274,18 @@ static int connect_daemon(struct relay *r)
 	memcpy(sa.sun_path, r->socket_path, strlen(r->socket_path) + 1);
 	/* Only a socket that root created can speak for root's daemon. */
 	if (lstat(r->socket_path, &st) < 0)
-		return fail(r, "%s: %s", r->socket_path, strerror(errno));
+		return fail(r, "%s: %m", r->socket_path);
 	if (!S_ISSOCK(st.st_mode))
 		return fail(r, "%s is not a socket", r->socket_path);
 	if (st.st_uid != 0)
 		return fail(r, "%s is owned by uid %u, not root", r->socket_path, st.st_uid);
 	r->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (r->fd < 0)
-		return fail(r, "socket: %s", strerror(errno));
+		return fail(r, "socket: %m");
 	/* Non-blocking, so a daemon that stopped accepting cannot hang the login. */
 	while (connect(r->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		if (errno != EINTR && errno != EAGAIN)
-			return fail(r, "connect %s: %s", r->socket_path, strerror(errno));
+			return fail(r, "connect %s: %m", r->socket_path);
 		if (now_ms() >= deadline)
 			return fail(r, "mfad did not accept the connection within %d ms",
 				    r->timeout_ms);
@@ -293,7 +293,7 @@ static int connect_daemon(struct relay *r)
 	}
 	/* The path could have been swapped after lstat; the peer's uid cannot. */
 	if (getsockopt(r->fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0)
-		return fail(r, "SO_PEERCRED: %s", strerror(errno));
+		return fail(r, "SO_PEERCRED: %m");
 	if (cred.uid != 0)
 		return fail(r, "peer on %s runs as uid %u, not root", r->socket_path, cred.uid);
 	return 0;
@@ -448,7 +448,7 @@ static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **ar
 			goto out;
 		}
 		if (r.debug)
-			pam_syslog(pamh, LOG_DEBUG, "frame '%c', %zu bytes", r.buf[0], r.len);
+			pam_syslog(pamh, LOG_DEBUG, "frame 0x%02x, %zu bytes", r.buf[0], r.len);
 		switch (r.buf[0]) {
 		case T_PROMPT_OFF:
 		case T_PROMPT_ON:
