@@ -40,6 +40,19 @@ class PamWire:
     def recv(self) -> Frame:
         return recv_frame_blocking(self.sock)
 
+    def at_eof(self) -> bool:
+        """True if the daemon closed without sending anything more."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except ConnectionResetError:
+            return True
+
+    def closed_after_reading(self) -> bool:
+        """Read frames until the daemon closes; True when it did (within the timeout)."""
+        while not self.at_eof():
+            self.recv()
+        return True
+
     def closed(self) -> bool:
         """True once the daemon has closed its end."""
         try:
