@@ -143,8 +143,10 @@ class PrivateSshd:
         # it silences pam_wrapper's complaint that "other" is missing.
         (self.pam_dir / "other").write_text(
             f"{self.marker}\n"
-            + "".join(f"{kind} required pam_deny.so\n"
-                      for kind in ("auth", "account", "session", "password"))
+            + "".join(
+                f"{kind} required pam_deny.so\n"
+                for kind in ("auth", "account", "session", "password")
+            )
         )
 
     def start(self) -> None:
@@ -160,7 +162,10 @@ class PrivateSshd:
         with self.stderr_path.open("ab") as stderr:
             self.process = subprocess.Popen(
                 [str(SSHD), "-D", "-e", "-f", str(self.config), "-E", str(self.log_path)],
-                env=env, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -245,12 +250,18 @@ class PrivateSshd:
         child = pexpect.spawn(
             SSH,
             [
-                "-F", "/dev/null",
-                "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "PreferredAuthentications=keyboard-interactive",
-                "-o", "ConnectTimeout=10",
-                "-p", str(self.port),
+                "-F",
+                "/dev/null",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PreferredAuthentications=keyboard-interactive",
+                "-o",
+                "ConnectTimeout=10",
+                "-p",
+                str(self.port),
                 f"{user}@127.0.0.1",
                 command,
             ],

@@ -47,10 +47,12 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSshd]:
 @pytest.fixture
 def mfa_sshd(sshd: PrivateSshd, pam_module: Path, mfad: Daemon) -> PrivateSshd:
     """The shared sshd with pam_unix, then pam_mfa.so talking to this test's mfad."""
-    sshd.set_pam([
-        "auth required pam_unix.so",
-        f"auth required {pam_module} socket={mfad.pam_socket}",
-    ])
+    sshd.set_pam(
+        [
+            "auth required pam_unix.so",
+            f"auth required {pam_module} socket={mfad.pam_socket}",
+        ]
+    )
     return sshd
 
 
@@ -157,7 +159,7 @@ def test_daemon_down_refuses_login(
     # The client asks for the password again after each failed round, then gives up.
     assert login.count(PASSWORD_PROMPT) == 3
     assert "Permission denied (keyboard-interactive)." in login.output
-    module_log = mfa_sshd.stderr_text()[len(logged_before):]
+    module_log = mfa_sshd.stderr_text()[len(logged_before) :]
     assert "mfad unreachable" in module_log
     assert "failing closed" in module_log
 
@@ -166,10 +168,12 @@ def test_fail_open_lets_password_alone_in_when_daemon_down(
     sshd: PrivateSshd, pam_module: Path, mfad: Daemon, make_user: Callable[..., str]
 ) -> None:
     """With `fail=open` on the PAM line and mfad stopped, the password alone logs in."""
-    sshd.set_pam([
-        "auth required pam_unix.so",
-        f"auth required {pam_module} socket={mfad.pam_socket} fail=open",
-    ])
+    sshd.set_pam(
+        [
+            "auth required pam_unix.so",
+            f"auth required {pam_module} socket={mfad.pam_socket} fail=open",
+        ]
+    )
     user = make_user(PASSWORD)
     mfad.enroll(user)
     mfad.stop()
@@ -180,6 +184,6 @@ def test_fail_open_lets_password_alone_in_when_daemon_down(
     assert login.exit_status == 0, login.output + sshd.logs()
     assert logged_in(user) in login.output
     assert login.prompts == [PASSWORD_PROMPT]
-    module_log = sshd.stderr_text()[len(logged_before):]
+    module_log = sshd.stderr_text()[len(logged_before) :]
     assert "mfad unreachable" in module_log
     assert "fail=open" in module_log
