@@ -42,12 +42,12 @@
 #include <security/pam_ext.h>
 #include <security/pam_modules.h>
 
-#define DEFAULT_SOCKET "/run/mfad/pam.sock"
-#define DEFAULT_TIMEOUT 10 /* seconds, per frame */
-#define MAX_TIMEOUT 3600
-#define MAX_FRAME 65536 /* type byte + payload */
-#define MAX_USER 256
-#define MAX_VALUE 1024
+#define DEFAULT_SOCKET	 "/run/mfad/pam.sock"
+#define DEFAULT_TIMEOUT	 10 /* seconds, per frame */
+#define MAX_TIMEOUT	 3600
+#define MAX_FRAME	 65536 /* type byte + payload */
+#define MAX_USER	 256
+#define MAX_VALUE	 1024
 #define CONNECT_RETRY_MS 50
 
 enum frame_type {
@@ -69,8 +69,8 @@ struct relay {
 	int silent;
 	int fd;
 	unsigned char *buf; /* one frame body, at most MAX_FRAME bytes */
-	size_t len;         /* bytes of buf in use */
-	char why[192];      /* reason for "unreachable", for the log */
+	size_t len;	    /* bytes of buf in use */
+	char why[192];	    /* reason for "unreachable", for the log */
 };
 
 /* Record why the daemon counts as unreachable (%m: errno, thread-safe); returns -1. */
@@ -164,7 +164,8 @@ static int send_frame(struct relay *r, char type, const void *payload, size_t n)
 	long long deadline = now_ms() + r->timeout_ms;
 	uint32_t len = (uint32_t)(n + 1);
 	unsigned char head[5] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
-				 (unsigned char)(len >> 8), (unsigned char)len, (unsigned char)type};
+				 (unsigned char)(len >> 8), (unsigned char)len,
+				 (unsigned char)type};
 
 	if (n + 1 > MAX_FRAME)
 		return fail(r, "frame of %zu bytes exceeds the limit", n + 1);
@@ -452,9 +453,9 @@ static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **ar
 		switch (r.buf[0]) {
 		case T_PROMPT_OFF:
 		case T_PROMPT_ON:
-			rc = ask(&r, r.buf[0] == T_PROMPT_OFF ? PAM_PROMPT_ECHO_OFF
-							     : PAM_PROMPT_ECHO_ON,
-				 &peer_gone);
+			rc = ask(
+			    &r, r.buf[0] == T_PROMPT_OFF ? PAM_PROMPT_ECHO_OFF : PAM_PROMPT_ECHO_ON,
+			    &peer_gone);
 			if (rc == PAM_AUTHINFO_UNAVAIL) {
 				rv = unreachable(&r);
 				goto out;
@@ -487,7 +488,8 @@ static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **ar
 			}
 			rv = rc;
 			if (r.debug)
-				pam_syslog(pamh, LOG_DEBUG, "mfad says '%c' for %s", r.buf[1], user);
+				pam_syslog(pamh, LOG_DEBUG, "mfad says '%c' for %s", r.buf[1],
+					   user);
 			goto out;
 		default:
 			fail(&r, "unknown frame type 0x%02x", r.buf[0]);

@@ -376,23 +376,21 @@ class SyslogSink:
             self.records.clear()
 
 
-_SINK_LOCK = Path(tempfile.gettempdir()) / "pam-mfa-syslog-sink.lock"
-
-
 @contextmanager
 def syslog_sink(path: str = "/dev/log") -> Iterator[SyslogSink]:
     """Bind a datagram socket at /dev/log (only if nothing serves it) and collect.
 
-    Test processes that want the sink at the same time take turns (a lock
-    file); a stale socket left by a killed run is replaced; a live syslog
-    daemon is left alone (SyslogUnavailable). The socket is removed on exit.
+    Test processes that want the sink at the same time take turns; a stale
+    socket left by a killed run is replaced; a live syslog daemon is left alone
+    (SyslogUnavailable). The socket is removed on exit.
     """
-    with open(_SINK_LOCK, "a") as lock:
+    # The lock is on /dev itself: it must be machine-wide and leave no file behind.
+    lock = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield from _bound_sink(path)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield from _bound_sink(path)
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def _bound_sink(path: str) -> Iterator[SyslogSink]:
