@@ -22,12 +22,13 @@ Secrets, codes and recovery codes are never passed here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import structlog
 from mfad.errors import AuditError
 
 GENESIS = "0" * 64
+_oplog = structlog.get_logger("mfad.audit")
 
 
 def line_hash(line: bytes) -> str:
@@ -136,13 +138,16 @@ class _Sink:
 
     def msg(self, line: str) -> str:
         data = line.encode("utf-8") + b"\n"
+        size = -1
         try:
             size = os.fstat(self.fd).st_size
-            written = os.write(self.fd, data)
-            if written != len(data):
-                os.ftruncate(self.fd, size)
-                raise OSError(28, "short write (disk full?)")
+            rest = memoryview(data)
+            while rest:  # a short write is retried, so a full disk reports itself as ENOSPC
+                rest = rest[os.write(self.fd, rest) :]
         except OSError as exc:
+            if size >= 0:  # cut a partial line off again: the file stays parseable
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, size)
             raise AuditError(f"cannot write the audit log {self.path}: {exc.strerror}") from exc
         self.prev = line_hash(data)
         self.seq += 1
@@ -161,8 +166,11 @@ class _Sink:
 class AuditLog:
     """Append-only, hash-chained audit records; `record` raises AuditError on failure."""
 
-    def __init__(self, path: Path, *, to_stderr: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, to_stderr: bool = True, required: Callable[[], bool] = lambda: True
+    ) -> None:
         self._sink = _Sink(path, to_stderr)
+        self._required = required  # read per record, so a reload applies at once
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfad-audit")
         self._log = structlog.wrap_logger(
             self._sink,
@@ -218,7 +226,14 @@ class AuditLog:
     async def record(self, event: str, **fields: Any) -> None:
         """Write one record; None-valued fields are dropped to keep lines short."""
         clean = {k: v for k, v in fields.items() if v is not None}
-        line: str = await self._run(lambda: self._log.info(event, **clean))
+        try:
+            line: str = await self._run(lambda: self._log.info(event, **clean))
+        except AuditError as exc:
+            if self._required():
+                raise
+            _oplog.error("audit_unwritable", error=str(exc), event_lost=event,
+                         reason="audit.required is false: going on unrecorded")
+            return
         for queue in self._subscribers:
             if not queue.full():  # a stalled follower misses records; the file has them all
                 queue.put_nowait(line)

@@ -65,6 +65,8 @@ class Config:
     store_path: Path = Path("/var/lib/mfad/mfad.db")
     key_file: Path = Path("/etc/mfad/secret.key")
     audit_path: Path = Path("/var/log/mfad/audit.jsonl")
+    # a login that cannot be recorded is refused; false lets logins go on unrecorded
+    audit_required: bool = True
     max_connections: int = 1024
     totp: TotpConfig = field(default_factory=TotpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
@@ -130,6 +132,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "store.path": ("store_path", _path),
     "key_file": ("key_file", _path),
     "audit.path": ("audit_path", _path),
+    "audit.required": ("audit_required", _bool),
     "totp.issuer": ("totp.issuer", _text),
     "totp.window": ("totp.window", _int(0, 10)),
     "totp.digits": ("totp.digits", _choice(6, 8)),

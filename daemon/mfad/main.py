@@ -68,7 +68,7 @@ async def serve(config_path: Path) -> None:
     _raise_fd_limit(cfg.max_connections + 256)
     box = SecretBox.from_file(cfg.key_file)
     store = await SqliteStore.open(cfg.store_path)
-    audit = AuditLog(cfg.audit_path)
+    audit = AuditLog(cfg.audit_path, required=lambda: ctx.config.audit_required)
     await audit.open()
     ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout))
     server = Server(ctx)

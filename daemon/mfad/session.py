@@ -37,6 +37,7 @@ START_TIMEOUT = 10.0  # the module sends START right after connecting
 MSG_INCORRECT = "Incorrect verification code."
 MSG_TIMEOUT = "Correct verification code was not entered before timeout."
 MSG_TOO_MANY = "Too many failed attempts with incorrect verification code."
+MSG_UNAVAILABLE = "Verification is unavailable right now. Contact your administrator."
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class LoginSession:
         except (StoreError, AuditError) as exc:
             log.error("login_unavailable", error=str(exc), **self.fields)
             await self._record_quietly("login", outcome="error", reason="unavailable")
+            await self._send(T.ERROR, MSG_UNAVAILABLE)
             await self._send(T.RESULT, Outcome.UNAVAILABLE.value)
             return
         if outcome is not None:
