@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -225,28 +226,31 @@ def authenticate(
         argv = [python, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
 
     started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
-        proc = subprocess.run(
-            argv,
-            env=child_env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        stdout, raw_stderr = proc.communicate(timeout=timeout)
         elapsed = time.monotonic() - started
-        stderr = proc.stderr.decode("utf-8", "replace")
+        stderr = raw_stderr.decode("utf-8", "replace")
         if log_path is not None:
             _check_valgrind(proc.returncode, log_path.read_text(errors="replace"))
         if preload_extra:
             _check_sanitizers(proc.returncode, stderr)
     except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
         raise PamTestError(f"PAM child still running after {timeout} s: {argv}") from exc
     finally:
         if log_path is not None:
             log_path.unlink(missing_ok=True)
+        _remove_pam_wrapper_dirs(proc.pid)
     try:
-        out = json.loads(proc.stdout.decode("utf-8", "replace"))
+        out = json.loads(stdout.decode("utf-8", "replace"))
     except ValueError as exc:
         raise PamTestError(
             f"PAM child exited {proc.returncode} without a result; stderr:\n{stderr}"
@@ -260,6 +264,16 @@ def authenticate(
         stderr=stderr,
         driver=driver,
     )
+
+
+def _remove_pam_wrapper_dirs(pid: int) -> None:
+    """pam_wrapper copies the services into /tmp/pam.X and removes it at exit,
+    except when a process exec()s with it loaded (valgrind's launcher does):
+    remove what the child left, recognised by the pid pam_wrapper wrote."""
+    for pidfile in Path("/tmp").glob("pam.?/pid"):
+        with suppress(OSError):
+            if pidfile.read_text().strip() == str(pid):
+                shutil.rmtree(pidfile.parent, ignore_errors=True)
 
 
 def build_driver() -> Path:
