@@ -274,6 +274,33 @@ def serve(path: Path, handler: Handler) -> Iterator[Peer]:
         yield peer
 
 
+@contextmanager
+def full_backlog(path: Path) -> Iterator[None]:
+    """A daemon that stopped accepting: it listens, never accepts, and its
+    backlog is already full, so a new connect() would wait (blocking) or fail
+    with EAGAIN (non-blocking) for as long as this lasts."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(0)
+    queued: list[socket.socket] = []
+    try:
+        while True:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            try:
+                client.connect(str(path))
+            except BlockingIOError:
+                client.close()
+                break
+            queued.append(client)
+        yield
+    finally:
+        for client in queued:
+            client.close()
+        server.close()
+        path.unlink(missing_ok=True)
+
+
 class NonRootPeer:
     """A correct peer (answers START with RESULT S) run by ``nobody``.
 

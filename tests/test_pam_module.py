@@ -36,6 +36,7 @@ from peers import (
     bad_result,
     close_mid_frame,
     conversation,
+    full_backlog,
     never_answers,
     outcome_peer,
     oversize,
@@ -234,6 +235,19 @@ def test_stale_socket_of_a_dead_daemon_is_unreachable(setup: Setup, sink: Syslog
     assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
     assert result.elapsed < TIMEOUT
     refused_log(sink, "Connection refused")
+
+
+def test_daemon_that_stopped_accepting_is_unreachable_within_the_timeout(
+    setup: Setup, sink: SyslogSink
+) -> None:
+    """A daemon whose listen backlog is full: connect() does not hang the login,
+    the module retries until timeout=2 and then fails closed."""
+    setup.service()
+    with full_backlog(setup.sock):
+        result = setup.login()
+    assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
+    assert TIMEOUT <= result.elapsed < TIMEOUT + 1.5
+    refused_log(sink, f"mfad did not accept the connection within {TIMEOUT * 1000} ms")
 
 
 @pytest.mark.parametrize(
