@@ -23,6 +23,12 @@
  * Anything else from the daemon (unknown type, bad length, bad RESULT, EOF or
  * a timeout before RESULT) means "unreachable": PAM_AUTHINFO_UNAVAIL, or
  * PAM_IGNORE with fail=open, always logged.
+ *
+ * Module arguments (never environment variables: the user may set those):
+ *   socket=PATH          daemon socket, default /run/mfad/pam.sock
+ *   timeout=SECONDS      per-frame read/write timeout, 1..3600, default 10
+ *   fail=closed|open     what "unreachable" returns, default closed
+ *   debug                log each frame type (never its text) at LOG_DEBUG
  */
 #define _GNU_SOURCE
 #include <errno.h>
