@@ -50,6 +50,8 @@ from peers import (
 MODULE_DIR = Path(__file__).resolve().parent.parent / "pam_module"
 LIBASAN = "/usr/lib/x86_64-linux-gnu/libasan.so.8"
 TIMEOUT = 2  # module argument timeout= for the misbehaving peers
+SLACK = 3.0  # seconds a loaded machine may add to starting the PAM child
+AT_ONCE = "timeout=30"  # for paths that must not wait: any wait would show
 CODE = "123456"
 IGNORED = "pam_mfa returned PAM_IGNORE"
 MAXTRIES_MESSAGE = "Too many failed attempts with incorrect verification code."
@@ -227,13 +229,13 @@ def test_daemon_down_with_fail_open_is_ignored_and_logged(setup: Setup, sink: Sy
 
 def test_stale_socket_of_a_dead_daemon_is_unreachable(setup: Setup, sink: SyslogSink) -> None:
     """A socket file nobody listens on (daemon killed) is refused at once."""
-    setup.service()
+    setup.service(AT_ONCE)
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     leftover.bind(str(setup.sock))
     leftover.close()
     result = setup.login()
     assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
-    assert result.elapsed < TIMEOUT
+    assert result.elapsed < SLACK
     refused_log(sink, "Connection refused")
 
 
@@ -246,7 +248,7 @@ def test_daemon_that_stopped_accepting_is_unreachable_within_the_timeout(
     with full_backlog(setup.sock):
         result = setup.login()
     assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
-    assert TIMEOUT <= result.elapsed < TIMEOUT + 1.5
+    assert TIMEOUT <= result.elapsed < TIMEOUT + SLACK
     refused_log(sink, f"mfad did not accept the connection within {TIMEOUT * 1000} ms")
 
 
@@ -289,7 +291,7 @@ def test_something_other_than_a_socket_at_the_path_is_refused(
 ) -> None:
     """A regular file, a FIFO, or a symlink (even to a live, correct root peer)
     at the socket path: refused without hanging, "not a socket"."""
-    setup.service()
+    setup.service(AT_ONCE)
     if make is not None:
         make(setup.sock)
         result = setup.login()
@@ -300,7 +302,7 @@ def test_something_other_than_a_socket_at_the_path_is_refused(
             result = setup.login()
         assert peer.connections == 0
     assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
-    assert result.elapsed < TIMEOUT
+    assert result.elapsed < SLACK
     refused_log(sink, "is not a socket")
 
 
@@ -336,7 +338,7 @@ def test_misbehaving_daemon_is_unreachable_within_the_timeout(
     with serve(setup.sock, make_peer()):
         result = setup.login()
     assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
-    assert result.elapsed < TIMEOUT + 1.5
+    assert result.elapsed < TIMEOUT + SLACK
     if slow:
         assert result.elapsed >= TIMEOUT
     refused_log(sink, reason)
@@ -568,10 +570,10 @@ def test_real_daemon_stopped_is_unreachable(
     user = make_user()
     secret = mfad.enroll(user)
     mfad.stop() if how == "stop" else mfad.kill()
-    _real(setup, mfad)
+    _real(setup, mfad, AT_ONCE)
     result = authenticate(setup.services, "mfatest", user, [totp_now(secret)])
     assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
-    assert result.elapsed < TIMEOUT
+    assert result.elapsed < SLACK
     _real(setup, mfad, "fail=open")
     assert module_code(authenticate(setup.services, "mfatest", user, [CODE])) == "PAM_IGNORE"
 
