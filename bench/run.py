@@ -1,0 +1,725 @@
+"""Benchmarks: pam-mfa against google-authenticator-libpam, and mfad's capacity.
+
+    bash bench/run.sh [--quick] [--only pam|capacity] [--no-profile] [--daemon-path DIR]
+
+1. Per-authentication cost through the real libpam (bench/pam_bench.c under
+   pam_wrapper): pam_permit, pam_google_authenticator.so with and without
+   DISALLOW_REUSE + RATE_LIMIT (secrets made by its own CLI), and pam_mfa.so
+   with a real mfad. Every user authenticates once, so replay protection is
+   exercised, not bypassed.
+2. mfad's capacity (bench/mfad_load.c: concurrent C clients on the PAM socket)
+   with 10,000 and 100,000 users seeded through mfad's own store code:
+   logins/s, latency, errors, RSS, CPU and startup time to READY=1; and the
+   same load against bench/ceiling.py, a server that speaks the protocol and
+   does nothing else, for the asyncio ceiling of this machine.
+3. py-spy profiles of mfad under load at 1 and 64 clients (skip: --no-profile).
+
+Everything runs in one temporary directory that is removed at the end, with
+every daemon stopped. The report (Markdown) and raw numbers (JSON) go to
+bench/out/. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import concurrent.futures
+import contextlib
+import datetime
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+OUT = BENCH / "out"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import Daemon  # noqa: E402  (the test harness's real-daemon helper)
+
+from mfad.secretbox import SecretBox  # noqa: E402
+from mfad.store import PendingEnrolment, SqliteStore, TokenParams  # noqa: E402
+
+PAM_WRAPPER = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so"
+PAM_SUCCESS, PAM_AUTH_ERR, PAM_MAXTRIES = 0, 7, 11
+LEVELS = [1, 16, 64, 256]
+CAPACITY_TARGET = 5000.0  # successful verifications/s at 64 clients
+P99_TARGET_MS = 20.0
+RSS_TARGET_MB = 150.0
+READY_TARGET_S = 1.0
+# Part 1 asks for one code per pam_authenticate, as GA does, and leaves out the
+# configured back-off before answering a wrong code (GA has none).
+PAM_DAEMON_CONFIG: dict[str, Any] = {"login": {"max_attempts": 1}, "lockout": {"delay": 0}}
+NA = "n/a"
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ machine and build
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    fs = subprocess.run(["df", "-T", tempfile.gettempdir()], capture_output=True, text=True)
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gb": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "python": platform.python_version(),
+        "tmp_fs": fs.stdout.splitlines()[-1].split()[1] if fs.returncode == 0 else "?",
+        "ga_package": _dpkg_version("libpam-google-authenticator"),
+        "git": git.stdout.strip(),
+    }
+
+
+def _os_name() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
+    return platform.system()
+
+
+def _dpkg_version(package: str) -> str:
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "not installed"
+
+
+def build(tmp: Path) -> dict[str, Path]:
+    """pam_mfa.so by its own Makefile (as the tests build it); the drivers into tmp."""
+    subprocess.run(["make", "-s", "-C", str(ROOT / "pam_module")], check=True)
+    bins = {"pam_mfa": ROOT / "pam_module" / "pam_mfa.so"}
+    for name, libs in (("pam_bench", ["-lpam", "-lcrypto"]), ("mfad_load", ["-lcrypto"])):
+        bins[name] = tmp / name
+        subprocess.run(
+            ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(bins[name]),
+             str(BENCH / f"{name}.c"), *libs],
+            check=True,
+        )
+    return bins
+
+
+# ------------------------------------------------------------------ users
+
+
+def write_users(path: Path, users: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f"{name} {secret}\n" for name, secret in users))
+    return path
+
+
+def ga_users(directory: Path, names: list[str], protected: bool) -> list[tuple[str, str]]:
+    """One secret file per user, made by google-authenticator's own CLI, non-interactively."""
+    directory.mkdir(mode=0o700)
+    if protected:  # DISALLOW_REUSE and RATE_LIMIT, as its CLI offers them
+        flags = ["-t", "-d", "-r", "3", "-R", "30", "-w", "3"]
+    else:  # both off
+        flags = ["-t", "-D", "-u", "-w", "3"]
+
+    def make(name: str) -> tuple[str, str]:
+        path = directory / name
+        subprocess.run(
+            ["google-authenticator", *flags, "-f", "-q", "-s", str(path)],
+            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        )
+        return name, path.read_text().splitlines()[0]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) * 2) as pool:
+        return list(pool.map(make, names))
+
+
+def seed_mfad(daemon: Daemon, names: list[str]) -> list[tuple[str, str]]:
+    """Active tokens with no step used yet, written through mfad's own store and secret box.
+
+    The same rows an enrolment leaves, without creating thousands of system
+    users (only enrolment over the control socket asks NSS).
+    """
+    if not daemon.key_path.exists():
+        subprocess.run([sys.executable, "-m", "mfad", "--generate-key", str(daemon.key_path)],
+                       check=True, capture_output=True)
+    keys = {name: secrets.token_bytes(20) for name in names}
+
+    async def write() -> None:
+        store = await SqliteStore.open(daemon.db_path)
+        box = SecretBox.from_file(daemon.key_path)
+        now = time.time()
+
+        async def one(name: str) -> None:
+            pending = PendingEnrolment(name, box.seal(name, keys[name]), TokenParams(), now)
+            await store.begin_enrolment(pending)
+            await store.activate(pending, step=0, now=now)
+
+        for i in range(0, len(names), 1000):
+            await asyncio.gather(*(one(name) for name in names[i : i + 1000]))
+        await store.close()
+
+    asyncio.run(write())
+    return [(name, base64.b32encode(keys[name]).decode()) for name in names]
+
+
+def new_daemon(tmp: Path, name: str) -> Daemon:
+    (tmp / name).mkdir()
+    return Daemon(tmp / name)
+
+
+# ------------------------------------------------------------------ process helpers
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS / VmHWM in MB and CPU seconds (user+system) of a process."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    out["cpu_s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def daemon_pid(daemon: Daemon) -> int:
+    assert daemon.proc is not None
+    return daemon.proc.pid
+
+
+@contextlib.contextmanager
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    """Whatever happens inside, the daemon is stopped (or killed) on the way out."""
+    try:
+        yield daemon
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.stop()
+        else:
+            daemon.kill()
+
+
+def sleep_to_next_step() -> None:
+    time.sleep(30 - time.time() % 30 + 0.05)
+
+
+# ------------------------------------------------------------------ 1. through libpam
+
+
+def pam_env(service_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(LD_PRELOAD=PAM_WRAPPER, PAM_WRAPPER="1", PAM_WRAPPER_SERVICE_DIR=str(service_dir),
+               PAM_WRAPPER_DEBUGLEVEL="0")
+    return env
+
+
+def pam_run(bins: dict[str, Path], service_dir: Path, service: str, users: Path, *,
+            first: int, count: int, warmup: int, wrong: bool, expect: int) -> dict[str, Any]:
+    argv = [str(bins["pam_bench"]), "-s", service, "-f", str(users), "-o", str(first),
+            "-n", str(count), "-w", str(warmup), "-e", str(expect)]
+    if wrong:
+        argv.append("-x")
+    out = subprocess.run(argv, env=pam_env(service_dir), capture_output=True, text=True,
+                         check=True, timeout=900)
+    result: dict[str, Any] = json.loads(out.stdout)
+    result["stderr_lines"] = len(out.stderr.splitlines())
+    return result
+
+
+def write_service(service_dir: Path, name: str, line: str) -> None:
+    service_dir.mkdir(exist_ok=True)
+    (service_dir / name).write_text(f"auth required {line}\naccount required pam_permit.so\n")
+    other = service_dir / "other"
+    if not other.exists():  # libpam's fallback; without it every pam_start logs an error
+        other.write_text("".join(f"{t} required pam_deny.so\n"
+                                 for t in ("auth", "account", "password", "session")))
+
+
+def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int) -> dict[str, Any]:
+    """Each stack: `count` right-code then `count` wrong-code authentications, disjoint users."""
+    per_run = warmup + count
+    names = [f"bu{i:06d}" for i in range(2 * per_run)]
+    svc = tmp / "pam.d"
+
+    log(f"google-authenticator CLI: {2 * len(names)} secret files (two sets)")
+    t0 = time.monotonic()
+    ga = {
+        "ga_protected": write_users(tmp / "ga_protected.users",
+                                    ga_users(tmp / "ga_protected", names, protected=True)),
+        "ga_open": write_users(tmp / "ga_open.users",
+                               ga_users(tmp / "ga_open", names, protected=False)),
+    }
+    log(f"  made in {time.monotonic() - t0:.1f}s")
+    for name in ga:
+        write_service(svc, name, "pam_google_authenticator.so "
+                      f"secret={tmp / name}/${{USER}} user=root")
+    write_service(svc, "permit", "pam_permit.so")
+
+    daemon = new_daemon(tmp, "mfad-pam")
+    log(f"mfad: seeding {len(names)} users")
+    mfa_users = write_users(tmp / "mfa.users", seed_mfad(daemon, names))
+    write_service(svc, "mfa", f"{bins['pam_mfa']} socket={daemon.pam_socket}")
+
+    stacks = [
+        ("permit", "pam_permit (floor)", mfa_users, PAM_AUTH_ERR),
+        ("ga_open", "GA, reuse allowed, no rate limit", ga["ga_open"], PAM_AUTH_ERR),
+        ("ga_protected", "GA, DISALLOW_REUSE + RATE_LIMIT 3/30s", ga["ga_protected"],
+         PAM_AUTH_ERR),
+        ("mfa", "pam_mfa + mfad", mfa_users, PAM_MAXTRIES),
+    ]
+    rows: list[dict[str, Any]] = []
+    with running(daemon):
+        daemon.start(**PAM_DAEMON_CONFIG)
+        for service, label, users, wrong_expect in stacks:
+            for wrong in (False, True):
+                if service == "permit" and wrong:
+                    continue  # pam_permit asks nothing
+                log(f"pam: {label}, {'wrong' if wrong else 'right'} codes, {count} logins")
+                result = pam_run(
+                    bins, svc, service, users, first=per_run if wrong else 0, count=count,
+                    warmup=warmup, wrong=wrong, expect=wrong_expect if wrong else PAM_SUCCESS,
+                )
+                result.update(stack=service, label=label)
+                rows.append(result)
+        daemon_after = proc_status(daemon_pid(daemon))
+    audit_lines = len(daemon.audit_path.read_bytes().splitlines())
+    return {"rows": rows, "count": count, "warmup": warmup, "mfad": daemon_after,
+            "mfad_audit_lines": audit_lines, "mfad_config": PAM_DAEMON_CONFIG}
+
+
+# ------------------------------------------------------------------ 2. capacity
+
+
+def run_load(bins: dict[str, Path], socket_path: Path, pid: int, users: Path, levels: list[int],
+             *, seconds: float, max_logins: int, first: int = 0) -> list[dict[str, Any]]:
+    """mfad_load over several client counts; the server's RSS/CPU sampled as each level ends."""
+    argv = [str(bins["mfad_load"]), "-S", str(socket_path), "-f", str(users), "-o", str(first),
+            "-c", ",".join(map(str, levels)), "-d", str(seconds), "-n", str(max_logins)]
+    results: list[dict[str, Any]] = []
+    before, t_before = proc_status(pid), time.monotonic()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            level = json.loads(line)
+            after, t_after = proc_status(pid), time.monotonic()
+            level["server_rss_mb"] = round(after["VmRSS"], 1)
+            level["server_hwm_mb"] = round(after["VmHWM"], 1)
+            # CPU over wall time of the level (one core = 100 %)
+            level["server_cpu_pct"] = round(
+                100 * (after["cpu_s"] - before["cpu_s"]) / (t_after - t_before), 1)
+            before, t_before = after, t_after
+            results.append(level)
+            log(f"  {level['clients']:>3} clients: {level['ok_per_s']:,.0f}/s ok, "
+                f"p50 {level['p50_us'] / 1000:.2f} ms, p99 {level['p99_us'] / 1000:.2f} ms, "
+                f"failed {level['logins'] - level['ok']}, CPU {level['server_cpu_pct']} %, "
+                f"RSS {level['server_rss_mb']} MB")
+    if proc.returncode != 0:
+        raise RuntimeError(f"mfad_load failed with {proc.returncode}")
+    return results
+
+
+def bench_capacity(tmp: Path, bins: dict[str, Path], populations: list[int], seconds: float,
+                   profile_seconds: float) -> dict[str, Any]:
+    out: list[dict[str, Any]] = []
+    profiles: list[dict[str, Any]] = []
+    for population in populations:
+        daemon = new_daemon(tmp, f"mfad-{population}")
+        log(f"capacity: seeding {population:,} users through mfad's store")
+        t0 = time.monotonic()
+        users = write_users(tmp / f"cap-{population}.users",
+                            seed_mfad(daemon, [f"cu{i:07d}" for i in range(population)]))
+        seed_s = time.monotonic() - t0
+        db_mb = sum(p.stat().st_size for p in daemon.db_path.parent.iterdir()) / 2**20
+        with running(daemon):
+            ready, idle = [], []
+            for _ in range(3):
+                t0 = time.monotonic()
+                daemon.start()
+                ready.append(time.monotonic() - t0)
+                time.sleep(0.2)
+                idle.append(proc_status(daemon_pid(daemon))["VmRSS"])
+                daemon.stop()
+            daemon.start()
+            pid = daemon_pid(daemon)
+            log(f"  READY in {min(ready):.3f}..{max(ready):.3f} s, idle RSS {max(idle):.1f} MB")
+            # Each level gets its own share of the users, so no user logs in twice
+            # within one time step even across levels.
+            share = population // len(LEVELS)
+            levels = run_load(bins, daemon.pam_socket, pid, users, LEVELS, seconds=seconds,
+                              max_logins=share)
+            used = sum(level["logins"] for level in levels)
+            if population == max(populations) and profile_seconds > 0:
+                profiles = profile_daemon(tmp, bins, daemon, users, population, used,
+                                          profile_seconds)
+            final = proc_status(pid)
+        out.append({
+            "users": population, "seed_s": round(seed_s, 1), "store_mb": round(db_mb, 1),
+            "ready_s": [round(r, 3) for r in ready], "idle_rss_mb": round(max(idle), 1),
+            "peak_rss_mb": round(final["VmHWM"], 1), "levels": levels,
+        })
+    return {"populations": out, "profiles": profiles}
+
+
+def bench_ceiling(tmp: Path, bins: dict[str, Path], seconds: float) -> list[dict[str, Any]]:
+    """The same load against a server that speaks the protocol and does nothing else."""
+    users = write_users(tmp / "ceiling.users",
+                        [(f"xu{i:06d}", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ") for i in range(60000)])
+    kinds = [("asyncio streams (mfad's shape)", "streams", False),
+             ("asyncio Protocol callbacks", "protocol", False)]
+    has_uvloop = subprocess.run([sys.executable, "-c", "import uvloop"],
+                                capture_output=True).returncode == 0
+    if has_uvloop:
+        kinds += [("uvloop streams", "streams", True), ("uvloop Protocol", "protocol", True)]
+    out: list[dict[str, Any]] = []
+    for label, kind, uv in kinds:
+        path = tmp / "ceiling.sock"
+        env = {**os.environ, "BENCH_UVLOOP": "1" if uv else "0"}
+        with subprocess.Popen([sys.executable, str(BENCH / "ceiling.py"), str(path), kind],
+                              stdout=subprocess.PIPE, text=True, env=env) as server:
+            try:
+                assert server.stdout is not None
+                server.stdout.readline()
+                log(f"ceiling: {label}")
+                level = run_load(bins, path, server.pid, users, [64], seconds=seconds,
+                                 max_logins=60000)[0]
+            finally:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=10)
+        level["label"] = label
+        out.append(level)
+    if not has_uvloop:
+        out.append({"label": "uvloop", "skipped": "uvloop not importable in this Python"})
+    return out
+
+
+# ------------------------------------------------------------------ 3. profile
+
+
+def profile_daemon(tmp: Path, bins: dict[str, Path], daemon: Daemon, users: Path,
+                   population: int, used: int, seconds: float) -> list[dict[str, Any]]:
+    """py-spy samples the running mfad (all threads) under load at 64 and at 1 client."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        return [{"skipped": f"{py_spy} not installed (.venv/bin/pip install py-spy)"}]
+    out: list[dict[str, Any]] = []
+    for clients in (64, 1):
+        need = 20000 if clients == 64 else 5000
+        if used + need > population:
+            log("  profile: all users have logged in this time step; waiting for the next")
+            sleep_to_next_step()
+            used = 0
+        raw = tmp / f"profile-{clients}.txt"
+        log(f"profile: py-spy on mfad, {clients} client(s), {seconds:g} s")
+        spy = subprocess.Popen(
+            [str(py_spy), "record", "--pid", str(daemon_pid(daemon)), "--format", "raw",
+             "--output", str(raw), "--rate", "250", "--threads", "--nonblocking",
+             "--duration", str(int(seconds) + 1)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        load = run_load(bins, daemon.pam_socket, daemon_pid(daemon), users, [clients],
+                        seconds=seconds, max_logins=need, first=used)[0]
+        used += load["logins"]
+        _, err = spy.communicate(timeout=60)
+        if not raw.exists():
+            out.append({"clients": clients, "skipped": f"py-spy failed: {err.strip()[-300:]}"})
+            continue
+        out.append({"clients": clients, "load": load, **summarise_profile(raw.read_text())})
+    return out
+
+
+WAITING = {"EpollSelector.select (selectors.py)", "_worker (thread.py)"}
+
+
+def summarise_profile(collapsed: str, top: int = 30) -> dict[str, Any]:
+    """Where mfad's threads spend their time, from py-spy's raw (collapsed) output.
+
+    py-spy leaves out samples of threads it sees blocked, but still counts the
+    event loop inside epoll and an executor thread waiting for work (in C,
+    holding no GIL): those are reported as `waiting_pct` and left out of the
+    tables, whose shares are of the remaining busy samples of all threads.
+    `inclusive` lists the daemon's own functions (mfad/*) only.
+    """
+    self_count: collections.Counter[str] = collections.Counter()
+    incl_count: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = waiting = 0
+    for line in collapsed.splitlines():
+        stack, _, n_text = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(n_text)
+        frames = stack.split(";")
+        funcs = [_short(f) for f in frames[1:]] or ["<unknown>"]
+        total += n
+        if funcs[-1] in WAITING:
+            waiting += n
+            continue
+        threads[_thread_name(frames[0])] += n
+        self_count[funcs[-1]] += n
+        for func in set(funcs):
+            if "(mfad/" in func:
+                incl_count[func] += n
+    busy = total - waiting
+    if busy == 0:
+        return {"samples": total, "waiting_pct": 100.0, "threads": [], "self": [],
+                "inclusive": []}
+
+    def table(counter: collections.Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * n / busy, 1)) for name, n in counter.most_common(top)]
+
+    return {"samples": total, "waiting_pct": round(100 * waiting / total, 1),
+            "threads": table(threads), "self": table(self_count), "inclusive": table(incl_count)}
+
+
+def _thread_name(frame: str) -> str:
+    """py-spy's thread frame, 'thread (1234): "mfad-store_0"' -> 'mfad-store_0'."""
+    name = frame.split(": ", 1)[-1]
+    return name.strip('"')
+
+
+def _short(frame: str) -> str:
+    """'func (path/to/mod.py:123)' -> 'func (mod.py)'; 'mfad/' kept for the daemon's own."""
+    name, _, where = frame.partition(" (")
+    parts = Path(where.rstrip(")").rsplit(":", 1)[0]).parts
+    if not parts:
+        return name
+    short = "/".join(parts[-2:]) if parts[-2:-1] == ("mfad",) else parts[-1]
+    return f"{name} ({short})"
+
+
+# ------------------------------------------------------------------ report
+
+
+def ms(us: float | None) -> str:
+    return NA if us is None else f"{us / 1000:.2f}"
+
+
+def report(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Run {m['date']}, git {m['git']}: `{results['command']}`",
+        "",
+        f"Machine: {m['nproc']} x {m['cpu']}, {m['mem_gb']} GB RAM, {m['os']}, kernel "
+        f"{m['kernel']}, Python {m['python']}, {m['tmp_fs']} under {tempfile.gettempdir()}; "
+        f"libpam-google-authenticator {m['ga_package']}. Load average (1 min) at start "
+        f"{results['load_start']:.2f}, at end {results['load_end']:.2f}.",
+        "",
+    ]
+    if results.get("daemon_path"):
+        lines += [f"mfad from **{results['daemon_path']}** (not this tree's daemon/).", ""]
+    if "pam" in results:
+        lines += pam_table(results["pam"])
+    if "capacity" in results:
+        lines += capacity_tables(results["capacity"], results.get("ceiling", []))
+    for prof in results.get("capacity", {}).get("profiles", []):
+        lines += profile_table(prof)
+    if results.get("targets"):
+        lines += ["### Targets", "", *[f"- {t}" for t in results["targets"]], ""]
+    return "\n".join(lines)
+
+
+def pam_table(pam: dict[str, Any]) -> list[str]:
+    lines = [
+        f"### 1. One authentication through libpam ({pam['count']:,} per row after "
+        f"{pam['warmup']} warm-up, each user once)",
+        "",
+        f"mfad config overrides: `{json.dumps(pam['mfad_config'])}`",
+        "",
+        "| stack | code | auths/s | mean µs | p50 µs | p99 µs | PAM result | mean / GA protected "
+        "| mean / GA open |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    by = {(r["stack"], r["wrong"]): r for r in pam["rows"]}
+    for r in pam["rows"]:
+        prot, open_ = by.get(("ga_protected", r["wrong"])), by.get(("ga_open", r["wrong"]))
+        ratio_p = f"{r['mean_us'] / prot['mean_us']:.2f}" if prot else NA
+        ratio_o = f"{r['mean_us'] / open_['mean_us']:.2f}" if open_ else NA
+        outcome = ", ".join(f"{k} {v:,}" for k, v in r["codes"].items())
+        if r["errors"]:
+            outcome += f" (**{r['errors']} unexpected**)"
+        lines.append(
+            f"| {r['label']} | {'wrong' if r['wrong'] else 'right'} | {r['auths_per_s']:,.0f} "
+            f"| {r['mean_us']:,.0f} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | {outcome} "
+            f"| {ratio_p} | {ratio_o} |"
+        )
+    return [*lines, ""]
+
+
+def capacity_tables(cap: dict[str, Any], ceiling: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "### 2. mfad capacity: C clients on the PAM socket, right codes, each user once",
+        "",
+        "| users | clients | logins | ok/s | p50 ms | p99 ms | max ms | failed | mfad CPU % "
+        "| mfad RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pop in cap["populations"]:
+        for lv in pop["levels"]:
+            lines.append(
+                f"| {pop['users']:,} | {lv['clients']} | {lv['logins']:,} "
+                f"| {lv['ok_per_s']:,.0f} | {ms(lv['p50_us'])} | {ms(lv['p99_us'])} "
+                f"| {ms(lv['max_us'])} | {lv['logins'] - lv['ok']} | {lv['server_cpu_pct']} "
+                f"| {lv['server_rss_mb']} |"
+            )
+    lines += [
+        "",
+        "| users | seeding s | store MB | spawn to READY=1 s (3 starts) | idle RSS MB "
+        "| peak RSS MB |",
+        "|---:|---:|---:|---|---:|---:|",
+    ]
+    for pop in cap["populations"]:
+        lines.append(
+            f"| {pop['users']:,} | {pop['seed_s']} | {pop['store_mb']} "
+            f"| {', '.join(f'{r:.3f}' for r in pop['ready_s'])} | {pop['idle_rss_mb']} "
+            f"| {pop['peak_rss_mb']} |"
+        )
+    if ceiling:
+        lines += [
+            "",
+            "Ceiling: the same 64-client load against bench/ceiling.py (speaks the protocol, "
+            "does no work):",
+            "",
+            "| server | ok/s | p50 ms | p99 ms | server CPU % |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for c in ceiling:
+            if "skipped" in c:
+                lines.append(f"| {c['label']} | {c['skipped']} | | | |")
+            else:
+                lines.append(f"| {c['label']} | {c['ok_per_s']:,.0f} | {ms(c['p50_us'])} "
+                             f"| {ms(c['p99_us'])} | {c['server_cpu_pct']} |")
+    return [*lines, ""]
+
+
+def profile_table(prof: dict[str, Any]) -> list[str]:
+    if "skipped" in prof:
+        return [f"Profile skipped: {prof['skipped']}", ""]
+    load = prof["load"]
+    lines = [
+        f"### 3. py-spy profile of mfad, {prof['clients']} client(s): {load['ok_per_s']:,.0f} "
+        f"logins/s, mfad CPU {load['server_cpu_pct']} % while sampling",
+        "",
+        f"{prof['samples']:,} samples at 250 Hz, {prof['waiting_pct']} % of them waiting (loop in "
+        "epoll, executor threads idle); shares below are of the busy rest. Busy samples per "
+        "thread: " + ", ".join(f"{name} {share} %" for name, share in prof["threads"]),
+        "",
+        "| self % | function (any) | | inclusive % | function (mfad's own) |",
+        "|---:|---|---|---:|---|",
+    ]
+    for (sn, sv), (iname, iv) in zip(prof["self"], prof["inclusive"], strict=False):
+        lines.append(f"| {sv} | `{sn}` | | {iv} | `{iname}` |")
+    return [*lines, ""]
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    if "pam" in results:
+        by = {(r["stack"], r["wrong"]): r for r in results["pam"]["rows"]}
+        mfa, prot, open_ = by[("mfa", False)], by[("ga_protected", False)], by[("ga_open", False)]
+        half = prot["mean_us"] / 2
+        out.append(f"pam_mfa right code, mean {mfa['mean_us']:,.0f} µs ≤ half of protected GA's "
+                   f"({half:,.0f} µs): {verdict(mfa['mean_us'] <= half)}")
+        out.append(f"stretch, ≤ unprotected GA's {open_['mean_us']:,.0f} µs: "
+                   f"{verdict(mfa['mean_us'] <= open_['mean_us'])}")
+        mw, gw, gow = by[("mfa", True)], by[("ga_protected", True)], by[("ga_open", True)]
+        out.append(f"pam_mfa wrong code, mean {mw['mean_us']:,.0f} µs ≤ GA's "
+                   f"({gw['mean_us']:,.0f} µs protected, {gow['mean_us']:,.0f} µs open): "
+                   f"{verdict(mw['mean_us'] <= min(gw['mean_us'], gow['mean_us']))}")
+    for pop in results.get("capacity", {}).get("populations", []):
+        for lv in pop["levels"]:
+            if lv["clients"] == 64:
+                p99 = lv["p99_us"] / 1000
+                ok = lv["ok_per_s"] >= CAPACITY_TARGET and p99 <= P99_TARGET_MS
+                out.append(f"{pop['users']:,} users, 64 clients: {lv['ok_per_s']:,.0f}/s "
+                           f"(≥ {CAPACITY_TARGET:,.0f}), p99 {p99:.1f} ms (≤ {P99_TARGET_MS:g}): "
+                           f"{verdict(ok)}")
+        peak = max(pop["peak_rss_mb"], pop["idle_rss_mb"])
+        out.append(f"{pop['users']:,} users: peak RSS {peak} MB (≤ {RSS_TARGET_MB:g}): "
+                   f"{verdict(peak <= RSS_TARGET_MB)}; READY in at most "
+                   f"{max(pop['ready_s']):.3f} s (< {READY_TARGET_S:g}): "
+                   f"{verdict(max(pop['ready_s']) < READY_TARGET_S)}")
+    return out
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, about 2 minutes")
+    parser.add_argument("--only", choices=("pam", "capacity"), help="run one part")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    parser.add_argument("--daemon-path", type=Path, metavar="DIR",
+                        help="run the mfad package found in DIR (e.g. a patched copy) instead "
+                             "of this tree's; DIR goes first on the daemon's PYTHONPATH")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("run as root: mfad's PAM socket must be root's, and GA runs with user=root",
+              file=sys.stderr)
+        return 2
+    if args.daemon_path:
+        if not (args.daemon_path / "mfad" / "__init__.py").exists():
+            print(f"{args.daemon_path}/mfad is not a package", file=sys.stderr)
+            return 2
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(args.daemon_path.resolve()), os.environ.get("PYTHONPATH")]))
+
+    count, warmup = (500, 20) if args.quick else (4000, 50)
+    populations = [2000, 20000] if args.quick else [10000, 100000]
+    seconds = 2.0 if args.quick else 6.0
+    profile_seconds = 0.0 if args.no_profile else (3.0 if args.quick else 6.0)
+
+    results: dict[str, Any] = {
+        "machine": machine(), "load_start": os.getloadavg()[0],
+        "command": " ".join(["bash bench/run.sh", *(sys.argv[1:] if argv is None else argv)]),
+        "daemon_path": str(args.daemon_path) if args.daemon_path else None,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="pam-mfa-bench-"))
+    tmp.chmod(0o755)  # the daemon's directories must be reachable like the tests' ones
+    try:
+        bins = build(tmp)
+        if args.only in (None, "pam"):
+            results["pam"] = bench_pam(tmp, bins, count, warmup)
+        if args.only in (None, "capacity"):
+            results["capacity"] = bench_capacity(tmp, bins, populations, seconds,
+                                                 profile_seconds)
+            results["ceiling"] = bench_ceiling(tmp, bins, seconds)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["load_end"] = os.getloadavg()[0]
+    results["targets"] = targets(results)
+    OUT.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (OUT / f"results-{stamp}.json").write_text(json.dumps(results, indent=1))
+    text = report(results)
+    (OUT / f"report-{stamp}.md").write_text(text + "\n")
+    print(text)
+    log(f"written to {OUT}/report-{stamp}.md and results-{stamp}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
