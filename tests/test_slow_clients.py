@@ -1,0 +1,181 @@
+"""Idle and trickling clients cannot starve real logins.
+
+The daemon gives every connection START_TIMEOUT (10 s) to deliver its whole
+START frame, counted from the connection, not reset by each byte; and it holds
+at most ``max_connections`` at once: at the cap a new connection evicts the
+oldest one that has not sent START yet, so a conversation under way is never cut.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import resource
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, totp_now
+from wire import PamWire, start_payload
+
+from mfad.framing import encode
+from mfad.session import START_TIMEOUT
+
+IDLE = 1000
+TRICKLERS = 100
+SLACK = 3.0  # scheduling slack on a loaded 2-core machine, on top of the daemon's deadline
+
+
+@pytest.fixture
+def many_files() -> Iterator[None]:
+    """Room for a few thousand descriptors in this process, restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+    if wanted < IDLE + TRICKLERS + 100:
+        pytest.skip(f"the hard RLIMIT_NOFILE ({hard}) is too low for {IDLE + TRICKLERS} sockets")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _connect(path: Path) -> socket.socket:
+    """A blocking connect: if the listen backlog is full it waits for the daemon to accept."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def _seeded_user(mfad: Daemon) -> tuple[str, str]:
+    secret = secrets.token_bytes(20)
+    mfad.seed("slowpoke", secret)
+    return "slowpoke", base64.b32encode(secret).decode()
+
+
+def _timed_login(mfad: Daemon, user: str, code: str) -> tuple[str, float]:
+    began = time.monotonic()
+    with PamWire(mfad.pam_socket, timeout=30) as wire:
+        result = wire.login(user, [code])[-1].payload
+    return result, time.monotonic() - began
+
+
+class Trickler:
+    """Sockets that each send one more byte of a START frame every second."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.frame = encode("S", start_payload("slowpoke", service="sshd", rhost="x" * 40))
+        self.socks = [_connect(path) for _ in range(count)]
+        self.closed_at: dict[int, float] = {}
+        self.opened = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sent = 0
+        while not self._stop.is_set() and sent < len(self.frame):
+            for i, sock in enumerate(self.socks):
+                if i in self.closed_at:
+                    continue
+                try:
+                    sock.send(self.frame[sent : sent + 1], socket.MSG_DONTWAIT)
+                except OSError:
+                    self.closed_at[i] = time.monotonic()
+            sent += 1
+            self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.socks:
+            sock.close()
+
+
+def _wait_all_closed(socks: list[socket.socket], until: float) -> dict[int, float]:
+    """When the daemon closed each socket (monotonic time), polling until `until`."""
+    closed: dict[int, float] = {}
+    while len(closed) < len(socks) and time.monotonic() < until:
+        for i, sock in enumerate(socks):
+            if i not in closed and _closed_by_peer(sock):
+                closed[i] = time.monotonic()
+        time.sleep(0.1)
+    return closed
+
+
+def test_silent_and_trickling_clients_do_not_delay_a_real_login(
+    mfad: Daemon, many_files: None
+) -> None:
+    """With 1,000 connections that send nothing and 100 that send a byte a second, a real
+    login (right code) succeeds at once; the daemon drops every one of those connections by
+    its START deadline, the tricklers too although they never stop sending."""
+    user, secret = _seeded_user(mfad)
+    opened = time.monotonic()
+    idle = [_connect(mfad.pam_socket) for _ in range(IDLE)]
+    trickler = Trickler(mfad.pam_socket, TRICKLERS)
+    try:
+        time.sleep(2)  # every trickler has sent a few bytes of its START
+        result, took = _timed_login(mfad, user, totp_now(secret))
+        print(f"\nlogin beside {IDLE} idle and {TRICKLERS} trickling connections: "
+              f"{result} in {took * 1000:.0f} ms")
+        assert result == "S"
+        assert took < 5.0
+        closed = _wait_all_closed(idle, opened + START_TIMEOUT + SLACK)
+        assert len(closed) == IDLE, f"{IDLE - len(closed)} idle connections outlived the deadline"
+        trickled = _wait_all_closed(trickler.socks, trickler.opened + START_TIMEOUT + SLACK)
+        assert len(trickled) == TRICKLERS, "a trickling client kept its connection past START"
+        last = max(closed.values()) - opened
+        print(f"idle connections all closed {last:.1f}s after the first was opened")
+    finally:
+        trickler.stop()
+        for sock in idle:
+            sock.close()
+    assert mfad.proc is not None and mfad.proc.poll() is None
+    reasons = [r.get("reason") for r in mfad.audit() if r["event"] == "protocol_error"]
+    assert reasons.count("no START frame in time") >= TRICKLERS
+
+
+def test_connection_cap_evicts_idle_clients_not_a_login_under_way(
+    mfad: Daemon, many_files: None
+) -> None:
+    """With max_connections 64, a login that has sent START survives 200 idle connections
+    arriving after it, the idle surplus is closed at once (not after the deadline), and a new
+    login and a control request still succeed while the idle ones hold the rest."""
+    mfad.restart(max_connections=64)
+    user, secret = _seeded_user(mfad)
+    with contextlib.ExitStack() as stack:
+        underway = stack.enter_context(PamWire(mfad.pam_socket, timeout=30))
+        underway.send("S", start_payload(user, service="sshd"))
+        assert underway.recv().type == "P"
+        opened = time.monotonic()
+        idle = [_connect(mfad.pam_socket) for _ in range(200)]
+        for sock in idle:
+            stack.callback(sock.close)
+        closed = _wait_all_closed(idle, opened + 2.0)
+        print(f"\n{len(closed)} of 200 idle connections evicted within 2 s")
+        assert len(closed) >= 200 - 64
+        assert not closed.keys() & set(range(200 - 32, 200)), "newest evicted, not the oldest"
+        underway.send("A", totp_now(secret))
+        assert underway.recv().payload == "S"
+        result, took = _timed_login(mfad, user, totp_now(secret, 1))  # the next step's code
+        print(f"second login at the cap: {result} in {took * 1000:.0f} ms")
+        assert result == "S"
+        assert mfad.request("status", user=user)["state"] == "active"
+    assert mfad.proc is not None and mfad.proc.poll() is None
