@@ -5,6 +5,11 @@ anything in the request: root and members of ``admin_group`` may act on
 anyone, any other user only on the account named like their own uid.
 Refusals are audited. RequestErrors become ``{"ok": false, ...}`` here and
 nowhere else; other exceptions become a generic ``unavailable``.
+
+Most ops answer with one response object. The audit ops ``audit_query`` and
+``audit_follow`` answer with a stream of them (an async iterator): the server
+writes each as its own frame, and errors inside the stream still pass through
+this module's one boundary (``_guarded``).
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ import grp
 import json
 import os
 import pwd
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from mfad import totp
+from mfad import auditread, totp
 from mfad.context import Context
 from mfad.errors import (
     AlreadyEnrolled,
@@ -45,6 +50,10 @@ log = structlog.get_logger("mfad.control")
 # Removing a second factor is an administrator's act, even on one's own account:
 # otherwise anyone holding a password and a shell could opt out of MFA.
 ADMIN_ONLY = frozenset({"disable", "unlock"})
+# Reading the audit trail is for administrators; these ops name no account.
+AUDIT_OPS = frozenset({"audit_query", "audit_follow", "audit_verify", "audit_summary"})
+
+Response = dict[str, Any] | AsyncGenerator[dict[str, Any], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +93,24 @@ def _user_field(request: dict[str, Any]) -> str:
 class ControlHandler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._ops: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+        self._ops: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[Response]]] = {
             "status": self.status,
             "enroll_begin": self.enroll_begin,
             "enroll_confirm": self.enroll_confirm,
             "disable": self.disable,
             "unlock": self.unlock,
+            "audit_query": self.audit_query,
+            "audit_follow": self.audit_follow,
+            "audit_verify": self.audit_verify,
+            "audit_summary": self.audit_summary,
         }
 
-    async def handle(self, frame: Frame, uid: int) -> dict[str, Any]:
-        """Turn one REQUEST frame into a response object; the single error boundary."""
+    async def handle(self, frame: Frame, uid: int) -> Response:
+        """Turn one REQUEST frame into a response object (or a stream of them).
+
+        The single error boundary: every refusal or failure becomes an
+        ``{"ok": false}`` response here or, inside a stream, in ``_guarded``.
+        """
         caller = await asyncio.to_thread(identify, uid, self.ctx.config.admin_group)
         op = "?"
         try:
@@ -109,20 +126,42 @@ class ControlHandler:
             handler = self._ops.get(op)
             if handler is None:
                 raise RequestError(f"unknown operation {op!r}")
-            target = _user_field(request)
-            if not caller.is_admin and op in ADMIN_ONLY:
-                raise Forbidden(f"only an administrator may {op} a second factor")
-            if not caller.is_admin and target != caller.name:
-                raise Forbidden(f"{caller.name} may only act on their own account, not {target!r}")
+            if op in AUDIT_OPS:
+                if not caller.is_admin:
+                    raise Forbidden("only an administrator may read the audit trail")
+            else:
+                target = _user_field(request)
+                if not caller.is_admin and op in ADMIN_ONLY:
+                    raise Forbidden(f"only an administrator may {op} a second factor")
+                if not caller.is_admin and target != caller.name:
+                    raise Forbidden(
+                        f"{caller.name} may only act on their own account, not {target!r}"
+                    )
             result = await handler(caller, request)
+            if not isinstance(result, dict):
+                return self._guarded(caller, op, result)
             return {"ok": True, **result}
-        except RequestError as exc:
+        except (RequestError, StoreError, AuditError) as exc:
+            return await self._failure(caller, op, exc)
+
+    async def _failure(self, caller: Caller, op: str, exc: MfaError) -> dict[str, Any]:
+        """The response for a refused or failed request; refusals are audited."""
+        if isinstance(exc, RequestError):
             await self._audit_refusal(caller, op, exc)
             return {"ok": False, "error": exc.code, "message": str(exc)}
-        except (StoreError, AuditError) as exc:
-            log.error("control_unavailable", op=op, error=str(exc))
-            return {"ok": False, "error": "unavailable", "message": "mfad cannot reach its store "
-                    "or audit log; see the daemon's log"}
+        log.error("control_unavailable", op=op, error=str(exc))
+        return {"ok": False, "error": "unavailable", "message": "mfad cannot reach its store "
+                "or audit log; see the daemon's log"}
+
+    async def _guarded(
+        self, caller: Caller, op: str, frames: AsyncIterator[dict[str, Any]]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """A stream's frames; a failure inside it ends it with one ``{"ok": false}`` frame."""
+        try:
+            async for frame in frames:
+                yield frame
+        except (RequestError, StoreError, AuditError) as exc:
+            yield await self._failure(caller, op, exc)
 
     async def _audit_refusal(self, caller: Caller, op: str, exc: MfaError) -> None:
         try:
@@ -231,3 +270,131 @@ class ControlHandler:
                 actor=caller.name, actor_uid=caller.uid,
             )
         return {"user": user, "cleared": cleared}
+
+    # --- audit trail (mfa audit): read-only, administrators only ---
+    # The files are read by auditread in a worker thread, never on the event loop.
+
+    async def _read_trail(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, self.ctx.audit.path, *args)
+        except (OSError, auditread.LogReadError) as exc:
+            raise AuditError(f"cannot read the audit trail: {exc}") from exc
+
+    async def audit_query(
+        self, caller: Caller, request: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Matching records, oldest first, in as many frames as they need."""
+        flt, limit = _audit_filter(request)
+        found: auditread.QueryResult = await self._read_trail(auditread.query, flt, limit)
+        return _query_frames(found)
+
+    async def audit_follow(
+        self, caller: Caller, request: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Matching recent records, then every new matching record as it is written."""
+        flt, limit = _audit_filter(request)
+        return self._follow_frames(flt, limit)
+
+    async def _follow_frames(
+        self, flt: auditread.Filter, limit: int | None
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        # Subscribed before the file is read, so no record falls between the two;
+        # a record seen in both is recognised by its sequence number.
+        queue = self.ctx.audit.subscribe()
+        try:
+            found: auditread.QueryResult = await self._read_trail(auditread.query, flt, limit)
+            for chunk in _chunks(found.records):
+                yield {"ok": True, "records": chunk, "more": True}
+            yield {"ok": True, "records": [], "more": True, "following": True,
+                   "matched": found.matched}
+            last = found.last_seq
+            while True:
+                record = json.loads(await queue.get())
+                seq = record.get("seq")
+                if not isinstance(seq, int) or seq <= last:
+                    continue
+                if last and seq > last + 1:  # the queue was full: this follower fell behind
+                    yield {"ok": True, "records": [], "more": True, "missed": seq - last - 1}
+                last = seq
+                if flt.matches(record):
+                    for chunk in _chunks([record]):
+                        yield {"ok": True, "records": chunk, "more": True}
+        finally:
+            self.ctx.audit.unsubscribe(queue)
+
+    async def audit_verify(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        """Walk the hash chain through every file; name the first bad record."""
+        verdict: dict[str, Any] = await self._read_trail(auditread.verify)
+        return verdict
+
+    async def audit_summary(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        """Failures, locks, skips, control actions and unenrolled users since a time."""
+        since = _request_time(request, "since")
+        accounts = await self.ctx.store.list_accounts()
+        now = datetime.fromtimestamp(self.ctx.clock(), UTC)
+        summary: dict[str, Any] = await self._read_trail(
+            auditread.summarise, since, now, accounts
+        )
+        return summary
+
+
+_FRAME_BUDGET = 60_000
+"""Bytes of records per response frame, under MAX_FRAME with room for the envelope."""
+
+
+def _request_time(request: dict[str, Any], name: str) -> datetime | None:
+    value = request.get(name)
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return auditread.parse_time(value)
+    except ValueError:
+        raise RequestError(
+            f"{name} must be an RFC 3339 time with a zone, such as 2025-01-31T08:00:00Z"
+        ) from None
+
+
+def _audit_filter(request: dict[str, Any]) -> tuple[auditread.Filter, int | None]:
+    """The filters of audit_query / audit_follow; a limit of 0 or none means all."""
+    fields: dict[str, str] = {}
+    for name in auditread.FILTER_FIELDS:
+        value = request.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > 1024:
+            raise RequestError(f"{name} must be a string of at most 1024 characters")
+        fields[name] = value
+    limit = request.get("limit")
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise RequestError("limit must be a whole number, 0 or more")
+    flt = auditread.Filter(
+        fields, _request_time(request, "since"), _request_time(request, "until")
+    )
+    return flt, limit or None
+
+
+def _chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Records in groups that each fit one frame; a record too large alone is summarised."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for record in records:
+        length = len(json.dumps(record)) + 1
+        if length > _FRAME_BUDGET:
+            record = {k: record.get(k) for k in ("seq", "time", "event", "outcome", "user")}
+            record["oversize"] = length
+            length = len(json.dumps(record)) + 1
+        if chunk and size + length > _FRAME_BUDGET:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(record)
+        size += length
+    if chunk:
+        yield chunk
+
+
+async def _query_frames(found: auditread.QueryResult) -> AsyncGenerator[dict[str, Any], None]:
+    for chunk in _chunks(found.records):
+        yield {"ok": True, "records": chunk, "more": True}
+    yield {"ok": True, "records": [], "more": False, "matched": found.matched}

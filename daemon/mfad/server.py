@@ -8,6 +8,10 @@ Each connection gets a hard deadline and the daemon holds at most
 ``max_connections`` at once. At the cap a new connection evicts the oldest one
 that has not yet sent its START frame: clients that connect and say nothing
 (or trickle) cannot starve real logins, and no conversation under way is cut.
+
+A control op may answer with a stream of frames (``mfa audit --follow``): such
+a connection is exempt from the control deadline and lasts until its client
+closes it; at shutdown it is ended at once instead of holding the grace period.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -73,6 +78,7 @@ class Server:
         # connections that have not finished their first frame, oldest first
         self._unstarted: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._paths: list[Path] = []
+        self._streams: set[asyncio.Task[None]] = set()  # streamed control answers
 
     async def start(self) -> None:
         cfg = self.ctx.config
@@ -138,7 +144,7 @@ class Server:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         _, uid, _ = peer_credentials(writer)
-        async with asyncio.timeout(CONTROL_DEADLINE):
+        async with asyncio.timeout(CONTROL_DEADLINE) as deadline:
             try:
                 frame = await read_frame(reader)
             except ProtocolError as exc:
@@ -148,8 +154,46 @@ class Server:
                 return
             self._started()
             response = await self.control.handle(frame, uid)
+            if not isinstance(response, dict):
+                deadline.reschedule(None)
+                await self._stream(response, reader, writer)
+                return
             writer.write(encode(T.RESPONSE, json.dumps(response)))
             await writer.drain()
+
+    # --- streamed control answers (audit_query, audit_follow) ---
+
+    async def _stream(
+        self,
+        frames: AsyncGenerator[dict[str, Any], None],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Write each response object as its own frame until the stream ends or the client
+        leaves (EOF, or any byte: the client sends nothing after its request)."""
+
+        async def pump() -> None:
+            async for response in frames:
+                writer.write(encode(T.RESPONSE, json.dumps(response)))
+                await writer.drain()
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        sending = asyncio.ensure_future(pump())
+        leaving = asyncio.ensure_future(reader.read(1))
+        try:
+            await asyncio.wait({sending, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._streams.discard(task)
+            for future in (sending, leaving):
+                future.cancel()
+            await asyncio.gather(sending, leaving, return_exceptions=True)
+            await frames.aclose()
+        if sending.done() and not sending.cancelled() and sending.exception() is not None:
+            error = sending.exception()
+            if not isinstance(error, ConnectionError):
+                log.error("control_stream_failed", error=repr(error))
 
     async def stop(self) -> None:
         """Stop accepting, let logins in flight finish briefly, cancel the rest."""
@@ -157,6 +201,8 @@ class Server:
             server.close()
         for path in self._paths:
             path.unlink(missing_ok=True)
+        for task in self._streams:  # followers would wait forever; they are not logins
+            task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE)
             for task in pending:

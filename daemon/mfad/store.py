@@ -111,6 +111,12 @@ class Store(abc.ABC):
     async def clear_guard(self, user: str) -> bool:
         """Forget every counter, lock and block of `user`; False if there were none."""
 
+    # --- audit review (mfa audit summary): added by the audit-trail work ---
+    @abc.abstractmethod
+    async def list_accounts(self) -> dict[str, str]:
+        """Every user the store knows: `active`, `disabled`, or `pending` (never confirmed)."""
+    # --- end audit review ---
+
     @abc.abstractmethod
     async def close(self) -> None: ...
 
@@ -361,6 +367,18 @@ class SqliteStore(Store):
                 return db.execute("DELETE FROM guard WHERE user = ?", (user,)).rowcount > 0
 
         return await self._run(q)
+
+    # --- audit review (mfa audit summary): added by the audit-trail work ---
+    async def list_accounts(self) -> dict[str, str]:
+        def q() -> dict[str, str]:
+            db = self._conn()
+            # An enrolment still pending counts only for a user who has no account yet.
+            found = {user: "pending" for (user,) in db.execute("SELECT user FROM enrolments")}
+            found.update(db.execute("SELECT user, state FROM accounts").fetchall())
+            return found
+
+        return await self._run(q)
+    # --- end audit review ---
 
     async def close(self) -> None:
         def q() -> None:

@@ -1,0 +1,472 @@
+"""Reading the audit trail back: list, filter, verify the chain, summarise.
+
+Pure, synchronous functions over the files that audit.py writes; the daemon
+calls them in a worker thread (``asyncio.to_thread``), never on its event loop.
+
+The trail is the live log plus what logrotate left beside it, read oldest
+first: ``audit.jsonl.N`` / ``audit.jsonl.N.gz`` from the highest N down, then
+``audit.jsonl``. The chain runs through all of them (the first record of a newer
+file holds the hash of the last line of the older one), and ``<log>.head`` names
+the last record written, so a cut-off end is visible too.
+
+``verify`` walks the chain and names the first record where it breaks:
+
+* ``edited``     a record changed after it was written (the next record's
+                 ``prev``, or the head, no longer matches its hash);
+* ``deleted``    records are missing (the sequence jumps, the chain does not join);
+* ``reordered``  a record stands after one it was written before;
+* ``truncated``  the log ends before the record the head names, a record was cut
+                 short, or mfad found the log cut at start (``audit_tampered``);
+* ``not JSON``   a line that is not a record at all.
+
+A hash chain without a key proves order and completeness against edits by
+hand, not against someone who rewrites every later line and the head as well;
+ship the log off the host (journald, syslog forwarding) for that.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import zlib
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mfad.audit import GENESIS, line_hash, read_head
+
+FILTER_FIELDS = ("user", "event", "outcome", "service", "rhost")
+"""Record fields a query can match exactly."""
+
+REASONS = ("edited", "deleted", "reordered", "truncated", "not JSON")
+
+_ROTATED = re.compile(r"\.(\d+)(\.gz)?$")
+_TAMPERED = re.compile(r"ends at record (\d+) but record (\d+) was written last")
+_RECORD_START = b'{"seq":'
+_SHOWN_BYTES = 2000  # of a bad line, in a verdict: enough to recognise it
+
+
+class LogReadError(Exception):
+    """A log file exists but cannot be read (permissions, a broken .gz)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    file: Path
+    number: int  # 1-based, within its file
+    raw: bytes  # without the newline
+    complete: bool  # ended with a newline; only a file's last line may not
+
+
+def log_files(path: Path) -> list[Path]:
+    """The rotated files beside `path`, oldest first, then `path` itself if it exists."""
+    rotated: list[tuple[int, Path]] = []
+    if path.parent.is_dir():
+        for candidate in path.parent.iterdir():
+            if candidate.name.startswith(path.name + "."):
+                match = _ROTATED.fullmatch(candidate.name[len(path.name):])
+                if match and candidate.is_file():
+                    rotated.append((int(match.group(1)), candidate))
+    files = [p for _, p in sorted(rotated, key=lambda item: (-item[0], item[1].name))]
+    if path.is_file():
+        files.append(path)
+    return files
+
+
+def iter_lines(files: list[Path]) -> Iterator[Line]:
+    """Every non-empty line of `files` in order; raises LogReadError for an unreadable file."""
+    for file in files:
+        try:
+            opener = gzip.open if file.name.endswith(".gz") else open
+            with opener(file, "rb") as f:
+                for number, raw in enumerate(f, 1):
+                    complete = raw.endswith(b"\n")
+                    raw = raw.rstrip(b"\n")
+                    if raw.strip():
+                        yield Line(file, number, raw, complete)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise LogReadError(f"cannot read {file}: {exc}") from exc
+
+
+def parse(raw: bytes) -> dict[str, Any] | None:
+    """The record on a line, or None if the line is not a JSON object."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time with a zone (``Z`` or an offset), as an aware UTC datetime."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return moment.astimezone(UTC)
+
+
+def _time_of(record: Mapping[str, Any]) -> datetime | None:
+    try:
+        return parse_time(str(record["time"]))
+    except (KeyError, ValueError):
+        return None
+
+
+# --- listing ---
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Exact matches on record fields, and a time range [since, until)."""
+
+    fields: Mapping[str, str] = field(default_factory=dict)
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        for name, wanted in self.fields.items():
+            if record.get(name) != wanted:
+                return False
+        if self.since is None and self.until is None:
+            return True
+        moment = _time_of(record)
+        if moment is None:
+            return False
+        if self.since is not None and moment < self.since:
+            return False
+        return self.until is None or moment < self.until
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    records: list[dict[str, Any]]  # the last `limit` matches, oldest first
+    matched: int  # how many records matched in all
+    last_seq: int  # the seq of the last record read, matching or not
+
+
+def query(path: Path, flt: Filter, limit: int | None = None) -> QueryResult:
+    """Records of the trail at `path` that match `flt`; the most recent `limit` of them."""
+    kept: deque[dict[str, Any]] = deque(maxlen=limit)
+    matched = last_seq = 0
+    for line in iter_lines(log_files(path)):
+        record = parse(line.raw)
+        if record is None:
+            continue  # verify reports it; a listing shows records
+        if isinstance(record.get("seq"), int):
+            last_seq = record["seq"]
+        if flt.matches(record):
+            matched += 1
+            kept.append(record)
+    return QueryResult(list(kept), matched, last_seq)
+
+
+# --- verification ---
+
+
+@dataclass(slots=True)
+class _Walk:
+    """Where the walk through the chain has got to."""
+
+    records: int = 0
+    first_seq: int | None = None
+    last: Line | None = None
+    last_record: dict[str, Any] | None = None
+
+
+def _bad(
+    walk: _Walk, where: Line | None, path: Path, seq: int | None, reason: str, message: str,
+    *, line: int | None = None,
+) -> dict[str, Any]:
+    file = where.file if where is not None else path
+    raw = where.raw if where is not None else b""
+    return {
+        "file": str(file),
+        "line": line if line is not None else (where.number if where is not None else 1),
+        "seq": seq,
+        "reason": reason,
+        "message": message,
+        "record": raw[:_SHOWN_BYTES].decode("utf-8", "replace") or None,
+    }
+
+
+def _chained(raw: bytes) -> dict[str, Any] | None:
+    """The record on a line if it has the chain's fields; None if it is not a record."""
+    record = parse(raw)
+    if record is None or not isinstance(record.get("seq"), int):
+        return None
+    if not isinstance(record.get("prev"), str):
+        return None
+    return record
+
+
+def _unparseable(walk: _Walk, line: Line, path: Path) -> dict[str, Any]:
+    expected = walk.last_record["seq"] + 1 if walk.last_record else None
+    glued = line.raw.find(_RECORD_START, 1)
+    if line.raw.startswith(_RECORD_START) and (not line.complete or glued > 0):
+        how = "the log ends inside it" if not line.complete else "the next record follows on it"
+        return _bad(walk, line, path, expected, "truncated",
+                    f"a record was cut short ({how}): the log was truncated mid-line")
+    if line.raw.startswith(_RECORD_START):
+        return _bad(walk, line, path, expected, "truncated",
+                    "a record was cut short: the log was truncated mid-line")
+    return _bad(walk, line, path, expected, "not JSON", "this line is not an audit record")
+
+
+def _tampered(walk: _Walk, line: Line, record: dict[str, Any], path: Path) -> dict[str, Any]:
+    """mfad found the log cut or altered when it started; its record says which."""
+    text = str(record.get("reason", ""))
+    found = _TAMPERED.search(text)
+    message = f"mfad found the log altered at start: {text}"
+    if found and int(found.group(1)) < int(found.group(2)):
+        return _bad(walk, line, path, int(found.group(1)) + 1, "truncated", message)
+    if walk.last is not None and found:
+        return _bad(walk, walk.last, path, int(found.group(1)), "edited", message)
+    return _bad(walk, line, path, record["seq"], "edited", message)
+
+
+def _misplaced(
+    walk: _Walk, line: Line, record: dict[str, Any], ahead: Iterator[Line], path: Path
+) -> dict[str, Any]:
+    """The sequence jumps forward here: records were deleted, or moved further down."""
+    assert walk.last_record is not None
+    expected = walk.last_record["seq"] + 1
+    missing = set(range(expected, record["seq"]))
+    for later in ahead:
+        moved = _chained(later.raw)
+        if moved is not None and moved["seq"] in missing:
+            return _bad(walk, line, path, expected, "reordered",
+                        f"record {expected} should stand here but is at {later.file.name} "
+                        f"line {later.number}; records were swapped or moved")
+    gap = f"record {expected} is" if len(missing) == 1 else \
+        f"records {expected}-{record['seq'] - 1} are"
+    return _bad(walk, line, path, expected, "deleted",
+                f"{gap} missing before record {record['seq']}: deleted from the log")
+
+
+def _step(
+    walk: _Walk, line: Line, record: dict[str, Any], ahead: Iterator[Line], path: Path
+) -> dict[str, Any] | None:
+    """Check one record against the one before it; a verdict if the chain breaks here."""
+    seq, prev = record["seq"], record["prev"]
+    before, last = walk.last_record, walk.last
+    if before is None or last is None:
+        if (seq == 1) != (prev == GENESIS):
+            return _bad(walk, line, path, seq, "edited",
+                        "the first record's sequence number or chain start was changed")
+        return None  # records before it were rotated away: the chain starts here
+    expected = before["seq"] + 1
+    if seq == expected and prev == line_hash(last.raw):
+        return None
+    if seq == expected:
+        return _bad(walk, last, path, before["seq"], "edited",
+                    f"record {before['seq']} was changed after it was written: record {seq} "
+                    "holds a different hash of it")
+    if seq == 1 and prev == GENESIS:
+        return _bad(walk, line, path, expected, "deleted",
+                    "a new chain starts here: the log and its head file were removed and "
+                    "mfad started afresh")
+    if seq > expected and prev == line_hash(last.raw):
+        return _bad(walk, line, path, expected, "edited",
+                    f"record {expected} was changed after it was written: it carries the "
+                    f"sequence number {seq}")
+    if seq > expected:
+        return _misplaced(walk, line, record, ahead, path)
+    return _bad(walk, line, path, seq, "reordered",
+                f"record {seq} stands after record {before['seq']}; records were swapped, "
+                "moved or copied")
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """Walk the whole trail at `path`; the verdict names the first bad record, if any.
+
+    Returns ``intact``, ``records``, ``files``, ``first_seq``, ``last_seq``,
+    ``head`` (``{"seq", "matches"}`` or None) and ``first_bad`` (None, or
+    ``file``, ``line``, ``seq``, ``reason``, ``message``, ``record``: the line as
+    found, for a person to look at).
+    """
+    # The head first: mfad rewrites it after each record, so every record it
+    # names is already in the file, however many are appended while we read.
+    head = read_head(path)
+    files = log_files(path)
+    walk = _Walk()
+    head_matches: bool | None = None
+
+    def verdict(first_bad: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "intact": first_bad is None,
+            "records": walk.records,
+            "files": [str(f) for f in files],
+            "first_seq": walk.first_seq,
+            "last_seq": walk.last_record["seq"] if walk.last_record else None,
+            "head": None if head is None else {"seq": head[0], "matches": head_matches},
+            "first_bad": first_bad,
+        }
+
+    lines = iter_lines(files)
+    unlike_head: Line | None = None  # the head's record, if its hash differs
+    try:
+        for line in lines:
+            record = _chained(line.raw)
+            if record is None:
+                return verdict(_unparseable(walk, line, path))
+            broken = _step(walk, line, record, lines, path)
+            if broken is not None:
+                return verdict(broken)
+            if record.get("event") == "audit_tampered":
+                return verdict(_tampered(walk, line, record, path))
+            if head is not None and record["seq"] == head[0]:
+                # Reported only if the chain holds to the end: an edit anywhere else
+                # is seen by the next record first, and comes first in the log.
+                head_matches = line_hash(line.raw) == head[1]
+                unlike_head = None if head_matches else line
+            if walk.first_seq is None:
+                walk.first_seq = record["seq"]
+            walk.records += 1
+            walk.last, walk.last_record = line, record
+    except LogReadError as exc:
+        return verdict(_bad(walk, None, path, None, "not JSON", str(exc)))
+    if unlike_head is not None and head is not None:
+        return verdict(_bad(walk, unlike_head, path, head[0], "edited",
+                            f"record {head[0]} was changed after it was written: "
+                            "the head file holds a different hash of it"))
+    if head is not None and head_matches is None:
+        last_seq = walk.last_record["seq"] if walk.last_record else 0
+        if last_seq < head[0]:
+            end = walk.last.number + 1 if walk.last is not None and walk.last.file == path else 1
+            head_matches = False
+            return verdict(_bad(walk, None, path, last_seq + 1, "truncated",
+                                f"the log was cut: it ends before record {last_seq + 1}, but "
+                                f"the head file says record {head[0]} was written", line=end))
+    return verdict(None)
+
+
+# --- summary ---
+
+
+def _by(counter: Counter[str], key: str) -> list[dict[str, Any]]:
+    return [{key: name, "count": n} for name, n in counter.most_common()]
+
+
+def summarise(
+    path: Path, since: datetime | None, now: datetime, accounts: Mapping[str, str]
+) -> dict[str, Any]:
+    """What a reviewer looks at first, from the records since `since`.
+
+    `accounts` maps each user the store knows to its state now (``active``,
+    ``disabled``, ``pending``, and whatever else the store has, such as
+    ``exempt`` or ``suspended``): for the users who never completed an
+    enrolment, and for the exemptions and suspensions in force.
+    """
+    flt = Filter(since=since)
+    logins: Counter[str] = Counter()
+    fail_user: Counter[str] = Counter()
+    fail_rhost: Counter[str] = Counter()
+    fail_reason: Counter[str] = Counter()
+    wrong_user: Counter[str] = Counter()
+    wrong_rhost: Counter[str] = Counter()
+    skipped: Counter[tuple[str, str]] = Counter()
+    refused: Counter[tuple[str, str]] = Counter()
+    not_enrolled: Counter[str] = Counter()
+    last_lock: dict[str, dict[str, Any]] = {}
+    locks: list[dict[str, Any]] = []
+    blocks: list[dict[str, Any]] = []
+    control: list[dict[str, Any]] = []
+    tampered: list[dict[str, Any]] = []
+    records = 0
+    for line in iter_lines(log_files(path)):
+        record = parse(line.raw)
+        if record is None or not flt.matches(record):
+            continue
+        records += 1
+        event, outcome = record.get("event"), record.get("outcome")
+        user, rhost = str(record.get("user", "")), str(record.get("rhost") or "(local)")
+        reason = str(record.get("reason", ""))
+        if event == "login":
+            logins[str(outcome)] += 1
+            if outcome == "failure":
+                fail_user[user] += 1
+                fail_rhost[rhost] += 1
+                fail_reason[reason] += 1
+                if reason == "not_enrolled":
+                    not_enrolled[user] += 1
+            elif outcome == "skipped":
+                skipped[(user, reason)] += 1
+        elif event == "attempt" and outcome == "failure":
+            wrong_user[user] += 1
+            wrong_rhost[rhost] += 1
+        elif event in ("lock_set", "lock_cleared"):
+            last_lock[user] = record
+            if event == "lock_set":
+                locks.append(_pick(record, "time", "user", "rhost", "until", "failures"))
+        elif event == "source_blocked":
+            blocks.append(_pick(record, "time", "user", "rhost", "until"))
+        elif event == "control" and outcome == "success":
+            control.append(_pick(record, "time", "actor", "op", "user"))
+        elif event == "control":
+            refused[(str(record.get("actor", "")), str(record.get("op", "")))] += 1
+        elif event == "audit_tampered":
+            tampered.append(_pick(record, "time", "seq", "reason"))
+    return {
+        "since": since.isoformat() if since else None,
+        "until": now.isoformat(),
+        "records": records,
+        "logins": dict(logins),
+        "failures_by_user": [
+            {"user": u, "failures": fail_user[u], "wrong_codes": wrong_user[u]}
+            for u in _ranked(fail_user, wrong_user)
+        ],
+        "failures_by_rhost": [
+            {"rhost": h, "failures": fail_rhost[h], "wrong_codes": wrong_rhost[h]}
+            for h in _ranked(fail_rhost, wrong_rhost)
+        ],
+        "failure_reasons": _by(fail_reason, "reason"),
+        "skipped": [{"user": u, "reason": r, "count": n} for (u, r), n in skipped.most_common()],
+        "locks": locks,
+        "locked_now": sorted(u for u, r in last_lock.items() if _in_force(r, now)),
+        "source_blocks": blocks,
+        "control": control,
+        "refused": [{"actor": a, "op": o, "count": n} for (a, o), n in refused.most_common()],
+        "never_enrolled": _never_enrolled(accounts, not_enrolled),
+        "exempt_now": sorted(u for u, state in accounts.items() if state == "exempt"),
+        "suspended_now": sorted(u for u, state in accounts.items() if state == "suspended"),
+        "tampered": tampered,
+    }
+
+
+def _pick(record: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    return {n: record[n] for n in names if n in record}
+
+
+def _ranked(*counters: Counter[str]) -> list[str]:
+    """Names by their counts, most first, then by name."""
+    names = set().union(*counters)
+    return sorted(names, key=lambda n: (tuple(-c[n] for c in counters), n))
+
+
+def _in_force(record: Mapping[str, Any], now: datetime) -> bool:
+    if record.get("event") != "lock_set":
+        return False
+    until = record.get("until")
+    if until is None:
+        return True  # until an administrator unlocks
+    try:
+        return parse_time(str(until)) > now
+    except ValueError:
+        return True
+
+
+def _never_enrolled(
+    accounts: Mapping[str, str], denied: Counter[str]
+) -> list[dict[str, Any]]:
+    """Users the store holds only a pending enrolment for, or refused as not enrolled."""
+    names = {u for u, state in accounts.items() if state == "pending"}
+    names |= {u for u in denied if accounts.get(u) not in ("active", "disabled")}
+    return [
+        {"user": u, "pending": accounts.get(u) == "pending", "refused_logins": denied[u]}
+        for u in sorted(names)
+    ]
+
