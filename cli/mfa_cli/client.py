@@ -1,14 +1,16 @@
 """A blocking client for mfad's control socket: one connection per request.
 
 The wire format (docs/protocol.md, "Control socket") is one REQUEST frame ``Q``
-carrying a JSON object, answered by one RESPONSE frame ``J``. Framing is
-mfad.framing's, shared with the daemon, so the two cannot drift apart.
+carrying a JSON object, answered by one RESPONSE frame ``J`` (or, for the
+streamed audit ops, by several; see ``stream``). Framing is mfad.framing's,
+shared with the daemon, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,39 +37,74 @@ class DaemonClient:
 
         A refusal (``ok`` false) raises the matching CliError with the daemon's message.
         """
+        with self._connect(op, fields) as sock:
+            return self._receive(sock, op)
+
+    def stream(self, op: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """Send a request answered by several frames; yield each result until one has
+        ``more`` false. Once a result says ``following`` (audit_follow), the wait for the
+        next one has no time limit: new records come when they come."""
+        with self._connect(op, fields) as sock:
+            while True:
+                result = self._receive(sock, op)
+                if result.get("following"):
+                    sock.settimeout(None)
+                yield result
+                if not result.get("more"):
+                    return
+
+    def _connect(self, op: str, fields: dict[str, Any]) -> socket.socket:
         try:
             request = encode("Q", json.dumps({"op": op, **fields}, ensure_ascii=False))
         except ProtocolError as exc:
             raise CliError(f"the {op!r} request is too large to send") from exc
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(str(self.socket_path))
-            except (FileNotFoundError, NotADirectoryError) as exc:
-                raise DaemonUnreachable(
-                    f"mfad is not running (no socket at {self.socket_path}): {START_HINT}"
-                ) from exc
-            except ConnectionRefusedError as exc:
-                raise DaemonUnreachable(
-                    f"mfad is not running (nothing listens on {self.socket_path}): {START_HINT}"
-                ) from exc
-            except PermissionError as exc:
-                raise DaemonUnreachable(
-                    f"cannot connect to mfad at {self.socket_path}: permission denied"
-                ) from exc
-            except TimeoutError as exc:
-                raise DaemonUnreachable(self._no_answer()) from exc
-            try:
-                sock.sendall(request)
-                frame = recv_frame_blocking(sock)
-            except TimeoutError as exc:
-                raise DaemonUnreachable(self._no_answer()) from exc
-            except (ConnectionError, ProtocolError) as exc:
-                raise DaemonUnreachable(
-                    f"mfad at {self.socket_path} closed the connection without answering; "
-                    "its log says why"
-                ) from exc
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self._send(sock, request)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _send(self, sock: socket.socket, request: bytes) -> None:
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise DaemonUnreachable(
+                f"mfad is not running (no socket at {self.socket_path}): {START_HINT}"
+            ) from exc
+        except ConnectionRefusedError as exc:
+            raise DaemonUnreachable(
+                f"mfad is not running (nothing listens on {self.socket_path}): {START_HINT}"
+            ) from exc
+        except PermissionError as exc:
+            raise DaemonUnreachable(
+                f"cannot connect to mfad at {self.socket_path}: permission denied"
+            ) from exc
+        except TimeoutError as exc:
+            raise DaemonUnreachable(self._no_answer()) from exc
+        try:
+            sock.sendall(request)
+        except TimeoutError as exc:
+            raise DaemonUnreachable(self._no_answer()) from exc
+        except ConnectionError as exc:
+            raise self._hung_up() from exc
+
+    def _receive(self, sock: socket.socket, op: str) -> dict[str, Any]:
+        try:
+            frame = recv_frame_blocking(sock)
+        except TimeoutError as exc:
+            raise DaemonUnreachable(self._no_answer()) from exc
+        except (ConnectionError, ProtocolError) as exc:
+            raise self._hung_up() from exc
         return self._result(op, frame.type, frame.payload)
+
+    def _hung_up(self) -> DaemonUnreachable:
+        return DaemonUnreachable(
+            f"mfad at {self.socket_path} closed the connection without answering; "
+            "its log says why"
+        )
 
     def _no_answer(self) -> str:
         return f"mfad at {self.socket_path} did not answer within {self.timeout:g} s"

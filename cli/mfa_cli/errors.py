@@ -4,7 +4,8 @@
     ├── DaemonUnreachable (3)    no socket, nobody listening, no answer in time
     ├── Forbidden (4)            the daemon refused: not your account and not an admin
     ├── NotFound (5)             no such user, or the user is not enrolled
-    └── WrongCode (6)            the verification code was not accepted
+    ├── WrongCode (6)            the verification code was not accepted
+    └── ChainBroken (7)          `mfa audit verify`: the audit trail's hash chain is broken
 
 Exit code 2 is click's own, for a usage error. The daemon's wire error codes
 (docs/protocol.md) map to these in `from_response`, the one place that does.
@@ -22,7 +23,9 @@ Exit codes:
   3  mfad is not reachable (not running, or no answer)
   4  not allowed: only root or the admin group may act on other users
   5  no such user, or the user is not enrolled
-  6  the verification code was not accepted"""
+  6  the verification code was not accepted
+  7  mfa audit verify: the audit trail was altered (edited, deleted,
+     reordered or truncated records); the first bad record is shown"""
 
 
 class CliError(click.ClickException):
@@ -45,6 +48,10 @@ class NotFound(CliError):
 
 class WrongCode(CliError):
     exit_code = 6
+
+
+class ChainBroken(CliError):
+    exit_code = 7
 
 
 _BY_WIRE_CODE: dict[str, type[CliError]] = {

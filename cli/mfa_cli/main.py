@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from mfa_cli import __version__
+from mfa_cli.audit import audit
 from mfa_cli.client import DEFAULT_SOCKET, DaemonClient
 from mfa_cli.errors import EXIT_CODES, CliError, WrongCode
 from mfad.qrtext import render_qr
@@ -33,6 +34,7 @@ Examples:
   mfa enroll alice        (root or admin group) enrol alice
   mfa status alice        show alice's state and last login
   mfa disable alice       erase alice's secret
+  mfa audit --since 2h    (root or admin group) the audit trail; see `mfa audit --help`
 
 {EXIT_CODES}"""
 )
@@ -219,6 +221,9 @@ def disable(client: DaemonClient, user: str, yes: bool) -> None:
         click.confirm(f"Erase the authenticator secret of {user} (state: {before})?", abort=True)
     after = client.request("disable", user=user).get("state")
     click.echo(f"{user}: {before} -> {after}; secret erased, history kept.")
+
+
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -1,0 +1,310 @@
+"""`mfa audit`: list, follow, verify and summarise the audit trail, by asking mfad.
+
+The daemon reads its own log files (rotated ones too); this command only
+formats what it answers. Every subcommand is for root and the admin group.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from mfa_cli.client import DaemonClient
+from mfa_cli.errors import ChainBroken, DaemonUnreachable
+
+pass_client = click.make_pass_decorator(DaemonClient)
+
+DEFAULT_LIMIT = 100
+"""Records `mfa audit` lists by default: the most recent ones, like `journalctl -n`."""
+FOLLOW_BACKLOG = 10
+"""Records `mfa audit --follow` shows before the new ones, like `tail -f`."""
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_RELATIVE = re.compile(r"(?:\d+[smhdw])+")
+
+COLUMNS = (
+    ("TIME (UTC)", 19), ("EVENT", 14), ("OUTCOME", 8), ("USER", 12), ("SERVICE", 8),
+    ("RHOST", 15), ("REASON", 0),
+)
+
+
+def parse_when(text: str, now: datetime) -> datetime:
+    """`30m`, `2h`, `1d12h` ago, or an absolute time: RFC 3339, `YYYY-MM-DD[ HH:MM[:SS]]`.
+
+    An absolute time without a zone is the local time of this machine.
+    """
+    compact = text.strip().replace(" ", "").lower()
+    if _RELATIVE.fullmatch(compact):
+        seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", compact))
+        return now - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (30m, 2h, 7d) nor a time "
+            "(2025-01-31, '2025-01-31 08:00', 2025-01-31T08:00:00Z)"
+        ) from None
+    return moment.astimezone(UTC)  # a naive time is taken as local time
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _time_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A --since/--until value, sent to mfad as an RFC 3339 UTC time."""
+    if value is None:
+        return None
+    try:
+        return rfc3339(parse_when(value, datetime.now(UTC)))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _utc(text: Any) -> str:
+    """An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` in UTC; anything else as it is."""
+    try:
+        return datetime.fromisoformat(str(text)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return str(text)
+
+
+def _shown_time(record: dict[str, Any]) -> str:
+    return _utc(record.get("time", "-"))
+
+
+def _detail(record: dict[str, Any]) -> str:
+    """The REASON column: why, or for control records who did what."""
+    event, reason = record.get("event"), record.get("reason")
+    if event == "control":
+        text = f"{record.get('op', '?')} by {record.get('actor', '?')}"
+        return f"{text}: {reason}" if reason else text
+    if event in ("lock_set", "source_blocked"):
+        return f"until {record['until']}" if record.get("until") else "until unlocked"
+    if event == "attempt" and reason:
+        return f"{reason} (attempt {record.get('attempt', '?')})"
+    return str(reason or record.get("message") or "")
+
+
+def _row(values: Iterable[str]) -> str:
+    cells = [v.ljust(width) for v, (_, width) in zip(values, COLUMNS, strict=True)]
+    return " ".join(cells).rstrip()
+
+
+class _Printer:
+    """Records as a table (header before the first) or as JSON lines."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.header_done = False
+
+    def header(self) -> None:
+        if not self.as_json and not self.header_done:
+            click.echo(_row(name for name, _ in COLUMNS))
+            self.header_done = True
+
+    def record(self, record: dict[str, Any]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+            return
+        self.header()
+        click.echo(_row([
+            _shown_time(record),
+            *(str(record.get(k) or "-") for k in ("event", "outcome", "user", "service", "rhost")),
+            _detail(record),
+        ]))
+
+
+@click.group(
+    invoke_without_command=True,
+    epilog=f"""\b
+Examples:
+  mfa audit --user alice --since 2h     alice's records of the last two hours
+  mfa audit --event login --outcome failure --since 7d --limit 0
+  mfa audit --rhost 203.0.113.7 --json  as JSON lines, for jq
+  mfa audit --follow                    new records as they are written
+  mfa audit verify                      check the hash chain (exit 7 if broken)
+  mfa audit summary --since 7d          what a reviewer looks at first
+
+TIME is a duration back from now (30m, 2h, 7d, 1d12h) or a time: RFC 3339
+(2025-01-31T08:00:00Z) or YYYY-MM-DD[ HH:MM] in local time. The listing shows
+the last {DEFAULT_LIMIT} matching records (--follow: {FOLLOW_BACKLOG}) unless --limit says
+otherwise; --limit 0 shows all.""",
+)
+@click.option("--user", help="Only records about this user (the target, for control records).")
+@click.option("--event", help="Only this event: login, attempt, challenge, lock_set, control, ...")
+@click.option("--outcome", help="Only this outcome: success, failure, skipped, refused, ...")
+@click.option("--service", help="Only this PAM service (sshd, sudo, login, ...).")
+@click.option("--rhost", help="Only this remote host.")
+@click.option("--since", metavar="TIME", callback=_time_option, help="Only records from TIME on.")
+@click.option("--until", metavar="TIME", callback=_time_option, help="Only records before TIME.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as logged.")
+@click.option("--follow", "-f", is_flag=True, help="Keep going: show new records as they come.")
+@click.option("--limit", "-n", type=click.IntRange(min=0), metavar="N",
+              help="Show the most recent N matching records (0: all).")
+@click.pass_context
+def audit(
+    ctx: click.Context, user: str | None, event: str | None, outcome: str | None,
+    service: str | None, rhost: str | None, since: str | None, until: str | None,
+    as_json: bool, follow: bool, limit: int | None,
+) -> None:
+    """List the audit trail (root and the admin group only).
+
+    A table of time, event, outcome, user, service, remote host and reason,
+    oldest first; filters combine (all must match).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    client = ctx.find_object(DaemonClient)
+    assert client is not None
+    filters = {
+        name: value
+        for name, value in (("user", user), ("event", event), ("outcome", outcome),
+                            ("service", service), ("rhost", rhost), ("since", since),
+                            ("until", until))
+        if value is not None
+    }
+    if limit is None:
+        limit = FOLLOW_BACKLOG if follow else DEFAULT_LIMIT
+    printer = _Printer(as_json)
+    matched = 0
+    following = False
+    try:
+        for result in client.stream("audit_follow" if follow else "audit_query",
+                                    limit=limit, **filters):
+            for record in result.get("records", []):
+                printer.record(record)
+            matched = int(result.get("matched", matched))
+            if result.get("following"):
+                following = True
+                printer.header()
+                click.echo("-- following new records; Ctrl-C to stop --", err=True)
+            if result.get("missed"):
+                click.echo(f"-- {result['missed']} records skipped: this terminal fell behind; "
+                           "`mfa audit` lists them --", err=True)
+    except KeyboardInterrupt:
+        return
+    except DaemonUnreachable as exc:
+        if following:
+            raise DaemonUnreachable(
+                "mfad closed the connection (it stopped or restarted); no more records"
+            ) from exc
+        raise
+    if matched == 0 and not as_json:
+        click.echo("No matching records.", err=True)
+    elif limit and matched > limit:
+        click.echo(f"(the last {limit} of {matched} matching records; --limit 0 shows all)",
+                   err=True)
+
+
+@audit.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's verdict as JSON.")
+@pass_client
+def verify(client: DaemonClient, as_json: bool) -> None:
+    """Check the audit trail's hash chain through every rotated file.
+
+    Each record holds the hash of the one before, and the head file beside
+    the log names the last record written. An edited, deleted, reordered or
+    truncated record breaks the chain: the first bad one is shown and the exit
+    code is 7. Exit 0 means the chain is whole.
+    """
+    verdict = client.request("audit_verify")
+    verdict.pop("ok", None)
+    bad = verdict.get("first_bad")
+    if as_json:
+        click.echo(json.dumps(verdict, indent=2))
+    elif bad is None:
+        _say_intact(verdict)
+    else:
+        click.echo(f"Audit trail BROKEN: {bad['reason']}")
+        click.echo(f"  where:   {bad['file']} line {bad['line']}"
+                   + (f" (record {bad['seq']})" if bad.get("seq") is not None else ""))
+        click.echo(f"  why:     {bad['message']}")
+        click.echo(f"  found:   {bad.get('record') or '(nothing: the line is gone)'}")
+        click.echo(f"  records intact before it: {verdict['records']}")
+    if bad is not None:
+        at = f"record {bad['seq']}" if bad.get("seq") is not None else f"line {bad['line']}"
+        raise ChainBroken(f"the audit trail is broken at {at} ({bad['reason']})")
+
+
+def _say_intact(verdict: dict[str, Any]) -> None:
+    files = len(verdict.get("files") or [])
+    first, last = verdict.get("first_seq"), verdict.get("last_seq")
+    span = f"records {first}-{last}" if first is not None else "no records"
+    click.echo(f"Audit trail intact: {verdict['records']} records ({span}) "
+               f"in {files} file{'s' if files != 1 else ''}.")
+    if first is not None and first > 1:
+        click.echo(f"Records before {first} are no longer kept (rotated away).")
+    head = verdict.get("head")
+    if head is None:
+        click.echo("No head file: a cut at the end of the log cannot be detected.")
+    else:
+        click.echo(f"The head file names record {head['seq']} as the last written, and it is.")
+
+
+@audit.command()
+@click.option("--since", metavar="TIME", callback=_time_option, default="7d", show_default=True,
+              help="Summarise the records at or after TIME.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_client
+def summary(client: DaemonClient, since: str, as_json: bool) -> None:
+    """What a reviewer looks at first: failures by user and by remote host, locks,
+    exemptions and suspensions in force, skipped logins, administrative actions,
+    refused requests, users who never enrolled."""
+    result = client.request("audit_summary", since=since)
+    result.pop("ok", None)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"Audit summary since {_utc(result['since'])} UTC ({result['records']} records)")
+    logins = result.get("logins") or {}
+    click.echo("Logins: " + (", ".join(f"{k} {n}" for k, n in sorted(logins.items())) or "none"))
+    _section("Failures by user (failed logins, wrong codes)", [
+        f"{r['user']:<20} {r['failures']:>6} {r['wrong_codes']:>6}"
+        for r in result["failures_by_user"]])
+    _section("Failures by remote host (failed logins, wrong codes)", [
+        f"{r['rhost']:<20} {r['failures']:>6} {r['wrong_codes']:>6}"
+        for r in result["failures_by_rhost"]])
+    _section("Failure reasons", [f"{r['reason']:<20} {r['count']:>6}"
+                                 for r in result["failure_reasons"]])
+    _section("Accounts locked", [
+        f"{_utc(r.get('time'))}  {r.get('user', '?')} after {r.get('failures', '?')} wrong "
+        "codes, " + (f"until {_utc(r['until'])}" if r.get("until") else "until unlocked")
+        for r in result["locks"]])
+    _section("Locked now", [", ".join(result["locked_now"])] if result["locked_now"] else [])
+    _section("Remote hosts blocked", [
+        f"{_utc(r.get('time'))}  {r.get('rhost', '?')} for {r.get('user', '?')}"
+        + (f", until {_utc(r['until'])}" if r.get("until") else "")
+        for r in result["source_blocks"]])
+    for key, title in (("exempt_now", "Exempt now"), ("suspended_now", "Suspended now")):
+        users = result.get(key) or []
+        _section(title, [", ".join(users)] if users else [])
+    _section("Logins without a second factor (skipped)", [
+        f"{r['user']:<20} {r['reason']:<24} {r['count']:>6}" for r in result["skipped"]])
+    _section("Administrative actions", [
+        f"{_utc(r.get('time'))}  {r.get('actor', '?')}: {r.get('op', '?')} {r.get('user', '')}"
+        for r in result["control"]])
+    _section("Refused control requests", [
+        f"{r['actor']:<20} {r['op']:<16} {r['count']:>6}" for r in result["refused"]])
+    _section("Users who never enrolled", [
+        r["user"] + (" (enrolment pending)" if r["pending"] else "")
+        + (f" ({_count(r['refused_logins'], 'login')} refused)" if r["refused_logins"] else "")
+        for r in result["never_enrolled"]])
+    _section("Tampering found by mfad at start", [
+        f"{_utc(r.get('time'))}  {r.get('reason', '')}" for r in result["tampered"]])
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _section(title: str, lines: list[str]) -> None:
+    click.echo()
+    click.echo(f"{title}:" if lines else f"{title}: none")
+    for line in lines:
+        click.echo(f"  {line}")
