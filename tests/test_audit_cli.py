@@ -1,0 +1,364 @@
+"""`mfa audit` against a real mfad: listing, filters, times, follow, verify, summary, refusal.
+
+The listing and reports run in-process with CliRunner; `--follow` runs the
+installed `mfa` in a pseudo-terminal (pexpect) with a timeout, and the
+permission test runs it as a throwaway non-root user (runuser), since mfad
+authorises by the caller's kernel-reported uid.
+"""
+
+from __future__ import annotations
+
+import json
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pexpect
+import pytest
+from click.testing import CliRunner, Result
+from conftest import Daemon, totp_now
+from wire import PamWire
+
+from mfa_cli.main import cli
+
+MFA = Path(sys.executable).with_name("mfa")
+
+
+def mfa(mfad: Daemon, *args: str) -> Result:
+    """`mfa --socket <the test daemon's control socket> ARGS`, in-process."""
+    return CliRunner().invoke(cli, ["--socket", str(mfad.control_socket), *args])
+
+
+def login(mfad: Daemon, user: str, answers: list[str], rhost: str, service: str = "sshd") -> str:
+    with PamWire(mfad.pam_socket) as wire:
+        return wire.login(user, answers, service=service, rhost=rhost)[-1].payload
+
+
+def rows(output: str) -> list[list[str]]:
+    """The table's rows, header first, as cells: date, time, event, outcome, user, service,
+    rhost, reason (no cell but the last holds a space; an empty one shows as "-")."""
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    return [ln.split(None, 7) for ln in lines]
+
+
+@pytest.fixture
+def traffic(mfad: Daemon, make_user: Callable[..., str]) -> dict[str, str]:
+    """Two users, two services, two remote hosts: alice logs in by sshd from .7 (success)
+    and by sudo locally (success); bob, never enrolled, is refused by sshd from .8."""
+    alice, bob = make_user(), make_user()
+    secret = mfad.enroll(alice)
+    assert login(mfad, alice, [totp_now(secret)], rhost="203.0.113.7") == "S"
+    assert login(mfad, alice, [totp_now(secret, +1)], rhost="", service="sudo") == "S"
+    assert login(mfad, bob, [], rhost="203.0.113.8") == "F"
+    return {"alice": alice, "bob": bob}
+
+
+def test_help_shows_examples_time_forms_and_exit_code_7() -> None:
+    """`mfa audit --help` shows examples and the accepted time forms; `mfa --help` and
+    `mfa audit verify --help` document exit code 7 for a broken chain."""
+    listing = CliRunner().invoke(cli, ["audit", "--help"])
+    top = CliRunner().invoke(cli, ["--help"])
+    verify = CliRunner().invoke(cli, ["audit", "verify", "--help"])
+
+    assert listing.exit_code == 0
+    assert "mfa audit --user alice --since 2h" in listing.output
+    assert "30m, 2h, 7d" in listing.output
+    assert "7  mfa audit verify: the audit trail was altered" in top.output
+    assert "the exit code is 7" in " ".join(verify.output.split())
+
+
+def test_listing_is_a_table_that_filters_combine_on(
+    mfad: Daemon, traffic: dict[str, str]
+) -> None:
+    """`mfa audit` prints a table (time, event, outcome, user, service, remote host,
+    reason), oldest first. --user, --event, --outcome, --service and --rhost each narrow
+    it, and together they must all match."""
+    alice, bob = traffic["alice"], traffic["bob"]
+
+    everything = mfa(mfad, "audit")
+
+    assert everything.exit_code == 0, everything.output
+    table = rows(everything.stdout)
+    assert table[0] == ["TIME", "(UTC)", "EVENT", "OUTCOME", "USER", "SERVICE", "RHOST",
+                        "REASON"]
+    assert [r[2] for r in table[1:3]] == ["daemon_start", "control"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", table[1][0])
+
+    mine = rows(mfa(mfad, "audit", "--user", alice, "--event", "login").stdout)[1:]
+    assert [(r[3], r[4], r[5], r[6]) for r in mine] == [
+        ("success", alice, "sshd", "203.0.113.7"), ("success", alice, "sudo", "-")]
+    assert mine[0][7] == "correct_code"
+
+    refused = rows(mfa(mfad, "audit", "--event", "login", "--outcome", "failure").stdout)[1:]
+    assert [(r[4], r[7]) for r in refused] == [(bob, "not_enrolled")]
+
+    by_host = rows(mfa(mfad, "audit", "--rhost", "203.0.113.7").stdout)[1:]
+    assert {r[2] for r in by_host} == {"challenge", "login"}
+    assert {r[4] for r in by_host} == {alice}
+    by_service = rows(mfa(mfad, "audit", "--service", "sudo", "--event", "login").stdout)[1:]
+    assert [r[4] for r in by_service] == [alice]
+
+    nothing = mfa(mfad, "audit", "--user", bob, "--outcome", "success")
+    assert nothing.exit_code == 0
+    assert nothing.stdout == ""
+    assert "No matching records." in nothing.stderr
+
+
+def test_json_lines_are_the_logged_records(mfad: Daemon, traffic: dict[str, str]) -> None:
+    """`mfa audit --json` prints one JSON object per line, byte for byte the line in the
+    log, hash-chain fields included, so its output can be checked against the log."""
+    result = mfa(mfad, "audit", "--json", "--user", traffic["alice"])
+
+    assert result.exit_code == 0
+    logged = set(mfad.audit_path.read_text().splitlines())
+    printed = result.stdout.splitlines()
+    assert printed
+    assert all(line in logged for line in printed)
+    assert all(json.loads(line)["user"] == traffic["alice"] for line in printed)
+
+
+def test_since_and_until_take_durations_and_times(
+    mfad: Daemon, traffic: dict[str, str]
+) -> None:
+    """--since/--until accept a duration back from now (2h), an RFC 3339 time, or a local
+    `YYYY-MM-DD HH:MM`. --since keeps records at or after the time, --until those
+    before it. Anything else is a usage error (exit 2) that names the accepted forms."""
+    logins = [json.loads(line) for line in mfa(mfad, "audit", "--json", "--event", "login")
+              .stdout.splitlines()]
+    second = logins[1]["time"]
+
+    assert len(_json(mfa(mfad, "audit", "--json", "--event", "login", "--since", "2h"))) == 3
+    assert _json(mfa(mfad, "audit", "--json", "--until", "2h")) == []
+    from_second = _json(mfa(mfad, "audit", "--json", "--event", "login", "--since", second))
+    assert [r["time"] for r in from_second] == [r["time"] for r in logins[1:]]
+    before_second = _json(mfa(mfad, "audit", "--json", "--event", "login", "--until", second))
+    assert [r["time"] for r in before_second] == [logins[0]["time"]]
+
+    local_next_minute = (datetime.now() + timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M")
+    assert len(_json(mfa(mfad, "audit", "--json", "--until", local_next_minute))) > 3
+    assert _json(mfa(mfad, "audit", "--json", "--since", local_next_minute)) == []
+
+    bad = mfa(mfad, "audit", "--since", "yesterday")
+    assert bad.exit_code == 2
+    assert "neither a duration (30m, 2h, 7d) nor a time" in bad.stderr
+
+
+def _json(result: Result) -> list[dict[str, object]]:
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_limit_shows_the_most_recent_and_says_how_many_matched(
+    mfad: Daemon, traffic: dict[str, str]
+) -> None:
+    """--limit N shows the N most recent matching records and says on stderr how many
+    matched in all; --limit 0 shows every one."""
+    every = _json(mfa(mfad, "audit", "--json", "--limit", "0"))
+
+    last_two = mfa(mfad, "audit", "--json", "--limit", "2")
+
+    assert _json(last_two) == every[-2:]
+    assert f"the last 2 of {len(every)} matching records" in last_two.stderr
+    assert len(every) == len(mfad.audit())
+
+
+def test_verify_exit_0_when_intact_and_7_naming_the_bad_record(
+    mfad: Daemon, traffic: dict[str, str]
+) -> None:
+    """`mfa audit verify` says the trail is intact (exit 0). After a record is edited while
+    mfad is stopped it exits 7 and shows where (file, line, record), why, and the record
+    as found; --json gives the daemon's verdict with the same exit code."""
+    intact = mfa(mfad, "audit", "verify")
+    assert intact.exit_code == 0, intact.output
+    assert re.match(r"Audit trail intact: \d+ records \(records 1-\d+\) in 1 file\.",
+                    intact.stdout)
+
+    mfad.stop()
+    lines = mfad.audit_path.read_text().splitlines(keepends=True)
+    i = next(n for n, ln in enumerate(lines) if '"reason":"not_enrolled"' in ln)
+    lines[i] = lines[i].replace('"outcome":"failure"', '"outcome":"success"')
+    mfad.audit_path.write_text("".join(lines))
+    mfad.start()
+
+    broken = mfa(mfad, "audit", "verify")
+
+    assert broken.exit_code == 7
+    seq = json.loads(lines[i])["seq"]
+    assert "Audit trail BROKEN: edited" in broken.stdout
+    assert f"{mfad.audit_path} line {i + 1} (record {seq})" in broken.stdout
+    assert lines[i].strip() in broken.stdout
+    assert f"the audit trail is broken at record {seq} (edited)" in broken.stderr
+    as_json = mfa(mfad, "audit", "verify", "--json")
+    assert as_json.exit_code == 7
+    assert json.loads(as_json.stdout)["first_bad"]["seq"] == seq
+
+
+def test_summary_shows_what_a_reviewer_looks_at_first(
+    mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """`mfa audit summary --since 1h` counts failures by user and by remote host, lists
+    the account lock that wrong codes set (and that it is in force), the administrative
+    actions with their actor, refused requests, and the users who never enrolled: one
+    with an enrolment left pending and one refused at login for having none."""
+    mfad.restart(lockout={"deny": 2, "source_deny": 100, "delay": 0})
+    alice, pending, never = make_user(), make_user(), make_user()
+    mfad.enroll(alice)
+    assert mfad.request("enroll_begin", user=pending)["ok"]
+    assert login(mfad, never, [], rhost="198.51.100.20") == "F"
+    for _ in range(2):
+        assert login(mfad, alice, ["000000"], rhost="198.51.100.66") != "S"
+    mfad.request("status")  # refused: no user named
+
+    result = mfa(mfad, "audit", "summary", "--since", "1h")
+
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    section = _sections(text)
+    assert re.search(rf"^  {alice}\s+\d+\s+[12]$", section["Failures by user"], re.M)
+    assert re.search(rf"^  {never}\s+1\s+0$", section["Failures by user"], re.M)
+    assert re.search(r"^  198\.51\.100\.66\s+\d+\s+[12]$", section["Failures by remote host"],
+                     re.M)
+    assert alice in section["Accounts locked"]
+    assert section["Locked now"].strip() == alice
+    assert f"root: enroll_begin {pending}" in section["Administrative actions"]
+    assert re.search(r"root\s+status\s+1", section["Refused control requests"])
+    assert f"{pending} (enrolment pending)" in section["Users who never enrolled"]
+    assert f"{never} (1 login refused)" in section["Users who never enrolled"]
+
+    as_json = json.loads(mfa(mfad, "audit", "summary", "--json").stdout)
+    assert as_json["locked_now"] == [alice]
+    assert {u["user"] for u in as_json["never_enrolled"]} == {pending, never}
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The summary's sections by title: "Title:" lines followed by indented lines."""
+    out: dict[str, str] = {}
+    title = ""
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and ":" in line:
+            title, rest = line.split(":", 1)
+            title = title.split(" (")[0]  # "Failures by user (failed logins, wrong codes)"
+            out[title] = rest.strip() + "\n"
+        elif line.startswith("  ") and title:
+            out[title] += line + "\n"
+    return out
+
+
+def test_follow_shows_a_login_made_after_it_started(
+    mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """`mfa audit --follow --user U`, running as a separate process, first shows U's
+    recent records, then a login made after it started, as it happens; Ctrl-C ends it
+    with exit code 0."""
+    user = make_user()
+    secret = mfad.enroll(user)
+    child = pexpect.spawn(
+        str(MFA), ["--socket", str(mfad.control_socket), "audit", "--follow", "--user", user],
+        encoding="utf-8", timeout=15,
+    )
+    try:
+        child.expect(rf"control\s+success\s+{user}\s+-\s+-\s+enroll_confirm by root")
+        child.expect("following new records; Ctrl-C to stop")
+
+        assert login(mfad, user, [totp_now(secret)], rhost="203.0.113.9") == "S"
+
+        child.expect(rf"login\s+success\s+{user}\s+sshd\s+203\.0\.113\.9\s+correct_code")
+        child.sendintr()
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+
+@pytest.fixture
+def public_socket(mfad: Daemon) -> Iterator[Path]:
+    """The test daemon restarted with its control socket where any uid can reach it."""
+    directory = Path(tempfile.mkdtemp(prefix="mfa-audit-test-"))
+    directory.chmod(0o755)
+    control = directory / "control.sock"
+    mfad.restart(sockets={"control": str(control)})
+    yield control
+    mfad.stop()
+    shutil.rmtree(directory)
+
+
+def run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["runuser", "-u", user, "--", str(MFA), *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+
+
+def test_a_non_admin_is_refused_the_audit_trail_and_the_refusal_is_audited(
+    mfad: Daemon, public_socket: Path, make_user: Callable[..., str]
+) -> None:
+    """A user who is neither root nor in the admin group gets exit code 4 from `mfa audit`,
+    `mfa audit verify` and `mfa audit summary`, sees no record, and each refusal is in the
+    audit trail with the caller's name and uid. Made a member of the admin group, the same
+    user may read it."""
+    mallory = make_user()
+    sock = ["--socket", str(public_socket)]
+
+    for args, op in ((["audit"], "audit_query"), (["audit", "--follow"], "audit_follow"),
+                     (["audit", "verify"], "audit_verify"),
+                     (["audit", "summary"], "audit_summary")):
+        refused = run_as(mallory, *sock, *args)
+
+        assert refused.returncode == 4, refused.stderr
+        assert refused.stderr == "Error: only an administrator may read the audit trail\n"
+        assert refused.stdout == ""
+        record = mfad.audit()[-1]
+        assert (record["event"], record["outcome"], record["op"]) == ("control", "refused", op)
+        assert (record["actor"], record["actor_uid"]) == (mallory, _uid(mallory))
+
+    mfad.restart(sockets={"control": str(public_socket)}, admin_group=mallory)
+    allowed = run_as(mallory, *sock, "audit", "--event", "control", "--outcome", "refused")
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout.count(mallory) == 4
+
+
+def _uid(user: str) -> int:
+    return pwd.getpwnam(user).pw_uid
+
+
+def test_a_stopped_daemon_ends_a_follow_with_exit_3(mfad: Daemon) -> None:
+    """When mfad stops under `mfa audit --follow`, the follow ends at once (it does not
+    hold up the daemon's shutdown) and exits 3, saying the daemon closed the connection."""
+    child = pexpect.spawn(
+        str(MFA), ["--socket", str(mfad.control_socket), "audit", "--follow"],
+        encoding="utf-8", timeout=15,
+    )
+    try:
+        child.expect("following new records")
+        began = time.monotonic()
+        mfad.stop()
+        stopped_in = time.monotonic() - began
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+    assert stopped_in < 3
+    assert child.exitstatus == 3
+    assert "mfad closed the connection (it stopped or restarted)" in (child.before or "")
+
+
+def test_times_are_sent_to_mfad_in_utc(mfad: Daemon) -> None:
+    """An absolute time with an offset is converted to UTC before it is sent: records
+    written now are found from one minute ago given in a +05:00 zone."""
+    minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).astimezone(
+        timezone(timedelta(hours=5))
+    )
+    result = mfa(mfad, "audit", "--json", "--since", minute_ago.isoformat())
+
+    assert [r["event"] for r in _json(result)] == ["daemon_start"]
