@@ -22,7 +22,9 @@
  *
  * Anything else from the daemon (unknown type, bad length, bad RESULT, EOF or
  * a timeout before RESULT) means "unreachable": PAM_AUTHINFO_UNAVAIL, or
- * PAM_IGNORE with fail=open, always logged.
+ * PAM_IGNORE with fail=open, always logged. fail=open covers only a daemon
+ * that has not yet sent a frame: once the conversation has begun, a user can
+ * provoke a break (a back-off longer than timeout=), so it fails closed.
  *
  * Module arguments (never environment variables: the user may set those):
  *   socket=PATH          daemon socket, default /run/mfad/pam.sock
@@ -71,6 +73,7 @@ struct relay {
 	const char *socket_path;
 	int timeout_ms;
 	int fail_open;
+	int spoken; /* mfad has sent a valid frame: from here on, fail closed */
 	int debug;
 	int silent;
 	int fd;
@@ -410,6 +413,12 @@ out:
 
 static int unreachable(struct relay *r)
 {
+	if (r->spoken) {
+		pam_syslog(r->pamh, LOG_ERR,
+			   "mfad broke off the conversation on %s: %s; failing closed%s",
+			   r->socket_path, r->why, r->fail_open ? " despite fail=open" : "");
+		return PAM_AUTHINFO_UNAVAIL;
+	}
 	pam_syslog(r->pamh, LOG_ERR, "mfad unreachable on %s: %s; %s", r->socket_path, r->why,
 		   r->fail_open ? "fail=open, ignoring this module" : "failing closed");
 	return r->fail_open ? PAM_IGNORE : PAM_AUTHINFO_UNAVAIL;
@@ -459,6 +468,7 @@ static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **ar
 		switch (r.buf[0]) {
 		case T_PROMPT_OFF:
 		case T_PROMPT_ON:
+			r.spoken = 1;
 			rc = ask(
 			    &r, r.buf[0] == T_PROMPT_OFF ? PAM_PROMPT_ECHO_OFF : PAM_PROMPT_ECHO_ON,
 			    &peer_gone);
@@ -476,6 +486,7 @@ static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **ar
 			break;
 		case T_INFO:
 		case T_ERROR:
+			r.spoken = 1;
 			if (show_text(&r, r.buf[0] == T_INFO ? PAM_TEXT_INFO : PAM_ERROR_MSG) !=
 			    PAM_SUCCESS) {
 				rv = PAM_CONV_ERR;

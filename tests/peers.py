@@ -203,6 +203,26 @@ def send_then_hold(data: bytes, *, close: bool = False) -> Handler:
     return handler
 
 
+def after_answer(data: bytes = b"", *, close: bool = False) -> Handler:
+    """A conversation that breaks after it has begun: PROMPT, read the ANSWER,
+    then `data` verbatim (nothing: silence) and hold or close. Like mfad
+    serving a long back-off, or failing mid-conversation."""
+
+    def handler(conn: socket.socket, peer: Peer) -> None:
+        peer.read_start(conn)
+        conn.sendall(frame("P", PROMPT))
+        atype, answer = recv_frame(conn)
+        if atype != "A":
+            raise PeerError(f"expected ANSWER, got {atype!r}")
+        peer.answers.append(answer.decode("utf-8", "replace"))
+        with suppress(OSError):
+            conn.sendall(data)
+        if not close:
+            peer.wait_closed(conn)
+
+    return handler
+
+
 def close_mid_frame() -> Handler:
     """Announces a 10-byte INFO, sends 3 bytes of it and hangs up."""
     return send_then_hold(_LEN.pack(10) + b"Iab", close=True)

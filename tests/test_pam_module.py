@@ -33,6 +33,7 @@ from peers import (
     TIMEOUT_MESSAGE,
     Handler,
     NonRootPeer,
+    after_answer,
     bad_result,
     close_mid_frame,
     conversation,
@@ -350,10 +351,35 @@ def test_misbehaving_daemon_is_unreachable_within_the_timeout(
 def test_misbehaving_daemon_with_fail_open_is_ignored(
     setup: Setup, make_peer: Callable[[], Handler]
 ) -> None:
-    """With fail=open a broken reply is "unreachable" too, hence PAM_IGNORE."""
+    """With fail=open a broken first reply is "unreachable" too, hence PAM_IGNORE."""
     setup.service("fail=open")
     with serve(setup.sock, make_peer()):
         assert module_code(setup.login()) == "PAM_IGNORE"
+
+
+@pytest.mark.parametrize(
+    ("make_peer", "reason"),
+    [
+        (after_answer, f"timed out after {TIMEOUT * 1000} ms"),
+        (lambda: after_answer(b"\x00\x01\x11\x70I"), "frame length 70000"),
+        (lambda: after_answer(close=True), "closed the connection before RESULT"),
+    ],
+    ids=["silent", "oversize", "eof"],
+)
+def test_break_after_the_conversation_began_fails_closed_even_with_fail_open(
+    setup: Setup, sink: SyslogSink, make_peer: Callable[[], Handler], reason: str
+) -> None:
+    """fail=open answers "is mfad there?". Once mfad has prompted, a timeout, a
+    bad frame or EOF is PAM_AUTHINFO_UNAVAIL whatever the mode: a user can
+    provoke such a break (a back-off longer than timeout=) and must not turn it
+    into PAM_IGNORE, i.e. a login on the password alone."""
+    setup.service("fail=open")
+    with serve(setup.sock, make_peer()) as peer:
+        result = setup.login()
+    assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
+    assert peer.answers == [CODE]
+    record = sink.wait_for("mfad broke off the conversation")
+    assert reason in record.text and "failing closed despite fail=open" in record.text
 
 
 # ----------------------------------------------- the user's side, not the daemon's
@@ -460,6 +486,7 @@ MATRIX: list[tuple[str, Callable[[], Handler] | None, str, str]] = [
     ("unknown-type", unknown_type, "closed", "PAM_AUTHINFO_UNAVAIL"),
     ("bad-result", bad_result, "closed", "PAM_AUTHINFO_UNAVAIL"),
     ("eof-mid-frame", close_mid_frame, "closed", "PAM_AUTHINFO_UNAVAIL"),
+    ("silent-after-answer-open", after_answer, "open", "PAM_AUTHINFO_UNAVAIL"),
     # Documented passes: a skip, and an unreachable daemon under fail=open.
     ("skip", lambda: outcome_peer("K", CODE), "closed", "PAM_SUCCESS"),
     ("down-open", None, "open", "PAM_SUCCESS"),
@@ -551,6 +578,21 @@ def test_real_daemon_prompt_timeout_reaches_the_user(
     result = authenticate(setup.services, "mfatest", user, [totp_now(secret)], answer_delay=2)
     assert module_code(result) == "PAM_AUTH_ERR"
     assert ("error", TIMEOUT_MESSAGE) in result.messages
+
+
+def test_real_daemon_back_off_longer_than_the_timeout_is_not_a_bypass(
+    setup: Setup, mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """mfad delays its answer to a wrong code (back-off, 3 s here) beyond the
+    module's timeout=2: under fail=open that must fail closed, or guessing one
+    wrong code would log an attacker in on the password alone."""
+    user = make_user()
+    wrong = _wrong_code(mfad.enroll(user))
+    mfad.restart(lockout={"delay": 3, "max_delay": 3})
+    _real(setup, mfad, "fail=open")
+    result = authenticate(setup.services, "mfatest", user, [wrong] * 3, driver="ctypes")
+    assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
+    assert result.messages == [("prompt_off", PROMPT)]
 
 
 def test_real_daemon_skip_is_pam_ignore(setup: Setup, mfad: Daemon) -> None:
