@@ -23,8 +23,9 @@
  * Anything else from the daemon (unknown type, bad length, bad RESULT, EOF or
  * a timeout before RESULT) means "unreachable": PAM_AUTHINFO_UNAVAIL, or
  * PAM_IGNORE with fail=open, always logged. fail=open covers only a daemon
- * that has not yet sent a frame: once the conversation has begun, a user can
- * provoke a break (a back-off longer than timeout=), so it fails closed.
+ * that has not yet sent a valid frame: once the conversation has begun, a
+ * user can provoke a break (a back-off longer than timeout=), so it fails
+ * closed.
  *
  * Module arguments (never environment variables: the user may set those):
  *   socket=PATH          daemon socket, default /run/mfad/pam.sock
