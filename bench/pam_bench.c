@@ -1,7 +1,7 @@
 /*
  * pam_bench - per-authentication cost through the real libpam.
  *
- *   pam_bench -s SERVICE -f USERS [-o FIRST] [-n COUNT] [-w WARMUP] [-x] [-e EXPECT]
+ *   pam_bench -s SERVICE -f USERS [-o FIRST] [-n COUNT] [-w WARMUP] [-x] [-e EXPECT] [-r RAW]
  *
  * For each of WARMUP + COUNT users of USERS (from line FIRST on, each user
  * once, so replay protection is exercised rather than bypassed): pam_start ->
@@ -9,7 +9,8 @@
  * answered with the user's TOTP code computed when the prompt arrives, or
  * with -x a code that is wrong for the whole ±1 step window. EXPECT is the
  * PAM return code every authentication should give (default PAM_SUCCESS);
- * others are counted as errors. Prints one JSON object on stdout.
+ * others are counted as errors. Prints one JSON object on stdout; with -r,
+ * also writes each authentication's nanoseconds to RAW, one a line.
  *
  * Run it under pam_wrapper (LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1
  * PAM_WRAPPER_SERVICE_DIR=DIR) so SERVICE is read from DIR.
@@ -52,20 +53,20 @@ static int converse(int n, const struct pam_message **msg, struct pam_response *
 static void usage(void)
 {
 	fprintf(stderr, "usage: pam_bench -s SERVICE -f USERS [-o FIRST] [-n COUNT] [-w WARMUP] "
-			"[-x] [-e EXPECT]\n");
+			"[-x] [-e EXPECT] [-r RAW]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	const char *service = NULL, *path = NULL;
+	const char *service = NULL, *path = NULL, *raw = NULL;
 	long first = 0, count = 1000, warmup = 20, expect = PAM_SUCCESS, n_users, errors = 0;
 	long codes[64] = {0}, prompts = 0;
 	int wrong = 0, opt;
 	struct bench_user *users;
 	long long *lat, t_start, t0, t1;
 
-	while ((opt = getopt(argc, argv, "s:f:o:n:w:xe:")) != -1) {
+	while ((opt = getopt(argc, argv, "s:f:o:n:w:xe:r:")) != -1) {
 		switch (opt) {
 		case 's': service = optarg; break;
 		case 'f': path = optarg; break;
@@ -74,6 +75,7 @@ int main(int argc, char **argv)
 		case 'w': warmup = atol(optarg); break;
 		case 'x': wrong = 1; break;
 		case 'e': expect = atol(optarg); break;
+		case 'r': raw = optarg; break;
 		default: usage();
 		}
 	}
@@ -116,6 +118,17 @@ int main(int argc, char **argv)
 			errors++;
 	}
 	t1 = mono_ns();
+	if (raw != NULL) {
+		FILE *f = fopen(raw, "w");
+
+		if (f == NULL) {
+			perror(raw);
+			return 1;
+		}
+		for (long i = 0; i < count; i++)
+			fprintf(f, "%lld\n", lat[i]);
+		fclose(f);
+	}
 
 	printf("{\"service\":\"%s\",\"wrong\":%s,\"count\":%ld,\"errors\":%ld,\"prompts\":%ld,"
 	       "\"codes\":{",
