@@ -7,6 +7,7 @@ the suite leaves the machine as it found it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -197,6 +198,54 @@ def mfad() -> Iterator[Daemon]:
     finally:
         daemon.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def pam_login(pam_module: Path, mfad: Daemon) -> Callable[..., Any]:
+    """Log in through the real libpam (pam_wrapper) with pam_mfa.so talking to `mfad`.
+
+    `pam_login(user, answers, service="sshd", rhost="192.0.2.1")` returns a
+    pamtest.PamResult whose `name` is the module's own return code: libpam never
+    returns PAM_IGNORE itself, so the stack lets only an ignore reach pam_echo,
+    whose marker line is then read back as "PAM_IGNORE".
+    """
+    from pamtest import authenticate, write_service
+
+    service_dir = mfad.tmp / "pam.d"
+    marker = "pam_mfa returned PAM_IGNORE"
+    stack = [
+        f"auth [success=done ignore=ignore default=die] {pam_module} socket={mfad.pam_socket}",
+        f"auth optional pam_echo.so {marker}",
+        "auth required pam_deny.so",
+    ]
+
+    def login(user: str, answers: list[str], service: str = "sshd",
+              rhost: str = "192.0.2.1") -> Any:
+        write_service(service_dir, service, stack)
+        result = authenticate(service_dir, service, user, answers, rhost=rhost)
+        if marker in result.texts("info"):
+            result = dataclasses.replace(result, name="PAM_IGNORE", messages=result.messages[:-1])
+        return result
+
+    return login
+
+
+@pytest.fixture
+def make_group() -> Iterator[Callable[..., str]]:
+    """Factory for throwaway NSS groups with the given members, removed after."""
+    created: list[str] = []
+
+    def make(*members: str) -> str:
+        name = "mfag" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))
+        _run("groupadd", name)
+        created.append(name)
+        for member in members:
+            _run("usermod", "--append", "--groups", name, member)
+        return name
+
+    yield make
+    for name in created:
+        subprocess.run(["groupdel", name], capture_output=True)
 
 
 def _run(*argv: str) -> None:

@@ -41,7 +41,8 @@ def test_optional_mode_skips_unenrolled_but_asks_enrolled(mfad: Daemon, make_use
 def test_required_mode_refuses_known_unenrolled_user_with_a_message(
     mfad: Daemon, make_user
 ) -> None:
-    """In required mode an existing user without a token is told to contact an administrator."""
+    """Required mode, no enrolment at login: a user without a token is told to ask an admin."""
+    mfad.restart(enrolment={"at_login": False})
     user = make_user()
     with PamWire(mfad.pam_socket) as wire:
         frames = wire.login(user, [])
@@ -161,8 +162,10 @@ def test_secrets_are_sealed_at_rest_and_bound_to_their_user(mfad: Daemon, make_u
 def test_disabled_user_has_no_token_left(mfad: Daemon, state: str) -> None:
     """After `disable`, the old code no longer works and the secret is gone from the store."""
     secret = mfad.enroll("root")
-    assert mfad.request("disable", user="root")["state"] == state
-    assert _result(mfad, "root", [totp_now(secret)]) == "F"
+    changed = mfad.request("disable", user="root")["changed"]
+    assert changed == [{"user": "root", "from": "active", "to": state}]
+    # required mode: the user must enrol anew, and the old code is not accepted for that
+    assert _result(mfad, "root", [totp_now(secret)] * 3) == "M"
     with sqlite3.connect(mfad.db_path) as db:
         assert db.execute("SELECT secret FROM accounts WHERE user='root'").fetchone() == (None,)
 

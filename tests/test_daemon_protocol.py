@@ -30,9 +30,13 @@ BAD_INPUTS = {
 }
 
 
-def _expect_dropped(mfad: Daemon, data: bytes) -> None:
+def _expect_refused(mfad: Daemon, data: bytes) -> None:
+    """The daemon answers FAILURE (never silence, which fail=open would read as 'down')
+    and closes."""
     with PamWire(mfad.pam_socket) as wire:
         wire.send_raw(data)
+        frame = wire.recv()
+        assert (frame.type, frame.payload) == ("R", "F")
         assert wire.closed(), "the daemon kept a connection that broke the protocol"
 
 
@@ -43,7 +47,7 @@ def test_each_bad_input_drops_only_its_connection_while_a_login_succeeds(mfad: D
         good.send("S", start_payload("root", service="sshd"))
         assert good.recv().type == "P"
         for data in BAD_INPUTS.values():
-            _expect_dropped(mfad, data)
+            _expect_refused(mfad, data)
         good.send("A", totp_now(secret))
         assert good.recv().payload == "S"
     errors = [r for r in mfad.audit() if r["event"] == "protocol_error"]
@@ -59,6 +63,7 @@ def test_second_start_mid_conversation_is_a_protocol_error(mfad: Daemon) -> None
         wire.send("S", start_payload("root"))
         assert wire.recv().type == "P"
         wire.send("S", start_payload("root"))
+        assert wire.recv().payload == "F"
         assert wire.closed()
     assert mfad.audit()[-1]["event"] == "protocol_error"
     assert "expected ANSWER" in mfad.audit()[-1]["reason"]
@@ -85,6 +90,7 @@ def test_answer_frame_of_one_megabyte_is_dropped(mfad: Daemon) -> None:
         wire.send("S", start_payload("root"))
         assert wire.recv().type == "P"
         wire.send_header(1024 * 1024 + 1)
+        assert wire.recv().payload == "F"
         assert wire.closed()
     assert mfad.audit()[-1]["event"] == "protocol_error"
     assert mfad.request("status", user="root")["ok"]
@@ -103,5 +109,6 @@ def test_unknown_user_gets_the_same_conversation_as_an_enrolled_one(mfad: Daemon
 def test_silent_client_is_disconnected_after_start_timeout(mfad: Daemon) -> None:
     """A client that connects and sends nothing is dropped (START deadline), audited."""
     with PamWire(mfad.pam_socket, timeout=20) as wire:
+        assert wire.recv().payload == "F"
         assert wire.closed()
     assert mfad.audit()[-1]["reason"] == "no START frame in time"

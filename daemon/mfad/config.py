@@ -52,12 +52,23 @@ class LockoutConfig:
     source_deny: int = 4
     source_block_time: float = 900.0
     delay: float = 1.0  # seconds before answering a wrong code; doubles per failure
-    max_delay: float = 16.0
+    # keep below pam_mfa.so's timeout= (default 10 s), or the module gives up waiting
+    max_delay: float = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolmentConfig:
+    at_login: bool = True  # offer enrolment in the login conversation to users who must enrol
+    grace_days: float = 14.0  # after first being required; 0: no deadline
+    recovery_codes: int = 10
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     mode: str = "optional"
+    require_groups: tuple[str, ...] = ()
+    exempt_groups: tuple[str, ...] = ()
+    services: dict[str, str] = field(default_factory=dict)  # PAM service -> mode, overrides mode
     admin_group: str = ""
     pam_socket: Path = Path("/run/mfad/pam.sock")
     control_socket: Path = Path("/run/mfad/control.sock")
@@ -71,6 +82,10 @@ class Config:
     totp: TotpConfig = field(default_factory=TotpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
+    enrolment: EnrolmentConfig = field(default_factory=EnrolmentConfig)
+
+    def mode_for(self, service: str) -> str:
+        return self.services.get(service, self.mode)
 
 
 # --- validators: each takes the raw YAML value and returns the typed one or raises ValueError ---
@@ -109,6 +124,23 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"must be a list of group names, got {value!r}")
+    return tuple(value)
+
+
+def _services(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must map PAM service names to a mode, got {value!r}")
+    for service, mode in value.items():
+        if not isinstance(service, str) or mode not in MODES:
+            raise ValueError(
+                f"service {service!r} must map to one of {', '.join(MODES)}, got {mode!r}"
+            )
+    return dict(value)
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be text, got {value!r}")
@@ -124,6 +156,9 @@ def _path(value: Any) -> Path:
 # key path in the file -> (Config attribute path, validator)
 _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "mode": ("mode", _choice(*MODES)),
+    "require_groups": ("require_groups", _names),
+    "exempt_groups": ("exempt_groups", _names),
+    "services": ("services", _services),
     "admin_group": ("admin_group", _text),
     "max_connections": ("max_connections", _int(16, 65536)),
     "sockets.pam": ("pam_socket", _path),
@@ -141,6 +176,9 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "login.max_attempts": ("login.max_attempts", _int(1, 10)),
     "login.prompt_timeout": ("login.prompt_timeout", _seconds(1, 3600)),
     "login.prompt": ("login.prompt", _text),
+    "enrolment.at_login": ("enrolment.at_login", _bool),
+    "enrolment.grace_days": ("enrolment.grace_days", _seconds(0, 3650)),
+    "enrolment.recovery_codes": ("enrolment.recovery_codes", _int(0, 100)),
     "lockout.deny": ("lockout.deny", _int(1, 1000)),
     "lockout.fail_interval": ("lockout.fail_interval", _seconds(1, 7 * 86400)),
     "lockout.unlock_time": ("lockout.unlock_time", _seconds(0, 7 * 86400)),
@@ -184,7 +222,7 @@ def parse(text: str, where: str = "<config>") -> Config:
         raise ConfigError(f"{where}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     flat = _flatten(root, where) if root is not None else {}
     top: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {"totp": {}, "login": {}, "lockout": {}}
+    nested: dict[str, dict[str, Any]] = {"totp": {}, "login": {}, "lockout": {}, "enrolment": {}}
     for key, (raw, line) in flat.items():
         attr, check = _SCHEMA[key]
         try:
@@ -196,6 +234,7 @@ def parse(text: str, where: str = "<config>") -> Config:
     return Config(
         **top, totp=TotpConfig(**nested["totp"]), login=LoginConfig(**nested["login"]),
         lockout=LockoutConfig(**nested["lockout"]),
+        enrolment=EnrolmentConfig(**nested["enrolment"]),
     )
 
 

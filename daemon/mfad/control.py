@@ -20,51 +20,31 @@ import json
 import os
 import pwd
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from mfad import auditread, totp
+from mfad import auditread
+from mfad.accounts import AccountOps, Caller, user_field
 from mfad.context import Context
 from mfad.errors import (
-    AlreadyEnrolled,
     AuditError,
     Forbidden,
     MfaError,
-    NoPendingEnrolment,
-    NoSuchUser,
-    NotEnrolled,
     ProtocolError,
     RequestError,
     StoreError,
-    WrongCode,
 )
 from mfad.framing import Frame
 from mfad.protocol import T
-from mfad.store import PendingEnrolment, TokenParams
 
 log = structlog.get_logger("mfad.control")
 
-# Removing a second factor is an administrator's act, even on one's own account:
-# otherwise anyone holding a password and a shell could opt out of MFA.
-ADMIN_ONLY = frozenset({"disable", "unlock"})
 # Reading the audit trail is for administrators; these ops name no account.
 AUDIT_OPS = frozenset({"audit_query", "audit_follow", "audit_verify", "audit_summary"})
 
 Response = dict[str, Any] | AsyncGenerator[dict[str, Any], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    uid: int
-    name: str
-    is_admin: bool
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def identify(uid: int, admin_group: str) -> Caller:
@@ -83,22 +63,14 @@ def identify(uid: int, admin_group: str) -> Caller:
     return Caller(uid, entry.pw_name, is_admin)
 
 
-def _user_field(request: dict[str, Any]) -> str:
-    user = request.get("user")
-    if not isinstance(user, str) or not user or len(user) > 256 or not user.isprintable():
-        raise RequestError("the request needs a user name")
-    return user
-
-
 class ControlHandler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        accounts = AccountOps(ctx)
+        self._self_service = set(accounts.self_service)
         self._ops: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[Response]]] = {
-            "status": self.status,
-            "enroll_begin": self.enroll_begin,
-            "enroll_confirm": self.enroll_confirm,
-            "disable": self.disable,
-            "unlock": self.unlock,
+            **accounts.self_service,
+            **accounts.admin,
             "audit_query": self.audit_query,
             "audit_follow": self.audit_follow,
             "audit_verify": self.audit_verify,
@@ -126,17 +98,15 @@ class ControlHandler:
             handler = self._ops.get(op)
             if handler is None:
                 raise RequestError(f"unknown operation {op!r}")
-            if op in AUDIT_OPS:
-                if not caller.is_admin:
-                    raise Forbidden("only an administrator may read the audit trail")
-            else:
-                target = _user_field(request)
-                if not caller.is_admin and op in ADMIN_ONLY:
-                    raise Forbidden(f"only an administrator may {op} a second factor")
+            if op in self._self_service:
+                target = user_field(request)
                 if not caller.is_admin and target != caller.name:
                     raise Forbidden(
                         f"{caller.name} may only act on their own account, not {target!r}"
                     )
+            elif not caller.is_admin:
+                what = "read the audit trail" if op in AUDIT_OPS else f"use `mfa {op}`"
+                raise Forbidden(f"only an administrator may {what}")
             result = await handler(caller, request)
             if not isinstance(result, dict):
                 return self._guarded(caller, op, result)
@@ -179,97 +149,6 @@ class ControlHandler:
         )
 
     # --- operations ---
-
-    async def status(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        user = _user_field(request)
-        account = await self.ctx.store.get_account(user)
-        if account is None:
-            pending = await self.ctx.store.get_pending(user)
-            return {"user": user, "state": "none", "enrolment_pending": pending is not None,
-                    "enrolled_at": None, "last_verified_at": None, "last_rhost": None,
-                    "clock_offset_steps": 0}
-        return {
-            "user": user,
-            "state": account.state,
-            "enrolment_pending": await self.ctx.store.get_pending(user) is not None,
-            "algorithm": account.params.algorithm,
-            "digits": account.params.digits,
-            "period": account.params.period,
-            "enrolled_at": _iso(account.enrolled_at),
-            "last_verified_at": _iso(account.last_verified_at),
-            "last_rhost": account.last_rhost,
-            "clock_offset_steps": account.clock_offset,
-        }
-
-    async def enroll_begin(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        user = _user_field(request)
-        try:
-            await asyncio.to_thread(pwd.getpwnam, user)
-        except KeyError:
-            raise NoSuchUser(f"there is no user {user!r} on this system") from None
-        account = await self.ctx.store.get_account(user)
-        if account is not None and account.state == "active":
-            raise AlreadyEnrolled(
-                f"{user} is already enrolled; run `mfa disable {user}` first to replace the token"
-            )
-        cfg = self.ctx.config.totp
-        params = TokenParams(cfg.algorithm, cfg.digits, cfg.period)
-        secret = totp.new_secret(params)
-        now = self.ctx.clock()
-        await self.ctx.store.begin_enrolment(
-            PendingEnrolment(user, self.ctx.box.seal(user, secret), params, now)
-        )
-        await self._audit_action(caller, "enroll_begin", user, state="pending")
-        return {
-            "user": user,
-            "secret": totp.b32(secret),
-            "uri": totp.provisioning_uri(secret, params, user, cfg.issuer),
-            "algorithm": params.algorithm,
-            "digits": params.digits,
-            "period": params.period,
-        }
-
-    async def enroll_confirm(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        user = _user_field(request)
-        answer = request.get("code")
-        if not isinstance(answer, str):
-            raise RequestError("the request needs a code")
-        pending = await self.ctx.store.get_pending(user)
-        if pending is None:
-            raise NoPendingEnrolment(f"{user} has no enrolment waiting; run `mfa enroll {user}`")
-        code = totp.normalise(answer, pending.params.digits)
-        secret = self.ctx.box.open(user, pending.sealed_secret)
-        now = self.ctx.clock()
-        found = None
-        if code is not None:
-            found = totp.match(secret, pending.params, code, now, self.ctx.config.totp.window)
-        if found is None:
-            raise WrongCode(
-                "that code is not right for the new key; check the phone's clock and try "
-                "the code that is showing now"
-            )
-        await self.ctx.store.activate(pending, found.step, now)
-        await self._audit_action(caller, "enroll_confirm", user, state="active")
-        return {"user": user, "state": "active"}
-
-    async def disable(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        user = _user_field(request)
-        if not await self.ctx.store.disable(user, self.ctx.clock()):
-            raise NotEnrolled(f"{user} has no second factor to disable")
-        await self._audit_action(caller, "disable", user, state="disabled")
-        return {"user": user, "state": "disabled"}
-
-    async def unlock(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        """Clear the account lock, source blocks and failure counts (pam_faillock --reset)."""
-        user = _user_field(request)
-        cleared = await self.ctx.guard.unlock(user)
-        await self._audit_action(caller, "unlock", user, cleared=cleared)
-        if cleared:
-            await self.ctx.audit.record(
-                "lock_cleared", outcome="success", user=user, reason="unlocked by administrator",
-                actor=caller.name, actor_uid=caller.uid,
-            )
-        return {"user": user, "cleared": cleared}
 
     # --- audit trail (mfa audit): read-only, administrators only ---
     # The files are read by auditread in a worker thread, never on the event loop.

@@ -10,6 +10,8 @@ Sealed blob layout: version byte (1) | 12-byte nonce | ciphertext and 16-byte ta
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import stat
 from pathlib import Path
@@ -44,6 +46,8 @@ class SecretBox:
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
+        # a separate key for digests, so no value is ever both encrypted and MACed with one key
+        self._mac_key = hmac.new(key, b"pam-mfa/recovery/v1", hashlib.sha256).digest()
 
     @classmethod
     def from_file(cls, path: Path) -> SecretBox:
@@ -72,6 +76,10 @@ class SecretBox:
     def seal(self, user: str, secret: bytes) -> bytes:
         nonce = os.urandom(_NONCE)
         return _VERSION + nonce + self._aead.encrypt(nonce, secret, _AAD_PREFIX + user.encode())
+
+    def digest(self, user: str, code: str) -> bytes:
+        """Keyed digest of a recovery code, bound to its user."""
+        return hmac.new(self._mac_key, f"{user}\0{code}".encode(), hashlib.sha256).digest()
 
     def open(self, user: str, blob: bytes) -> bytes:
         if len(blob) < 1 + _NONCE + 16 or blob[:1] != _VERSION:

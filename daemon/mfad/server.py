@@ -50,7 +50,11 @@ def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
 
 def bind_unix(path: Path, mode: int) -> socket.socket:
     """Bind a listening socket with `mode` from the first instant (no chmod race)."""
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the control socket is for every local user: its directory must be searchable
+    # whatever the daemon's umask (0077) made of a directory it created itself
+    if mode & 0o007 and path.parent.stat().st_mode & 0o005 != 0o005:
+        path.parent.chmod(path.parent.stat().st_mode | 0o755)
     try:
         if stat.S_ISSOCK(path.lstat().st_mode):
             path.unlink()  # a stale socket from a previous run

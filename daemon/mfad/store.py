@@ -19,7 +19,7 @@ import abc
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +37,13 @@ class TokenParams:
     period: int = 30
 
 
+STATES = ("pending", "active", "suspended", "disabled", "exempt")
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     user: str
-    state: str  # "active" | "disabled"
+    state: str  # one of STATES; "none" is the absence of a row
     sealed_secret: bytes | None
     params: TokenParams
     enrolled_at: float | None
@@ -48,6 +51,18 @@ class Account:
     last_verified_at: float | None
     last_rhost: str | None
     clock_offset: int  # steps between the phone's clock and ours at the last success
+    deadline: float | None = None  # pending: enrol before this, or login is refused
+    exempt_reason: str | None = None
+    exempt_until: float | None = None  # exempt: None means no expiry
+    state_changed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    at: float
+    service: str
+    rhost: str
+    method: str  # "totp" | "recovery"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +88,15 @@ class GuardState:
     source: Counter  # this (user, remote host) pair: the per-source block
 
 
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    state: str
+    deadline: float | None = None
+    exempt_reason: str | None = None
+    exempt_until: float | None = None
+    erase: bool = False  # drop secret, pending enrolment and recovery codes; history stays
+
+
 class Store(abc.ABC):
     """What the daemon needs from storage; nothing else touches the tables."""
 
@@ -87,8 +111,11 @@ class Store(abc.ABC):
     async def get_pending(self, user: str) -> PendingEnrolment | None: ...
 
     @abc.abstractmethod
-    async def activate(self, pending: PendingEnrolment, step: int, now: float) -> None:
-        """Make a confirmed secret the user's token; its confirming step counts as used."""
+    async def activate(
+        self, pending: PendingEnrolment, step: int, now: float, recovery: Sequence[bytes] = ()
+    ) -> None:
+        """Make a confirmed secret the user's token with fresh recovery codes (as digests);
+        its confirming step counts as used."""
 
     @abc.abstractmethod
     async def consume_step(
@@ -97,8 +124,30 @@ class Store(abc.ABC):
         """Atomically mark `step` used; False if it (or a later step) was used already."""
 
     @abc.abstractmethod
-    async def disable(self, user: str, now: float) -> bool:
-        """Erase secret and pending enrolment, keep history; False if there was no account."""
+    async def set_state(self, user: str, change: StateChange, now: float) -> None:
+        """Move `user` to a new lifecycle state (creating the row); erase the token if asked."""
+
+    @abc.abstractmethod
+    async def replace_recovery_codes(
+        self, user: str, digests: Sequence[bytes], now: float
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def use_recovery_code(
+        self, user: str, digest: bytes, now: float, rhost: str, service: str
+    ) -> int | None:
+        """Atomically spend one code of an active user; the number left, or None if no match."""
+
+    @abc.abstractmethod
+    async def recovery_codes_left(self, user: str) -> int: ...
+
+    @abc.abstractmethod
+    async def accounts(self) -> list[tuple[Account, Counter]]:
+        """Every account row with its account-wide failure counter, by user name."""
+
+    @abc.abstractmethod
+    async def history(self, user: str, limit: int) -> list[Login]:
+        """Successful second-factor logins, newest first."""
 
     @abc.abstractmethod
     async def get_guard(self, user: str, source: str) -> GuardState: ...
@@ -168,8 +217,61 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (user, source)
     );
     """,
+    # 3: the full lifecycle (pending, suspended, exempt) and recovery codes.
+    # SQLite cannot widen a CHECK constraint in place: rebuild the table.
+    """
+    CREATE TABLE accounts_v3 (
+        user TEXT PRIMARY KEY,
+        state TEXT NOT NULL
+            CHECK (state IN ('pending', 'active', 'suspended', 'disabled', 'exempt')),
+        secret BLOB,
+        algorithm TEXT NOT NULL DEFAULT 'SHA1',
+        digits INTEGER NOT NULL DEFAULT 6,
+        period INTEGER NOT NULL DEFAULT 30,
+        enrolled_at REAL,
+        last_step INTEGER,
+        last_verified_at REAL,
+        last_rhost TEXT,
+        clock_offset INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        deadline REAL,
+        exempt_reason TEXT,
+        exempt_until REAL,
+        state_changed_at REAL
+    );
+    INSERT INTO accounts_v3 (user, state, secret, algorithm, digits, period, enrolled_at,
+        last_step, last_verified_at, last_rhost, clock_offset, updated_at, state_changed_at)
+        SELECT user, state, secret, algorithm, digits, period, enrolled_at, last_step,
+        last_verified_at, last_rhost, clock_offset, updated_at, updated_at FROM accounts;
+    DROP TABLE accounts;
+    ALTER TABLE accounts_v3 RENAME TO accounts;
+    CREATE TABLE recovery_codes (
+        user TEXT NOT NULL,
+        digest BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (user, digest)
+    );
+    """,
 ]
 ACCOUNT_SOURCE = "*"
+_ACCOUNT_COLUMNS = (
+    "accounts.user, state, secret, algorithm, digits, period, enrolled_at, last_step,"
+    " last_verified_at, last_rhost, clock_offset, deadline, exempt_reason, exempt_until,"
+    " state_changed_at"
+)
+
+
+def _account(row: Sequence[Any]) -> Account:
+    return Account(row[0], row[1], row[2], TokenParams(*row[3:6]), *row[6:])
+
+
+def _replace_codes(db: sqlite3.Connection, user: str, digests: Sequence[bytes], now: float) -> None:
+    db.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
+    db.executemany(
+        "INSERT INTO recovery_codes VALUES (?, ?, ?)", [(user, d, now) for d in digests]
+    )
+
+
 _FOREVER = 1e308
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -243,13 +345,10 @@ class SqliteStore(Store):
     async def get_account(self, user: str) -> Account | None:
         def q() -> Account | None:
             row = self._conn().execute(
-                "SELECT state, secret, algorithm, digits, period, enrolled_at, last_step,"
-                " last_verified_at, last_rhost, clock_offset FROM accounts WHERE user = ?",
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE user = ?",  # noqa: S608 (constant)
                 (user,),
             ).fetchone()
-            if row is None:
-                return None
-            return Account(user, row[0], row[1], TokenParams(*row[2:5]), *row[5:])
+            return None if row is None else _account(row)
 
         return await self._run(q)
 
@@ -278,24 +377,28 @@ class SqliteStore(Store):
 
         return await self._run(q)
 
-    async def activate(self, pending: PendingEnrolment, step: int, now: float) -> None:
+    async def activate(
+        self, pending: PendingEnrolment, step: int, now: float, recovery: Sequence[bytes] = ()
+    ) -> None:
         p = pending
 
         def q() -> None:
             with _transaction(self._conn()) as db:
                 db.execute(
                     "INSERT INTO accounts (user, state, secret, algorithm, digits, period,"
-                    " enrolled_at, last_step, clock_offset, updated_at)"
-                    " VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?)"
+                    " enrolled_at, last_step, clock_offset, updated_at, state_changed_at)"
+                    " VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?, ?)"
                     " ON CONFLICT (user) DO UPDATE SET state = 'active', secret = excluded.secret,"
                     " algorithm = excluded.algorithm, digits = excluded.digits,"
                     " period = excluded.period, enrolled_at = excluded.enrolled_at,"
                     " last_step = excluded.last_step, clock_offset = 0,"
-                    " updated_at = excluded.updated_at",
+                    " updated_at = excluded.updated_at, deadline = NULL, exempt_reason = NULL,"
+                    " exempt_until = NULL, state_changed_at = excluded.state_changed_at",
                     (p.user, p.sealed_secret, p.params.algorithm, p.params.digits,
-                     p.params.period, now, step, now),
+                     p.params.period, now, step, now, now),
                 )
                 db.execute("DELETE FROM enrolments WHERE user = ?", (p.user,))
+                _replace_codes(db, p.user, recovery, now)
 
         await self._run(q)
 
@@ -320,16 +423,96 @@ class SqliteStore(Store):
 
         return await self._run(q)
 
-    async def disable(self, user: str, now: float) -> bool:
-        def q() -> bool:
+    async def set_state(self, user: str, change: StateChange, now: float) -> None:
+        c = change
+
+        def q() -> None:
             with _transaction(self._conn()) as db:
-                cur = db.execute(
-                    "UPDATE accounts SET state = 'disabled', secret = NULL, last_step = NULL,"
-                    " updated_at = ? WHERE user = ?",
-                    (now, user),
+                db.execute(
+                    "INSERT INTO accounts (user, state, updated_at, state_changed_at, deadline,"
+                    " exempt_reason, exempt_until) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (user) DO UPDATE SET state = excluded.state,"
+                    " updated_at = excluded.updated_at, state_changed_at = excluded.updated_at,"
+                    " deadline = excluded.deadline, exempt_reason = excluded.exempt_reason,"
+                    " exempt_until = excluded.exempt_until",
+                    (user, c.state, now, now, c.deadline, c.exempt_reason, c.exempt_until),
                 )
-                gone = db.execute("DELETE FROM enrolments WHERE user = ?", (user,)).rowcount
-            return cur.rowcount == 1 or gone == 1
+                if c.erase:
+                    db.execute(
+                        "UPDATE accounts SET secret = NULL, last_step = NULL, enrolled_at = NULL"
+                        " WHERE user = ?", (user,),
+                    )
+                    db.execute("DELETE FROM enrolments WHERE user = ?", (user,))
+                    db.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
+
+        await self._run(q)
+
+    async def replace_recovery_codes(self, user: str, digests: Sequence[bytes], now: float) -> None:
+        def q() -> None:
+            with _transaction(self._conn()) as db:
+                _replace_codes(db, user, digests, now)
+
+        await self._run(q)
+
+    async def use_recovery_code(
+        self, user: str, digest: bytes, now: float, rhost: str, service: str
+    ) -> int | None:
+        def q() -> int | None:
+            with _transaction(self._conn()) as db:
+                gone = db.execute(
+                    "DELETE FROM recovery_codes WHERE user = ? AND digest = ? AND EXISTS"
+                    " (SELECT 1 FROM accounts WHERE user = ? AND state = 'active')",
+                    (user, digest, user),
+                ).rowcount
+                if gone != 1:
+                    return None
+                db.execute(
+                    "UPDATE accounts SET last_verified_at = ?, last_rhost = ?, updated_at = ?"
+                    " WHERE user = ?", (now, rhost, now, user),
+                )
+                db.execute(
+                    "INSERT INTO logins (user, at, service, rhost, method)"
+                    " VALUES (?, ?, ?, ?, 'recovery')", (user, now, service, rhost),
+                )
+                (left,) = db.execute(
+                    "SELECT count(*) FROM recovery_codes WHERE user = ?", (user,)
+                ).fetchone()
+                return int(left)
+
+        return await self._run(q)
+
+    async def recovery_codes_left(self, user: str) -> int:
+        def q() -> int:
+            (left,) = self._conn().execute(
+                "SELECT count(*) FROM recovery_codes WHERE user = ?", (user,)
+            ).fetchone()
+            return int(left)
+
+        return await self._run(q)
+
+    async def accounts(self) -> list[tuple[Account, Counter]]:
+        def q() -> list[tuple[Account, Counter]]:
+            rows = self._conn().execute(
+                f"SELECT {_ACCOUNT_COLUMNS}, g.failures, g.first_at, g.until FROM accounts"  # noqa: S608
+                " LEFT JOIN guard g ON g.user = accounts.user AND g.source = ?"
+                " ORDER BY accounts.user",
+                (ACCOUNT_SOURCE,),
+            ).fetchall()
+            n = len(_ACCOUNT_COLUMNS.split(","))
+            return [
+                (_account(r[:n]), Counter(r[n] or 0, r[n + 1] or 0.0, r[n + 2] or 0.0))
+                for r in rows
+            ]
+
+        return await self._run(q)
+
+    async def history(self, user: str, limit: int) -> list[Login]:
+        def q() -> list[Login]:
+            rows = self._conn().execute(
+                "SELECT at, service, rhost, method FROM logins WHERE user = ?"
+                " ORDER BY at DESC LIMIT ?", (user, limit),
+            ).fetchall()
+            return [Login(*r) for r in rows]
 
         return await self._run(q)
 

@@ -1,0 +1,139 @@
+"""Administrators' account changes: require, suspend, resume, disable, reset, exempt, unexempt.
+
+One table says which state each action may start from and where it leads;
+anything else is refused with a reason a person can act on. Each change is
+audited with the actor and the target.
+
+    require   none, disabled          -> pending   (must enrol, by the grace deadline)
+    suspend   active, pending         -> suspended (token kept, second factor skipped)
+    resume    suspended               -> active if a token is kept, else pending
+    disable   any but disabled, none  -> disabled  (token and recovery codes erased)
+    reset     any                     -> pending   (token erased, enrol again)
+    exempt    any but exempt          -> exempt    (reason required, optional expiry)
+    unexempt  exempt                  -> active if a token is kept, else none
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import pwd
+from dataclasses import dataclass
+from typing import Any
+
+from mfad.context import Context
+from mfad.errors import NoSuchUser, RequestError
+from mfad.store import Account, StateChange
+
+ACTIONS = ("require", "suspend", "resume", "disable", "reset", "exempt", "unexempt")
+
+_FROM = {
+    "require": {"none", "disabled"},
+    "suspend": {"active", "pending"},
+    "resume": {"suspended"},
+    "disable": {"active", "pending", "suspended", "exempt"},
+    "reset": {"none", "active", "pending", "suspended", "disabled", "exempt"},
+    "exempt": {"none", "active", "pending", "suspended", "disabled"},
+    "unexempt": {"exempt"},
+}
+
+_WHY_NOT = {
+    ("require", "active"): "is already enrolled",
+    ("require", "pending"): "is already required to enrol",
+    ("require", "suspended"): "is suspended; `mfa resume` it instead",
+    ("require", "exempt"): "is exempt; `mfa unexempt` it first",
+    ("suspend", "suspended"): "is already suspended",
+    ("resume", "active"): "is not suspended",
+}
+
+
+class TransitionRefused(RequestError):
+    """An action that does not apply to the account's current state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    user: str
+    before: str
+    after: str
+
+
+def _state(account: Account | None) -> str:
+    return "none" if account is None else account.state
+
+
+def _kept_token(account: Account | None) -> bool:
+    return account is not None and account.sealed_secret is not None
+
+
+async def apply(
+    ctx: Context, action: str, user: str, *, reason: str | None = None,
+    until: float | None = None,
+) -> Change:
+    """Move one user; raise TransitionRefused if the action does not fit the state."""
+    account = await ctx.store.get_account(user)
+    if account is None and not await asyncio.to_thread(_exists, user):
+        raise NoSuchUser(f"there is no user {user!r} on this system")
+    before = _state(account)
+    if before not in _FROM[action]:
+        why = _WHY_NOT.get((action, before), f"is {before}")
+        raise TransitionRefused(f"cannot {action} {user}: {user} {why}")
+    now = ctx.clock()
+    grace = ctx.config.enrolment.grace_days * 86400
+    deadline = now + grace if grace > 0 else None
+    if action in ("require", "reset"):
+        change = StateChange("pending", deadline, erase=action == "reset")
+    elif action == "suspend":
+        change = StateChange("suspended")
+    elif action == "resume" or action == "unexempt":
+        if _kept_token(account):
+            change = StateChange("active")
+        elif action == "resume":
+            change = StateChange("pending", deadline)
+        else:
+            change = StateChange("disabled")  # "none" again: not an explicit setting
+    elif action == "disable":
+        change = StateChange("disabled", erase=True)
+    else:  # exempt
+        if not reason:
+            raise RequestError("an exemption needs a reason (--reason)")
+        change = StateChange("exempt", exempt_reason=reason, exempt_until=until)
+    await ctx.store.set_state(user, change, now)
+    after = "none" if action == "unexempt" and change.state == "disabled" else change.state
+    return Change(user, before, after)
+
+
+def _exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
+
+
+def _group_members(group: str) -> list[str]:
+    try:
+        entry = grp.getgrnam(group)
+    except KeyError:
+        raise NoSuchUser(f"there is no group {group!r} on this system") from None
+    members = set(entry.gr_mem)
+    members.update(p.pw_name for p in pwd.getpwall() if p.pw_gid == entry.gr_gid)
+    return sorted(members)
+
+
+async def targets(ctx: Context, request: dict[str, Any]) -> list[str]:
+    """The users a request names: `users`, members of `group`, or everyone known (`all`)."""
+    users = request.get("users") or []
+    if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+        raise RequestError("`users` must be a list of user names")
+    names = list(users)
+    group = request.get("group")
+    if group is not None:
+        if not isinstance(group, str) or not group:
+            raise RequestError("`group` must be a group name")
+        names += await asyncio.to_thread(_group_members, group)
+    if request.get("all") is True:
+        names += [account.user for account, _ in await ctx.store.accounts()]
+    if not names:
+        raise RequestError("name at least one user, a group, or all")
+    return list(dict.fromkeys(names))

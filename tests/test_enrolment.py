@@ -1,0 +1,170 @@
+"""Enrolment at next login, recovery codes, token parameters and account lifecycle actions."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlparse
+
+import pyotp
+import pytest
+from conftest import Daemon, totp_now
+from qrimage import decode as decode_terminal_qr
+
+CODE_RE = re.compile(r"^\s+([2-9A-Z]{5}-[2-9A-Z]{5})$", re.M)
+
+
+def _enrol_at_login(pam_login, user: str) -> tuple[str, list[str]]:
+    """Go through enrolment at login as a person would: scan, type the code, keep the codes."""
+    first = pam_login(user, [])  # no answer: the user reads the screen and gives up
+    info = "\n".join(first.texts("info"))
+    uri = decode_terminal_qr(info)
+    assert uri in info  # the QR code carries exactly the URI shown beside it
+    secret = parse_qs(urlparse(uri).query)["secret"][0]
+    assert f"Key: {' '.join(secret[i:i + 4] for i in range(0, len(secret), 4))}" in info
+    second = pam_login(user, [pyotp.TOTP(secret).now()])
+    assert second.name == "PAM_SUCCESS", second
+    codes = CODE_RE.findall("\n".join(second.texts("info")))
+    return secret, codes
+
+
+def test_pending_user_enrols_at_login_then_uses_code_and_recovery_code(
+    mfad: Daemon, pam_login, make_user
+) -> None:
+    """Scan the QR shown at login, confirm, get 10 recovery codes; then a code logs in, and a
+    recovery code logs in exactly once."""
+    user = make_user()
+    mfad.request("require", user=user)
+    secret, codes = _enrol_at_login(pam_login, user)
+    assert len(codes) == 10 and len(set(codes)) == 10
+    assert mfad.request("status", user=user)["state"] == "active"
+    assert pam_login(user, [totp_now(secret, 1)]).name == "PAM_SUCCESS"
+    assert pam_login(user, [codes[0].lower().replace("-", " ")]).name == "PAM_SUCCESS"
+    again = pam_login(user, [codes[0]] * 3)
+    assert again.name == "PAM_MAXTRIES"
+    used = [r for r in mfad.audit() if r["event"] == "recovery_code_used"]
+    assert [r["remaining"] for r in used] == [9]
+    history = mfad.request("show", user=user)["history"]
+    assert [h["method"] for h in history][:2] == ["recovery", "totp"]
+
+
+def test_unconfirmed_enrolment_never_becomes_active(mfad: Daemon, pam_login, make_user) -> None:
+    """Three wrong codes at enrolment: the user stays pending and nothing was activated."""
+    user = make_user()
+    mfad.request("require", user=user)
+    assert pam_login(user, ["000000"] * 3).name == "PAM_MAXTRIES"
+    assert mfad.request("status", user=user)["state"] == "pending"
+
+
+def test_low_recovery_codes_warn_at_login(mfad: Daemon, pam_login, make_user) -> None:
+    """With two or fewer codes left, logging in with one says how many remain."""
+    user = make_user()
+    mfad.restart(enrolment={"recovery_codes": 3})
+    mfad.request("require", user=user)
+    _, codes = _enrol_at_login(pam_login, user)
+    assert len(codes) == 3
+    result = pam_login(user, [codes[0]])
+    assert result.name == "PAM_SUCCESS"
+    assert any("Only 2 recovery codes left" in t for t in result.texts("info"))
+
+
+def test_regenerated_recovery_codes_replace_the_old_ones(mfad: Daemon, pam_login) -> None:
+    """After regeneration the old codes fail and the new ones work."""
+    mfad.enroll("root")
+    old = mfad.request("recovery_codes", user="root", regenerate=True)["codes"]
+    new = mfad.request("recovery_codes", user="root", regenerate=True)["codes"]
+    assert pam_login("root", [old[0]] * 3).name == "PAM_MAXTRIES"
+    assert pam_login("root", [new[0]]).name == "PAM_SUCCESS"
+    assert mfad.request("recovery_codes", user="root")["remaining"] == 9
+
+
+def test_recovery_codes_are_stored_only_as_digests(mfad: Daemon) -> None:
+    """No recovery code appears in the store file in any form a person typed."""
+    mfad.enroll("root")
+    codes = mfad.request("recovery_codes", user="root", regenerate=True)["codes"]
+    mfad.stop()
+    raw = mfad.db_path.read_bytes()
+    for code in codes:
+        assert code.encode() not in raw and code.replace("-", "").encode() not in raw
+
+
+@pytest.mark.parametrize(("algorithm", "digits", "period"), [
+    ("SHA1", 6, 30), ("SHA256", 8, 30), ("SHA512", 6, 60),
+])
+def test_token_parameters_travel_in_the_uri_and_work(
+    mfad: Daemon, pam_login, algorithm: str, digits: int, period: int
+) -> None:
+    """8 digits, SHA256/SHA512 and 60 s tokens: the URI carries them and their codes log in."""
+    begun = mfad.request("enroll_begin", user="root", algorithm=algorithm, digits=digits,
+                         period=period)
+    otp = pyotp.parse_uri(begun["uri"])
+    assert (otp.digits, otp.interval, otp.digest().name.upper().replace("SHA", "SHA")) == (
+        digits, period, algorithm)
+    assert mfad.request("enroll_confirm", user="root", code=otp.at(
+        __import__("time").time() - period))["ok"]
+    assert pam_login("root", [otp.now()]).name == "PAM_SUCCESS"
+
+
+LIFECYCLE = [
+    # action, starting state, resulting state (None: refused)
+    ("require", "none", "pending"), ("require", "active", None),
+    ("suspend", "active", "suspended"), ("suspend", "none", None),
+    ("resume", "suspended", "active"), ("resume", "active", None),
+    ("disable", "active", "disabled"), ("disable", "none", None),
+    ("reset", "active", "pending"), ("reset", "suspended", "pending"),
+    ("exempt", "active", "exempt"), ("exempt", "exempt", None),
+    ("unexempt", "exempt", "active"), ("unexempt", "active", None),
+]
+
+
+def _put_in(mfad: Daemon, user: str, state: str) -> None:
+    if state == "none":
+        return
+    mfad.enroll(user)
+    if state == "suspended":
+        mfad.request("suspend", user=user)
+    elif state == "exempt":
+        mfad.request("exempt", user=user, reason="service account")
+
+
+@pytest.mark.parametrize(("action", "start", "end"), LIFECYCLE)
+def test_lifecycle_transitions_are_applied_or_refused_with_a_reason(
+    mfad: Daemon, make_user, action: str, start: str, end: str | None
+) -> None:
+    """Each action moves the account as documented or refuses, and either way is audited."""
+    user = make_user()
+    _put_in(mfad, user, start)
+    reply = mfad.request(action, users=[user], reason="test")
+    if end is None:
+        assert reply["changed"] == []
+        assert reply["refused"][0]["user"] == user and user in reply["refused"][0]["message"]
+        assert mfad.audit()[-1]["outcome"] == "refused"
+    else:
+        assert reply["changed"] == [{"user": user, "from": start, "to": end}]
+        record = mfad.audit()[-1]
+        assert (record["op"], record["actor"], record["user"]) == (action, "root", user)
+        assert mfad.request("status", user=user)["state"] == end
+
+
+def test_reset_and_disable_erase_the_token_and_recovery_codes(mfad: Daemon, make_user) -> None:
+    """reset sends the user back to pending with nothing left of the old token."""
+    user = make_user()
+    mfad.enroll(user)
+    mfad.request("reset", user=user)
+    status = mfad.request("status", user=user)
+    assert (status["state"], status["method"], status["recovery_codes_left"]) == (
+        "pending", None, 0)
+
+
+def test_group_actions_and_list(mfad: Daemon, make_user, make_group) -> None:
+    """`require --group` reaches every member; list filters by state and group and sorts."""
+    a, b, outsider = make_user(), make_user(), make_user()
+    group = make_group(a, b)
+    mfad.enroll(outsider)
+    changed = mfad.request("require", group=group)["changed"]
+    assert sorted(c["user"] for c in changed) == sorted([a, b])
+    rows = mfad.request("list", state="pending")["accounts"]
+    assert sorted(r["user"] for r in rows) == sorted([a, b])
+    rows = mfad.request("list", group=group, sort="user", descending=True)["accounts"]
+    assert [r["user"] for r in rows] == sorted([a, b], reverse=True)
+    everyone = mfad.request("list")["accounts"]
+    assert {r["user"]: r["state"] for r in everyone}[outsider] == "active"
