@@ -37,8 +37,13 @@ PAM_WRAPPER_TMP = Path("/tmp")  # pam_wrapper 1.1 keeps its per-process copies i
 
 PASSWORD_PROMPT = "Password: "
 CODE_PROMPT = "Verification code: "
+# dash's PS1 for a user other than root; the throwaway users' shell is /bin/sh
+SHELL_PROMPT = "$ "
 START_TIMEOUT = 10.0
 PROMPT_TIMEOUT = 30.0
+
+Answer = str | Callable[[str], str]
+"""What to type at a code prompt: the text, or a function of what the terminal showed."""
 
 
 def pam_wrapper_library() -> Path:
@@ -234,19 +239,29 @@ class PrivateSshd:
         self,
         user: str,
         password: str,
-        codes: Sequence[str | Callable[[], str]] = (),
+        codes: Sequence[Answer] = (),
         command: str = "echo MARKER",
+        *,
+        interactive: bool = False,
+        ssh_options: Sequence[str] = (),
     ) -> Login:
         """Run `ssh user@127.0.0.1 command` as a person would, answering each prompt.
 
         Every "Password: " prompt gets `password` (the client asks again after a
         failed keyboard-interactive round, up to three times). Each "Verification
         code: " prompt gets the next of `codes`; a callable is called at that
-        moment, so a TOTP code is computed when it is typed. With no code left,
-        we hang up and the result is `stopped`.
+        moment with everything the terminal has shown so far, so a TOTP code is
+        computed when it is typed, from what the user can see. With no code
+        left, we hang up and the result is `stopped`.
+
+        `interactive=True` asks for a login shell instead of running `command`
+        remotely (ssh then allocates a pseudo-terminal, as for a person who just
+        types `ssh host`), and types `command; exit` at the shell's first prompt.
+        `ssh_options` go to the client before the destination (e.g. `-q`).
         """
         pending = list(codes)
         result = Login(output="")
+        destination = [f"{user}@127.0.0.1"] if interactive else [f"{user}@127.0.0.1", command]
         child = pexpect.spawn(
             SSH,
             [
@@ -262,8 +277,8 @@ class PrivateSshd:
                 "ConnectTimeout=10",
                 "-p",
                 str(self.port),
-                f"{user}@127.0.0.1",
-                command,
+                *ssh_options,
+                *destination,
             ],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
             encoding="utf-8",
@@ -272,9 +287,12 @@ class PrivateSshd:
         )
         screen = io.StringIO()
         child.logfile_read = screen
+        patterns: list[object] = [PASSWORD_PROMPT, CODE_PROMPT, pexpect.EOF]
+        if interactive:
+            patterns.append(re.escape(SHELL_PROMPT))
         try:
             while True:
-                which = child.expect([PASSWORD_PROMPT, CODE_PROMPT, pexpect.EOF])
+                which = child.expect(patterns)
                 if which == 0:
                     result.prompts.append(PASSWORD_PROMPT)
                     child.sendline(password)
@@ -284,7 +302,10 @@ class PrivateSshd:
                         break
                     result.prompts.append(CODE_PROMPT)
                     answer = pending.pop(0)
-                    child.sendline(answer() if callable(answer) else answer)
+                    child.sendline(answer(_shown(screen)) if callable(answer) else answer)
+                elif which == 3:
+                    patterns.pop()  # the command's own output may hold "$ "; type it once
+                    child.sendline(f"{command}; exit")
                 else:
                     break
         except pexpect.TIMEOUT as exc:
@@ -294,9 +315,14 @@ class PrivateSshd:
             ) from exc
         finally:
             child.close(force=True)
-            result.output = re.sub(r"\r+\n", "\n", screen.getvalue())
+            result.output = _shown(screen)
         result.exit_status = None if result.stopped else child.exitstatus
         return result
+
+
+def _shown(screen: io.StringIO) -> str:
+    """The terminal's text so far, with the tty's CR LF line ends as plain newlines."""
+    return re.sub(r"\r+\n", "\n", screen.getvalue())
 
 
 def _text(value: object) -> str:

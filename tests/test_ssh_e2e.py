@@ -14,17 +14,36 @@ then sends the pending "Too many failed attempts..." text in an info request
 without prompts (the client prints it), turns keyboard-interactive off for
 the connection, and the client ends with "Permission denied ()." without
 asking for the password again.
+
+Enrolment at login, also found by running it (OpenSSH 9.2, Debian 12): sshd
+gathers PAM's INFO messages and puts them in front of the next prompt's own
+text, which the client writes to the terminal byte for byte, so the QR code,
+the otpauth URI and the key arrive unaltered just above "Verification code: "
+(the client's "(user@host) " prefix lands on the first line, the intro text,
+not on the code). INFO that arrives after the last prompt (the recovery
+codes, shown once on success) is kept by sshd and sent after authentication as
+an SSH banner: the client prints it before the command's output, and a login
+shell shows it a second time as the login message. The client suppresses
+banners when it is quiet (`ssh -q`, or `LogLevel QUIET`/`ERROR` in
+ssh_config): then the recovery codes are never seen (test below, xfail).
 """
 
 from __future__ import annotations
 
+import re
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
+import pyotp
 import pytest
 from conftest import Daemon, totp_now
-from sshd import CODE_PROMPT, PASSWORD_PROMPT, PrivateSshd
+from qrimage import decode as decode_terminal_qr
+from sshd import CODE_PROMPT, PASSWORD_PROMPT, Login, PrivateSshd
+
+from mfad.qrtext import render_qr
 
 pytestmark = pytest.mark.ssh
 
@@ -32,6 +51,10 @@ PASSWORD = "correct horse battery staple 42"
 COMMAND = "echo logged-in-as-$(id -un)"
 INCORRECT = "Incorrect verification code."
 TOO_MANY = "Too many failed attempts with incorrect verification code."
+ENROL_INTRO = "Multi-factor authentication is now required for this account."
+ENROLLED = "Enrolment complete. Your recovery codes"
+# As the daemon lists them: indented, five and five of the unambiguous alphabet.
+RECOVERY_CODE = re.compile(r"^  ([2-9A-HJKMNP-TV-Z]{5}-[2-9A-HJKMNP-TV-Z]{5})$", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +104,7 @@ def test_password_and_code_log_in(
     user = make_user(PASSWORD)
     secret = mfad.enroll(user)
 
-    login = mfa_sshd.login(user, PASSWORD, [lambda: totp_now(secret)], COMMAND)
+    login = mfa_sshd.login(user, PASSWORD, [lambda _screen: totp_now(secret)], COMMAND)
 
     assert login.exit_status == 0, login.output + mfa_sshd.logs()
     assert logged_in(user) in login.output
@@ -125,7 +148,7 @@ def test_code_already_used_is_refused(
     secret = mfad.enroll(user)
     typed: list[str] = []
 
-    def current_code() -> str:
+    def current_code(_screen: str) -> str:
         typed.append(totp_now(secret))
         return typed[-1]
 
@@ -187,3 +210,158 @@ def test_fail_open_lets_password_alone_in_when_daemon_down(
     module_log = sshd.stderr_text()[len(logged_before) :]
     assert "mfad unreachable" in module_log
     assert "fail=open" in module_log
+
+
+class Phone:
+    """An authenticator app: scans the QR code off the terminal, then shows codes."""
+
+    def __init__(self) -> None:
+        self.uri = ""
+
+    def scan(self, screen: str) -> str:
+        """Read the QR code from what the terminal shows, as a camera would; type its code."""
+        self.uri = decode_terminal_qr(screen)
+        return self.code()
+
+    def code(self, steps_ahead: int = 0) -> str:
+        otp = pyotp.parse_uri(self.uri)
+        return str(otp.at(time.time() + steps_ahead * otp.interval))
+
+
+def enrol_over_ssh(sshd: PrivateSshd, mfad: Daemon, user: str) -> tuple[Phone, Login]:
+    """A `pending` user's first ssh login: scan the code shown, type the app's code."""
+    phone = Phone()
+    login = sshd.login(user, PASSWORD, [phone.scan], COMMAND)
+    assert login.exit_status == 0, login.output + sshd.logs()
+    return phone, login
+
+
+def test_pending_user_enrols_at_ssh_login(
+    mfa_sshd: PrivateSshd, mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """A user an administrator requires MFA of logs in over ssh with the password, sees a QR
+    code that decodes (from a picture of the terminal) to the otpauth URI shown beside it,
+    types the code the app then shows, is shown ten recovery codes, and the command runs.
+
+    The QR code reaches the terminal exactly as mfad drew it: no character stripped,
+    changed or wrapped by sshd or the client."""
+    user = make_user(PASSWORD)
+    assert mfad.request("require", user=user)["changed"] == [
+        {"user": user, "from": "none", "to": "pending"}
+    ]
+
+    phone, login = enrol_over_ssh(mfa_sshd, mfad, user)
+
+    assert logged_in(user) in login.output
+    assert login.prompts == [PASSWORD_PROMPT, CODE_PROMPT]
+    before, _, after = login.output.partition(CODE_PROMPT)
+    assert ENROL_INTRO in before
+    assert render_qr(phone.uri) in before, "the QR code on the terminal is not mfad's drawing"
+    assert phone.uri in before  # the same URI as text, for a phone that cannot scan
+    secret = parse_qs(urlparse(phone.uri).query)["secret"][0]
+    key = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+    assert f"Key: {key}" in before
+    otp = pyotp.parse_uri(phone.uri)
+    assert (otp.name, otp.issuer, otp.digits, otp.interval) == (user, "pam-mfa-test", 6, 30)
+    assert ENROLLED in after
+    codes = RECOVERY_CODE.findall(after)
+    assert len(codes) == 10 and len(set(codes)) == 10, after
+    # Shown before the session starts, i.e. before anything the command prints.
+    assert after.index(codes[-1]) < after.index(logged_in(user))
+    status = mfad.request("status", user=user)
+    assert (status["state"], status["recovery_codes_left"]) == ("active", 10)
+    events = [r["event"] for r in mfad.audit() if r.get("user") == user]
+    assert events.index("enrolment_started") < events.index("enrolment_confirmed")
+    [record] = audit_for(mfad, user, "login")
+    assert (record["outcome"], record["reason"], record["method"]) == (
+        "success",
+        "enrolled",
+        "enrolment",
+    )
+
+
+def test_after_ssh_enrolment_a_code_and_a_recovery_code_log_in(
+    mfa_sshd: PrivateSshd, mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """After enrolling at an ssh login, the user logs in again with the app's code (no QR code
+    this time) and, separately, with one of the recovery codes shown at enrolment; that
+    recovery code then fails every time it is typed again, and no shell is given."""
+    user = make_user(PASSWORD)
+    mfad.request("require", user=user)
+    phone, enrolled = enrol_over_ssh(mfa_sshd, mfad, user)
+    codes = RECOVERY_CODE.findall(enrolled.output)
+
+    # The next step's code: the step just used to confirm can never log in again.
+    with_code = mfa_sshd.login(user, PASSWORD, [lambda _screen: phone.code(+1)], COMMAND)
+
+    assert with_code.exit_status == 0, with_code.output
+    assert logged_in(user) in with_code.output
+    assert "otpauth://" not in with_code.output and ENROL_INTRO not in with_code.output
+
+    with_recovery = mfa_sshd.login(user, PASSWORD, [codes[0]], COMMAND)
+
+    assert with_recovery.exit_status == 0, with_recovery.output
+    assert logged_in(user) in with_recovery.output
+    assert mfad.request("status", user=user)["recovery_codes_left"] == 9
+
+    spent_again = mfa_sshd.login(user, PASSWORD, [codes[0]] * 3, COMMAND)
+
+    assert spent_again.exit_status == 255
+    assert logged_in(user) not in spent_again.output
+    assert spent_again.output.count(INCORRECT) == 2
+    assert TOO_MANY in spent_again.output
+    logins = audit_for(mfad, user, "login")
+    assert [(r["outcome"], r.get("method")) for r in logins] == [
+        ("success", "enrolment"),
+        ("success", "totp"),
+        ("success", "recovery"),
+        ("failure", None),
+    ]
+    assert [r["remaining"] for r in audit_for(mfad, user, "recovery_code_used")] == [9]
+    reasons = [r["reason"] for r in audit_for(mfad, user, "attempt")]
+    assert reasons == ["incorrect_recovery_code"] * 3
+    history = mfad.request("show", user=user)["history"]
+    assert [h["method"] for h in history][:2] == ["recovery", "totp"]
+
+
+def test_recovery_codes_are_shown_before_an_interactive_shell(
+    mfa_sshd: PrivateSshd, mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """Enrolling at a plain `ssh host` login (a shell on a pseudo-terminal, as most people log
+    in): the recovery codes are on the screen before the shell's first prompt. (sshd shows
+    them twice there: once as the banner, once more as the login message.)"""
+    user = make_user(PASSWORD)
+    mfad.request("require", user=user)
+    phone = Phone()
+
+    login = mfa_sshd.login(user, PASSWORD, [phone.scan], COMMAND, interactive=True)
+
+    assert login.exit_status == 0, login.output + mfa_sshd.logs()
+    assert logged_in(user) in login.output
+    after = login.output.partition(CODE_PROMPT)[2]
+    codes = RECOVERY_CODE.findall(after.partition("$ ")[0])
+    assert len(set(codes)) == 10, after
+    assert mfad.request("status", user=user)["state"] == "active"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: mfad sends the recovery codes as INFO after the last prompt; sshd "
+    "passes that on as an SSH banner, which `ssh -q` (or LogLevel QUIET/ERROR) suppresses, "
+    "so the codes that are shown only once are never seen",
+)
+def test_recovery_codes_are_shown_to_a_quiet_ssh_client(
+    mfa_sshd: PrivateSshd, mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """With `ssh -q`, enrolment at login still shows the recovery codes before the command
+    runs: they are shown only once, so a user must never be enrolled without seeing them."""
+    user = make_user(PASSWORD)
+    mfad.request("require", user=user)
+    phone = Phone()
+
+    login = mfa_sshd.login(user, PASSWORD, [phone.scan], COMMAND, ssh_options=["-q"])
+
+    assert login.exit_status == 0, login.output + mfa_sshd.logs()
+    assert mfad.request("status", user=user)["state"] == "active"
+    assert logged_in(user) in login.output
+    assert len(RECOVERY_CODE.findall(login.output)) == 10, login.output
