@@ -35,6 +35,7 @@ from mfa_cli.main import cli
 from mfad.framing import Frame
 
 MFA = Path(sys.executable).with_name("mfa")
+RECOVERY_CODE = re.compile(r"^  ([2-9A-Z]{5}-[2-9A-Z]{5})$", re.MULTILINE)
 
 
 def mfa(mfad: Any, *args: str, input: str | None = None) -> Result:
@@ -120,7 +121,8 @@ def test_enroll_shows_a_qr_code_that_scans_to_the_shown_uri(mfad: Any, make_user
 
 def test_wrong_code_does_not_activate_and_right_code_does(mfad: Any, make_user: Any) -> None:
     """A wrong code is refused with exit code 6 and leaves the user not active; the right
-    code for the key in the QR code then activates the enrolment. Neither code is printed."""
+    code for the key in the QR code then activates the enrolment and shows the ten recovery
+    codes once, with the warning to store them. Neither verification code is printed."""
     user = make_user()
     _, totp = begin(mfad, user)
     bad = wrong_code(totp)
@@ -136,9 +138,14 @@ def test_wrong_code_does_not_activate_and_right_code_does(mfad: Any, make_user: 
     accepted = mfa(mfad, "enroll", user, "--code", good)
 
     assert accepted.exit_code == 0, accepted.output
-    assert accepted.stdout == f"Enrolment of {user} is active.\n"
+    assert accepted.stdout.startswith(f"Enrolment of {user} is active.\n")
     assert good not in accepted.output
     assert state_of(mfad, user) == "active"
+    codes = RECOVERY_CODE.findall(accepted.stdout)
+    assert len(set(codes)) == 10
+    assert accepted.stdout.endswith("Store these safely, they are not shown again.\n")
+    status = json.loads(mfa(mfad, "status", user, "--json").stdout)
+    assert status["recovery_codes_left"] == 10
 
 
 def _spawn(mfad: Any, *args: str) -> pexpect.spawn:
@@ -248,7 +255,8 @@ def test_status_shows_enrolment_and_last_login(
 
 def test_disable_erases_the_enrolment(mfad: Any, make_user: Any) -> None:
     """`mfa disable USER` asks first (answering no changes nothing), then says what changed;
-    afterwards the user is disabled and can start a fresh enrolment."""
+    afterwards the user is disabled, has no recovery codes and can start a fresh enrolment.
+    Disabling a user the system does not know exits 5 and says why on stderr."""
     user = make_user()
     mfad.enroll(user)
 
@@ -261,13 +269,18 @@ def test_disable_erases_the_enrolment(mfad: Any, make_user: Any) -> None:
     done = mfa(mfad, "disable", user, input="y\n")
 
     assert done.exit_code == 0, done.output
-    assert f"{user}: active -> disabled; secret erased, history kept." in done.stdout
-    assert state_of(mfad, user) == "disabled"
+    assert (f"{user}: active -> disabled (secret and recovery codes erased, history kept)"
+            in done.stdout)
+    status = json.loads(mfa(mfad, "status", user, "--json").stdout)
+    assert (status["state"], status["method"], status["recovery_codes_left"]) == (
+        "disabled", None, 0)
     again, _ = begin(mfad, user)
     assert "otpauth://" in again.stdout
 
     nothing = mfa(mfad, "disable", "--yes", "never-enrolled-mfa-test")
     assert nothing.exit_code == 5
+    assert "never-enrolled-mfa-test: refused: there is no user" in nothing.stderr
+    assert nothing.stdout == ""
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])

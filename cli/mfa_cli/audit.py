@@ -7,53 +7,25 @@ formats what it answers. Every subcommand is for root and the admin group.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from mfa_cli.client import DaemonClient
+from mfa_cli.client import DaemonClient, pass_client
 from mfa_cli.errors import ChainBroken, DaemonUnreachable
-
-pass_client = click.make_pass_decorator(DaemonClient)
+from mfa_cli.times import parse_when, rfc3339, utc_text
 
 DEFAULT_LIMIT = 100
 """Records `mfa audit` lists by default: the most recent ones, like `journalctl -n`."""
 FOLLOW_BACKLOG = 10
 """Records `mfa audit --follow` shows before the new ones, like `tail -f`."""
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_RELATIVE = re.compile(r"(?:\d+[smhdw])+")
-
 COLUMNS = (
     ("TIME (UTC)", 19), ("EVENT", 14), ("OUTCOME", 8), ("USER", 12), ("SERVICE", 8),
     ("RHOST", 15), ("REASON", 0),
 )
-
-
-def parse_when(text: str, now: datetime) -> datetime:
-    """`30m`, `2h`, `1d12h` ago, or an absolute time: RFC 3339, `YYYY-MM-DD[ HH:MM[:SS]]`.
-
-    An absolute time without a zone is the local time of this machine.
-    """
-    compact = text.strip().replace(" ", "").lower()
-    if _RELATIVE.fullmatch(compact):
-        seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", compact))
-        return now - timedelta(seconds=seconds)
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither a duration (30m, 2h, 7d) nor a time "
-            "(2025-01-31, '2025-01-31 08:00', 2025-01-31T08:00:00Z)"
-        ) from None
-    return moment.astimezone(UTC)  # a naive time is taken as local time
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _time_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -66,16 +38,8 @@ def _time_option(_ctx: click.Context, _param: click.Parameter, value: str | None
         raise click.BadParameter(str(exc)) from None
 
 
-def _utc(text: Any) -> str:
-    """An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` in UTC; anything else as it is."""
-    try:
-        return datetime.fromisoformat(str(text)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return str(text)
-
-
 def _shown_time(record: dict[str, Any]) -> str:
-    return _utc(record.get("time", "-"))
+    return utc_text(record.get("time", "-"))
 
 
 def _detail(record: dict[str, Any]) -> str:
@@ -261,7 +225,7 @@ def summary(client: DaemonClient, since: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"Audit summary since {_utc(result['since'])} UTC ({result['records']} records)")
+    click.echo(f"Audit summary since {utc_text(result['since'])} UTC ({result['records']} records)")
     logins = result.get("logins") or {}
     click.echo("Logins: " + (", ".join(f"{k} {n}" for k, n in sorted(logins.items())) or "none"))
     _section("Failures by user (failed logins, wrong codes)", [
@@ -273,13 +237,13 @@ def summary(client: DaemonClient, since: str, as_json: bool) -> None:
     _section("Failure reasons", [f"{r['reason']:<20} {r['count']:>6}"
                                  for r in result["failure_reasons"]])
     _section("Accounts locked", [
-        f"{_utc(r.get('time'))}  {r.get('user', '?')} after {r.get('failures', '?')} wrong "
-        "codes, " + (f"until {_utc(r['until'])}" if r.get("until") else "until unlocked")
+        f"{utc_text(r.get('time'))}  {r.get('user', '?')} after {r.get('failures', '?')} wrong "
+        "codes, " + (f"until {utc_text(r['until'])}" if r.get("until") else "until unlocked")
         for r in result["locks"]])
     _section("Locked now", [", ".join(result["locked_now"])] if result["locked_now"] else [])
     _section("Remote hosts blocked", [
-        f"{_utc(r.get('time'))}  {r.get('rhost', '?')} for {r.get('user', '?')}"
-        + (f", until {_utc(r['until'])}" if r.get("until") else "")
+        f"{utc_text(r.get('time'))}  {r.get('rhost', '?')} for {r.get('user', '?')}"
+        + (f", until {utc_text(r['until'])}" if r.get("until") else "")
         for r in result["source_blocks"]])
     for key, title in (("exempt_now", "Exempt now"), ("suspended_now", "Suspended now")):
         users = result.get(key) or []
@@ -287,7 +251,7 @@ def summary(client: DaemonClient, since: str, as_json: bool) -> None:
     _section("Logins without a second factor (skipped)", [
         f"{r['user']:<20} {r['reason']:<24} {r['count']:>6}" for r in result["skipped"]])
     _section("Administrative actions", [
-        f"{_utc(r.get('time'))}  {r.get('actor', '?')}: {r.get('op', '?')} {r.get('user', '')}"
+        f"{utc_text(r.get('time'))}  {r.get('actor', '?')}: {r.get('op', '?')} {r.get('user', '')}"
         for r in result["control"]])
     _section("Refused control requests", [
         f"{r['actor']:<20} {r['op']:<16} {r['count']:>6}" for r in result["refused"]])
@@ -296,7 +260,7 @@ def summary(client: DaemonClient, since: str, as_json: bool) -> None:
         + (f" ({_count(r['refused_logins'], 'login')} refused)" if r["refused_logins"] else "")
         for r in result["never_enrolled"]])
     _section("Tampering found by mfad at start", [
-        f"{_utc(r.get('time'))}  {r.get('reason', '')}" for r in result["tampered"]])
+        f"{utc_text(r.get('time'))}  {r.get('reason', '')}" for r in result["tampered"]])
 
 
 def _count(n: int, noun: str) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
+
 from mfa_cli.errors import CliError, DaemonUnreachable, from_response
 from mfad.errors import ProtocolError
 from mfad.framing import encode, recv_frame_blocking
@@ -119,3 +121,7 @@ class DaemonClient:
         if not response["ok"]:
             raise from_response(str(response.get("error")), str(response.get("message") or ""))
         return response
+
+
+pass_client = click.make_pass_decorator(DaemonClient)
+"""Hands a command the DaemonClient the `mfa` group built (click's examples/repo shape)."""

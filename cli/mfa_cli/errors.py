@@ -5,7 +5,8 @@
     ├── Forbidden (4)            the daemon refused: not your account and not an admin
     ├── NotFound (5)             no such user, or the user is not enrolled
     ├── WrongCode (6)            the verification code was not accepted
-    └── ChainBroken (7)          `mfa audit verify`: the audit trail's hash chain is broken
+    ├── ChainBroken (7)          `mfa audit verify`: the audit trail's hash chain is broken
+    └── Refused (8)              an account change was refused for some of the users named
 
 Exit code 2 is click's own, for a usage error. The daemon's wire error codes
 (docs/protocol.md) map to these in `from_response`, the one place that does.
@@ -18,14 +19,19 @@ import click
 EXIT_CODES = """\b
 Exit codes:
   0  success
-  1  any other error (the message says which)
+  1  any other error (the message says which), or a question answered no
   2  usage error (unknown option, missing argument)
   3  mfad is not reachable (not running, or no answer)
-  4  not allowed: only root or the admin group may act on other users
-  5  no such user, or the user is not enrolled
+  4  not allowed: only root or the admin group may act on other users,
+     list accounts, or change, exempt or unlock them
+  5  no such user or group, or the user is not enrolled; for the
+     account changes (require, suspend, ...): a user named does not exist
   6  the verification code was not accepted
   7  mfa audit verify: the audit trail was altered (edited, deleted,
-     reordered or truncated records); the first bad record is shown"""
+     reordered or truncated records); the first bad record is shown
+  8  an account change was refused for at least one user, because it
+     does not fit their state (each reason is printed; the other users
+     named were changed)"""
 
 
 class CliError(click.ClickException):
@@ -52,6 +58,10 @@ class WrongCode(CliError):
 
 class ChainBroken(CliError):
     exit_code = 7
+
+
+class Refused(CliError):
+    exit_code = 8
 
 
 _BY_WIRE_CODE: dict[str, type[CliError]] = {

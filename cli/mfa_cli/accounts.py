@@ -1,0 +1,220 @@
+"""`mfa status`, `mfa show` and `mfa list`: what mfad knows about accounts, read-only.
+
+status and show are self-service (your own account; root and the admin group:
+anyone's); list is for root and the admin group. Times from mfad are RFC 3339
+UTC; the list's table shows them as `YYYY-MM-DD HH:MM:SS` in UTC.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from mfa_cli.client import DaemonClient, pass_client
+from mfa_cli.identity import invoking_user
+from mfa_cli.times import utc_text
+
+COLUMNS = (
+    # mfad's `list` field, the table's header; in mfad's order (mfad.accounts.LIST_COLUMNS)
+    ("user", "USER"),
+    ("state", "STATE"),
+    ("method", "METHOD"),
+    ("enrolled_at", "ENROLLED (UTC)"),
+    ("last_verified_at", "LAST VERIFIED (UTC)"),
+    ("last_rhost", "LAST RHOST"),
+    ("failed_attempts", "FAILED"),
+    ("locked_until", "LOCKED UNTIL (UTC)"),
+    ("exempt_reason", "EXEMPT BECAUSE"),
+    ("exempt_until", "EXEMPT UNTIL (UTC)"),
+    ("enrol_by", "ENROL BY (UTC)"),
+)
+SORT_KEYS = tuple(key for key, _ in COLUMNS)
+TABLE_ORDER = (*(k for k in SORT_KEYS if k != "exempt_reason"), "exempt_reason")
+"""The free-text reason goes last in the table so that it cannot push the others apart."""
+TIME_KEYS = frozenset({"enrolled_at", "last_verified_at", "locked_until", "exempt_until",
+                       "enrol_by"})
+CSV_KEYS = (*SORT_KEYS, "algorithm", "digits", "period", "clock_offset_steps")
+STATES = ("pending", "active", "suspended", "disabled", "exempt")
+UNLOCKED_BY_ADMIN = "until unlocked"
+"""mfad's `locked_until` for a lock that only an administrator lifts (unlock_time 0)."""
+
+
+def _state(result: dict[str, Any]) -> str:
+    state = str(result.get("state"))
+    return f"{state} (enrolment pending)" if result.get("enrolment_pending") else state
+
+
+def _offset(result: dict[str, Any]) -> str:
+    """The phone's clock drift seen at the last verified code, in words an admin can act on."""
+    steps = result.get("clock_offset_steps")
+    if steps is None or result.get("enrolled_at") is None:
+        return "-"
+    if steps == 0:
+        return "0 steps (in sync)"
+    period = result.get("period") or 30
+    direction = "ahead" if steps > 0 else "behind"
+    plural = "s" if abs(steps) != 1 else ""
+    return f"{steps:+d} step{plural} (phone clock about {abs(steps) * period} s {direction})"
+
+
+def _token(result: dict[str, Any]) -> str:
+    if not result.get("method"):
+        return "-"
+    return (f"{result['method']}, {result.get('algorithm')}, {result.get('digits')} digits, "
+            f"every {result.get('period')} s")
+
+
+def _locked(result: dict[str, Any]) -> str:
+    until = result.get("locked_until")
+    if until is None:
+        return "-"
+    return "until an administrator unlocks it" if until == UNLOCKED_BY_ADMIN else str(until)
+
+
+def _status_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
+    state = result.get("state")
+    rows: list[tuple[str, Any]] = [("User", result.get("user")), ("State", _state(result))]
+    if state == "pending" and result.get("enrol_by"):
+        rows.append(("Enrol by", result["enrol_by"]))
+    if state == "exempt":
+        rows.append(("Exempt because", result.get("exempt_reason") or "-"))
+        rows.append(("Exempt until", result.get("exempt_until") or "no expiry"))
+    rows += [
+        ("Token", _token(result)),
+        ("Enrolled at", result.get("enrolled_at") or "-"),
+        ("Last verified", result.get("last_verified_at") or "never"),
+        ("Last remote host", result.get("last_rhost") or "-"),
+        ("Clock offset", _offset(result)),
+    ]
+    if result.get("method"):
+        rows.append(("Recovery codes", f"{result.get('recovery_codes_left', 0)} left"))
+    rows += [
+        ("Failed attempts", result.get("failed_attempts", 0)),
+        ("Locked", _locked(result)),
+    ]
+    return rows
+
+
+def _print_rows(rows: list[tuple[str, Any]]) -> None:
+    for label, value in rows:
+        click.echo(f"{label + ':':<18}{value}")
+
+
+def _as_json(result: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in result.items() if k != "ok"}, indent=2)
+
+
+@click.command(short_help="USER's (default: your) state, token, last login, lock.")
+@click.argument("user", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
+@pass_client
+def status(client: DaemonClient, user: str | None, as_json: bool) -> None:
+    """Show USER's (default: your) state, token, last login and lock."""
+    result = client.request("status", user=user or invoking_user())
+    if as_json:
+        click.echo(_as_json(result))
+        return
+    _print_rows(_status_rows(result))
+
+
+@click.command(short_help="status, and the recent second-factor logins.")
+@click.argument("user", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
+@pass_client
+def show(client: DaemonClient, user: str | None, as_json: bool) -> None:
+    """Everything `mfa status` shows for USER (default: you), and the recent successful
+    second-factor logins: time, PAM service, remote host, method (totp or recovery),
+    newest first."""
+    result = client.request("show", user=user or invoking_user())
+    if as_json:
+        click.echo(_as_json(result))
+        return
+    _print_rows(_status_rows(result))
+    history = result.get("history") or []
+    click.echo()
+    if not history:
+        click.echo("Second-factor logins: none")
+        return
+    click.echo("Second-factor logins, newest first:")
+    table = [("TIME (UTC)", "SERVICE", "REMOTE HOST", "METHOD")]
+    table += [
+        (utc_text(h.get("time")), h.get("service") or "-", h.get("rhost") or "-",
+         h.get("method") or "-")
+        for h in history
+    ]
+    for line in _aligned(table):
+        click.echo(f"  {line}")
+
+
+def _aligned(table: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells padded to each column's widest cell; the last column is not padded."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in table]
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key == "locked_until" and value == UNLOCKED_BY_ADMIN:
+        return "admin unlock"
+    return utc_text(value) if key in TIME_KEYS else str(value)
+
+
+@click.command("list", short_help="Every account: state, logins, locks, exemptions.")
+@click.option("--state", type=click.Choice(STATES), help="Only accounts in this state.")
+@click.option("--group", metavar="GROUP", help="Only members of this group (from NSS).")
+@click.option("--sort", "sort_key", type=click.Choice(SORT_KEYS), default="user",
+              metavar="COLUMN", show_default=True,
+              help=f"Sort by COLUMN, one of: {', '.join(SORT_KEYS)}. Unset values come last.")
+@click.option("--reverse", is_flag=True, help="Sort in descending order.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects, one per account.")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="CSV with a header row; empty fields for unset values.")
+@pass_client
+def list_accounts(
+    client: DaemonClient, state: str | None, group: str | None, sort_key: str, reverse: bool,
+    as_json: bool, as_csv: bool,
+) -> None:
+    """Every account mfad knows (root and the admin group only), one row each: state,
+    method, when enrolled, last verified code and its remote host, failed attempts, lock,
+    exemption (reason and expiry) and, for pending accounts, the enrolment deadline.
+
+    Users never configured (state `none`) have no row.
+    """
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    fields: dict[str, Any] = {"sort": sort_key, "descending": reverse}
+    if state:
+        fields["state"] = state
+    if group:
+        fields["group"] = group
+    # Read as a stream so that a daemon sending the list in several frames is understood.
+    rows: list[dict[str, Any]] = []
+    for result in client.stream("list", **fields):
+        rows += result.get("accounts") or []
+    # mfad's descending order puts unset values first; "never verified" belongs at the end
+    # either way. The sort is stable, so mfad's order stands otherwise.
+    rows.sort(key=lambda r: r.get(sort_key) is None)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif as_csv:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_KEYS)
+        writer.writerows([("" if r.get(k) is None else r[k]) for k in CSV_KEYS] for r in rows)
+        click.echo(out.getvalue(), nl=False)
+    elif not rows:
+        click.echo("No accounts match.", err=True)
+    else:
+        headers = dict(COLUMNS)
+        table = [tuple(headers[k] for k in TABLE_ORDER)]
+        table += [tuple(_cell(r, k) for k in TABLE_ORDER) for r in rows]
+        for line in _aligned(table):
+            click.echo(line)

@@ -1,0 +1,201 @@
+"""`mfa enroll` and `mfa recovery-codes`: a token and its recovery codes, by asking mfad.
+
+Both are self-service: anyone may run them on their own account, root and the
+admin group on anyone's. Recovery codes are printed once, when they are made;
+mfad keeps only their digests and cannot show them again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from mfa_cli.client import DaemonClient, pass_client
+from mfa_cli.errors import CliError, WrongCode
+from mfa_cli.identity import invoking_user, is_root
+from mfad.qrtext import render_qr
+
+MAX_TRIES = 3
+"""Codes `mfa enroll` asks for before giving up, as many as a login allows."""
+LOW_RECOVERY_CODES = 2
+"""At or below this many codes left, suggest a new set (a login warns at the same count)."""
+
+
+def _grouped(secret: str) -> str:
+    """The base32 key in groups of four, as people read it aloud; apps ignore the spaces."""
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+
+
+def normalise_code(code: str) -> str:
+    # Apps show "123 456"; people copy it that way.
+    return "".join(code.split()).replace("-", "")
+
+
+def show_recovery_codes(codes: list[str], heading: str) -> None:
+    """The codes, once, with the warning that this is the only time they are shown."""
+    if not codes:
+        return
+    click.echo(heading)
+    for code in codes:
+        click.echo(f"  {code}")
+    click.echo("Store these safely, they are not shown again.")
+
+
+def _confirm(client: DaemonClient, user: str, code: str, digits: int | None) -> str | list[str]:
+    """Send one code for the pending enrolment: the recovery codes once it is active, else
+    why not (a string). A malformed code is refused here, without a round trip."""
+    code = normalise_code(code)
+    if not (code.isascii() and code.isdigit()) or (digits and len(code) != digits):
+        return f"A verification code is {digits or 'six or eight'} digits."
+    try:
+        result = client.request("enroll_confirm", user=user, code=code)
+    except WrongCode:
+        return "Incorrect verification code."
+    if result.get("state") != "active":
+        return "Incorrect verification code."
+    return list(result.get("recovery_codes") or [])
+
+
+def _activated(user: str, codes: list[str]) -> None:
+    click.echo(f"Enrolment of {user} is active.")
+    if codes:
+        click.echo()
+    show_recovery_codes(
+        codes,
+        "Recovery codes, each good for one login when the phone is not at hand:",
+    )
+
+
+def _show_enrolment(begun: dict[str, Any], invert: bool) -> None:
+    click.echo("Scan this QR code with an authenticator app:")
+    click.echo()
+    click.echo(render_qr(begun["uri"], invert=invert))
+    click.echo()
+    if not invert:
+        click.echo("Drawn for a dark terminal; if it does not scan, try --invert.")
+    click.echo("Or add the key by hand:")
+    click.echo(f"  Account: {begun['user']}")
+    click.echo(f"  Key:     {_grouped(begun['secret'])}")
+    click.echo(
+        f"  Type:    time-based, {begun['algorithm']}, {begun['digits']} digits, "
+        f"every {begun['period']} s"
+    )
+    click.echo(f"  URI:     {begun['uri']}")
+    click.echo()
+
+
+@click.command(short_help="Enrol USER (default: you): QR code, key, recovery codes.")
+@click.argument("user", required=False)
+@click.option(
+    "--code",
+    metavar="CODE",
+    help="Confirm the pending enrolment (started by an earlier `mfa enroll`) with CODE "
+    "instead of starting a new one; for scripts.",
+)
+@click.option("--digits", type=click.Choice(["6", "8"]),
+              help="Digits per code, for apps or hardware tokens that need 8 (default: mfad's, "
+              "normally 6).")
+@click.option("--algorithm", type=click.Choice(["SHA1", "SHA256", "SHA512"],
+                                               case_sensitive=False),
+              help="Hash of the codes (default: mfad's, normally SHA1; some apps ignore the "
+              "others and show wrong codes).")
+@click.option("--period", type=click.Choice(["30", "60"]),
+              help="Seconds each code lasts (default: mfad's, normally 30).")
+@click.option("--invert", is_flag=True, help="Draw the QR code for a light-background terminal.")
+@pass_client
+def enroll(
+    client: DaemonClient, user: str | None, code: str | None, digits: str | None,
+    algorithm: str | None, period: str | None, invert: bool,
+) -> None:
+    """Enrol USER (default: you) for authenticator codes.
+
+    Shows a QR code, the otpauth:// URI and the key for an authenticator app,
+    then asks for the code the app shows. Only a correct code makes the
+    enrolment active; until then the user's state does not change. Then the
+    recovery codes are shown, once. Each run without --code starts over with a
+    new key.
+
+    \b
+    Scripted, in two steps:
+      mfa enroll alice < /dev/null     prints the key, leaves it pending
+      mfa enroll alice --code 123456   confirms it, prints the recovery codes
+    """
+    user = user or invoking_user()
+    if code is not None:
+        if digits or algorithm or period:
+            raise click.UsageError("--digits, --algorithm and --period go with a new "
+                                   "enrolment, not with --code")
+        outcome = _confirm(client, user, code, digits=None)
+        if isinstance(outcome, str):
+            raise WrongCode(f"{outcome} The enrolment of {user} is pending, not active.")
+        _activated(user, outcome)
+        return
+
+    params: dict[str, Any] = {}
+    if algorithm:
+        params["algorithm"] = algorithm.upper()
+    if digits:
+        params["digits"] = int(digits)
+    if period:
+        params["period"] = int(period)
+    begun = client.request("enroll_begin", user=user, **params)
+    _show_enrolment(begun, invert)
+    expected = int(begun["digits"])
+    for _ in range(MAX_TRIES):
+        try:
+            answer = click.prompt("Verification code")
+        except click.Abort:
+            click.echo(err=True)
+            raise CliError(
+                f"No code entered; the enrolment of {user} is pending, not active. "
+                f"Confirm it with `mfa enroll {user} --code CODE`."
+            ) from None
+        outcome = _confirm(client, user, answer, expected)
+        if not isinstance(outcome, str):
+            _activated(user, outcome)
+            return
+        click.echo(outcome, err=True)
+    raise WrongCode(
+        f"{MAX_TRIES} incorrect codes; the enrolment of {user} is pending, not active. "
+        f"Check that the phone's clock is right, then confirm with "
+        f"`mfa enroll {user} --code CODE`, or start over with `mfa enroll {user}`."
+    )
+
+
+@click.command("recovery-codes", short_help="Recovery codes left; --regenerate a new set.")
+@click.argument("user", required=False)
+@click.option("--regenerate", is_flag=True,
+              help="Make a new set and show it; the old codes stop working.")
+@click.option("--code", metavar="CODE",
+              help="With --regenerate on your own account: a current code from your app "
+              "(asked for, hidden, if not given). Root and the admin group need none.")
+@pass_client
+def recovery_codes(
+    client: DaemonClient, user: str | None, regenerate: bool, code: str | None
+) -> None:
+    """How many recovery codes USER (default: you) has left; --regenerate makes new ones.
+
+    A recovery code stands in for an authenticator code once, at the same
+    prompt. The new set is shown once: keep it somewhere safe, apart from the
+    phone.
+    """
+    target = user or invoking_user()
+    if not regenerate:
+        if code is not None:
+            raise click.UsageError("--code goes with --regenerate")
+        left = int(client.request("recovery_codes", user=target)["remaining"])
+        click.echo(f"{target} has {left} recovery code{'' if left == 1 else 's'} left.")
+        if left <= LOW_RECOVERY_CODES:
+            named = f" {user}" if user else ""
+            click.echo(f"Make a new set with `mfa recovery-codes{named} --regenerate`.")
+        return
+    # mfad wants proof of the token from anyone but an administrator acting on their own
+    # account; root never needs it, and for an admin-group member a code does no harm.
+    if code is None and not is_root() and target == invoking_user():
+        code = click.prompt("Current verification code", hide_input=True)
+    fields: dict[str, Any] = {"user": target, "regenerate": True}
+    if code is not None:
+        fields["code"] = normalise_code(code)
+    codes = list(client.request("recovery_codes", **fields).get("codes") or [])
+    show_recovery_codes(codes, f"New recovery codes for {target} (the old ones no longer work):")

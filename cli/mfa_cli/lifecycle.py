@@ -1,0 +1,234 @@
+"""`mfa require|suspend|resume|disable|reset|exempt|unexempt` and `mfa unlock`.
+
+Administrators only. Each names its users as arguments, as the members of one
+``--group``, or (the state changes) as ``--all`` accounts mfad knows; mfad
+applies the change to each user on its own and answers which changed and which
+were refused (and why). This module prints both and picks the exit code:
+5 if a user named does not exist, else 8 if any change was refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from mfa_cli.client import DaemonClient, pass_client
+from mfa_cli.errors import Forbidden, NotFound, Refused
+from mfa_cli.times import TIME_HELP, parse_when, rfc3339, utc_text
+
+
+def _until_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An exemption's expiry, sent to mfad as an RFC 3339 UTC time; it must be in the future."""
+    if value is None:
+        return None
+    now = datetime.now(UTC)
+    try:
+        moment = parse_when(value, now, ahead=True)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if moment <= now:
+        raise click.BadParameter(f"{value!r} is in the past")
+    return rfc3339(moment.replace(microsecond=0))
+
+
+def _who(users: tuple[str, ...], group: str | None, everyone: bool) -> str:
+    if everyone:
+        return "every account mfad knows"
+    named = list(users) + ([f"every member of group {group}"] if group else [])
+    return ", ".join(named)
+
+
+def _targets(
+    users: tuple[str, ...], group: str | None, everyone: bool = False, *, can_all: bool = True
+) -> dict[str, Any]:
+    """The request fields naming whom to act on; a usage error if nobody, or too many ways."""
+    if everyone and (users or group):
+        raise click.UsageError("--all cannot be combined with users or --group")
+    if not (users or group or everyone):
+        raise click.UsageError("name at least one USER, or --group GROUP"
+                               + (", or --all" if can_all else ""))
+    fields: dict[str, Any] = {}
+    if users:
+        fields["users"] = list(users)
+    if group:
+        fields["group"] = group
+    if everyone:
+        fields["all"] = True
+    return fields
+
+
+def _note(action: str, reason: str | None, until: str | None) -> str:
+    """What a change means beyond the new state, for the actions where it is not obvious."""
+    if action == "disable":
+        return " (secret and recovery codes erased, history kept)"
+    if action == "reset":
+        return " (token and recovery codes erased; must enrol again)"
+    if action == "exempt":
+        return f" ({reason}; {f'until {utc_text(until)} UTC' if until else 'no expiry'})"
+    return ""
+
+
+def _report(action: str, answer: dict[str, Any], reason: str | None, until: str | None) -> None:
+    """Print the changes, the refusals (to stderr), and exit 5 or 8 if any was refused."""
+    changed = answer.get("changed") or []
+    refused = answer.get("refused") or []
+    for change in changed:
+        click.echo(f"{change['user']}: {change['from']} -> {change['to']}"
+                   + _note(action, reason, until))
+    for refusal in refused:
+        click.echo(f"{refusal['user']}: refused: {refusal.get('message') or refusal['error']}",
+                   err=True)
+    if not refused:
+        return
+    total = len(changed) + len(refused)
+    summary = ("not changed (see above)" if total == 1 else
+               f"{len(refused)} of {total} users not changed (see above)")
+    if any(r.get("error") == "no_such_user" for r in refused):
+        raise NotFound(summary)
+    raise Refused(summary)
+
+
+_HELP = {
+    "require": """Require USERS to use a second factor: they must enrol (state pending),
+    at their next login if enrolment at login is on, or with `mfa enroll`.
+
+    Applies to users never configured (none) and disabled ones.""",
+    "suspend": """Suspend the second factor of USERS: the token is kept but no code is asked
+    for until `mfa resume` (a lost phone that will turn up, a trip without it).
+
+    Applies to active and pending users.""",
+    "resume": """Resume the second factor of suspended USERS: active again if they have a
+    token, else pending (must enrol).""",
+    "disable": """Disable the second factor of USERS: erase the secret and recovery codes,
+    keep the history. Asks first unless --yes.
+
+    The user must enrol again (`mfa enroll USER`) to use codes again; until
+    then the global mode and groups decide whether a login asks for one.""",
+    "reset": """Reset USERS to enrol again (state pending): the token and recovery codes
+    are erased, and the next login offers enrolment. For a new phone.
+
+    --all resets every account mfad knows, and asks first unless --yes.""",
+    "exempt": """Exempt USERS from the second factor (service accounts, break-glass
+    accounts), with a reason and optionally an expiry; the token, if any, is
+    kept and comes back into force with `mfa unexempt` or when --until passes.""",
+    "unexempt": """End the exemption of USERS: active again if they kept a token, else
+    as if never configured (none).""",
+}
+
+_SHORT = {
+    "require": "USERS must enrol (-> pending).",
+    "suspend": "Skip USERS' codes for now, keep the token (-> suspended).",
+    "resume": "Ask suspended USERS for codes again.",
+    "disable": "Erase USERS' secret and recovery codes (-> disabled).",
+    "reset": "Erase USERS' token; enrol again (-> pending).",
+    "exempt": "Exempt USERS, with a reason and an optional expiry.",
+    "unexempt": "End USERS' exemption.",
+}
+
+_EXAMPLE = {
+    "require": "mfa require alice bob; mfa require --group staff",
+    "suspend": "mfa suspend alice --reason 'phone at repair, ticket 4711'",
+    "resume": "mfa resume alice",
+    "disable": "mfa disable alice; mfa disable --yes --group leavers",
+    "reset": "mfa reset alice; mfa reset --all --yes",
+    "exempt": "mfa exempt backup --reason 'rsync service account' --until 30d",
+    "unexempt": "mfa unexempt backup",
+}
+
+_QUESTION = {
+    "disable": "Erase the authenticator secrets of {who}?",
+    "reset": "Reset {who} (their tokens and recovery codes are erased; each must enrol again)?",
+}
+
+
+def _confirm(
+    client: DaemonClient, action: str, users: tuple[str, ...], group: str | None,
+    everyone: bool,
+) -> None:
+    """Ask before erasing tokens (disable) or acting on every account (--all); "no" aborts."""
+    if action == "disable" and len(users) == 1 and not group:
+        state = client.request("status", user=users[0]).get("state")
+        question = f"Erase the authenticator secret of {users[0]} (state: {state})?"
+    else:
+        template = _QUESTION.get(action, f"{action.capitalize()} {{who}}?")
+        question = template.format(who=_who(users, group, everyone))
+    click.confirm(question, abort=True)
+
+
+def _lifecycle_command(action: str) -> click.Command:
+    def run(
+        client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool,
+        yes: bool, reason: str | None, until: str | None = None,
+    ) -> None:
+        fields = _targets(users, group, everyone)
+        if not yes and (everyone or action == "disable"):
+            _confirm(client, action, users, group, everyone)
+        if reason is not None:
+            fields["reason"] = reason
+        if until is not None:
+            fields["until"] = until
+        try:
+            answer = client.request(action, **fields)
+        except Forbidden as exc:
+            raise Forbidden(f"{exc.message}; {_who(users, group, everyone)} not changed") from None
+        _report(action, answer, reason, until)
+
+    asks = action == "disable" or action == "reset"
+    params: list[Callable[[Any], Any]] = [
+        click.argument("users", nargs=-1, metavar="[USER]..."),
+        click.option("--group", metavar="GROUP", help="Also every member of GROUP (from NSS)."),
+        click.option("--all", "everyone", is_flag=True,
+                     help="Every account mfad knows (asks first unless --yes)."),
+        click.option("--yes", "-y", is_flag=True,
+                     help="Do not ask for confirmation." if asks else
+                     "Do not ask for confirmation (of --all)."),
+    ]
+    if action == "exempt":
+        params += [
+            click.option("--reason", required=True,
+                         help="Why (recorded with the exemption and in the audit log)."),
+            click.option("--until", metavar="TIME", callback=_until_option,
+                         help=f"When the exemption ends: {TIME_HELP}. Default: no expiry."),
+        ]
+    else:
+        params.append(click.option("--reason", help="Why, for the audit log."))
+
+    command: Any = pass_client(run)
+    for decorate in reversed(params):
+        command = decorate(command)
+    return click.command(
+        action,
+        short_help=_SHORT[action],
+        help=_HELP[action] + f"\n\n    \b\n    Example:\n      {_EXAMPLE[action]}",
+        epilog="Exit code 5 if a user named does not exist, else 8 if the change was "
+        "refused for any user (the reasons are printed); the others are changed.",
+    )(command)
+
+
+LIFECYCLE_COMMANDS = [_lifecycle_command(action) for action in _HELP]
+
+
+@click.command(short_help="Lift USERS' lock after too many wrong codes.")
+@click.argument("users", nargs=-1, metavar="[USER]...")
+@click.option("--group", metavar="GROUP", help="Also every member of GROUP (from NSS).")
+@pass_client
+def unlock(client: DaemonClient, users: tuple[str, ...], group: str | None) -> None:
+    """Lift the lockout of USERS: clear their lock, remote-host blocks and failure counts
+    (like `faillock --reset`). Users who were not locked are left as they are.
+
+    \b
+    Example:
+      mfa unlock alice
+    """
+    fields = _targets(users, group, can_all=False)
+    unlocked = list(client.request("unlock", **fields).get("unlocked") or [])
+    for user in unlocked:
+        click.echo(f"{user}: unlocked")
+    for user in users:
+        if user not in unlocked:
+            click.echo(f"{user}: was not locked")
+    if group and not any(u not in users for u in unlocked):
+        click.echo(f"No other member of group {group} was locked.")
