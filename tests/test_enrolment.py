@@ -21,8 +21,9 @@ def _enrol_at_login(pam_login, user: str) -> tuple[str, list[str]]:
     assert uri in info  # the QR code carries exactly the URI shown beside it
     secret = parse_qs(urlparse(uri).query)["secret"][0]
     assert f"Key: {' '.join(secret[i:i + 4] for i in range(0, len(secret), 4))}" in info
-    second = pam_login(user, [pyotp.TOTP(secret).now()])
+    second = pam_login(user, [pyotp.TOTP(secret).now(), ""])  # "" presses Enter at the end
     assert second.name == "PAM_SUCCESS", second
+    assert second.messages[-1] == ("prompt_on", "Press Enter once the recovery codes are saved: ")
     codes = CODE_RE.findall("\n".join(second.texts("info")))
     return secret, codes
 

@@ -79,6 +79,40 @@ def read_head(path: Path) -> tuple[int, str] | None:
         return None
 
 
+def _cut_partial_line(path: Path) -> int:
+    """Truncate a last line that has no newline; the number of bytes cut."""
+    try:
+        with path.open("r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return 0
+            pos = size
+            while pos > 0:
+                step = min(4096, pos)
+                pos -= step
+                f.seek(pos)
+                newline = f.read(step).rfind(b"\n")
+                if newline >= 0:
+                    pos += newline + 1
+                    break
+            f.truncate(pos)
+            return size - pos
+    except FileNotFoundError:
+        return 0
+
+
+def _one_ahead(last: bytes, head: tuple[int, str]) -> bool:
+    """The log's last record directly follows the head's: killed between the two writes."""
+    try:
+        record = json.loads(last)
+    except ValueError:
+        return False
+    return bool(record.get("seq") == head[0] + 1 and record.get("prev") == head[1])
+
+
 def _seq_of(line: bytes) -> int:
     try:
         return int(json.loads(line)["seq"])
@@ -97,19 +131,34 @@ class _Sink:
         self.prev = GENESIS
         self.seq = 0
 
-    def open(self) -> str | None:
-        """Open the log and its head; return why they disagree, if they do."""
+    def open(self) -> list[tuple[str, dict[str, Any]]]:
+        """Open the log and its head; return the records that opening calls for.
+
+        A partial last line (the daemon was killed mid-write, or the power went)
+        is cut off: it was never acknowledged, and a glued-on next record would
+        corrupt both. A head one record behind the log is a kill between the two
+        writes, not tampering. Anything else that disagrees is tampering.
+        """
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        notes: list[tuple[str, dict[str, Any]]] = []
+        cut = _cut_partial_line(self.path)
+        if cut:
+            notes.append(("audit_repaired", {
+                "outcome": "error", "bytes_cut": cut,
+                "reason": f"a partial record of {cut} bytes at the end of the log was cut "
+                          "(mfad stopped in the middle of writing it)",
+            }))
         last = _last_line(self.path)
         head = read_head(self.path)
-        problem = None
         if last is not None:
             self.seq, self.prev = _seq_of(last), line_hash(last)
-            if head is not None and head != (self.seq, self.prev):
-                problem = (
-                    f"the log ends at record {self.seq} but record {head[0]} was written last: "
-                    "records were removed or altered while mfad was not running"
-                )
+            if head is not None and head != (self.seq, self.prev) and not _one_ahead(last, head):
+                notes.append(("audit_tampered", {
+                    "outcome": "error", "log_seq": self.seq, "head_seq": head[0],
+                    "reason": f"the log ends at record {self.seq} but record {head[0]} was "
+                              "written last: records were removed or altered while mfad was "
+                              "not running",
+                }))
         elif head is not None:  # rotated away: the new file continues the chain
             self.seq, self.prev = head
         self.fd = os.open(
@@ -118,7 +167,7 @@ class _Sink:
         self.head_fd = os.open(
             head_path(self.path), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640
         )
-        return problem
+        return notes
 
     def close(self) -> None:
         for fd in (self.fd, self.head_fd):
@@ -206,22 +255,21 @@ class AuditLog:
     async def open(self) -> None:
         """Open the log; a log cut or altered since the last run is itself recorded."""
         try:
-            problem = await self._run(self._sink.open)
+            notes = await self._run(self._sink.open)
         except OSError as exc:
             path = self._sink.path
             raise AuditError(f"cannot open the audit log {path}: {exc.strerror}") from exc
-        if problem is not None:
-            await self.record("audit_tampered", outcome="error", reason=problem)
+        for event, fields in notes:
+            await self.record(event, **fields)
 
     async def reopen(self) -> None:
         """After logrotate moved the file: continue the chain in a new one."""
-        def swap() -> str | None:
+        def swap() -> list[tuple[str, dict[str, Any]]]:
             self._sink.close()
             return self._sink.open()
 
-        problem = await self._run(swap)
-        if problem is not None:
-            await self.record("audit_tampered", outcome="error", reason=problem)
+        for event, fields in await self._run(swap):
+            await self.record(event, **fields)
 
     async def record(self, event: str, **fields: Any) -> None:
         """Write one record; None-valued fields are dropped to keep lines short."""

@@ -207,7 +207,10 @@ def _flatten(node: yaml.Node, where: str, prefix: str = "") -> dict[str, tuple[A
             continue
         if key not in _SCHEMA:
             raise ConfigError(f"{where} line {line}: {key}: unknown setting")
-        value = yaml.safe_load(yaml.serialize(value_node))
+        try:
+            value = yaml.safe_load(yaml.serialize(value_node))
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            raise ConfigError(f"{where} line {line}: {key}: not a plain value ({exc})") from None
         flat[key] = (value, line)
     return flat
 
@@ -216,6 +219,8 @@ def parse(text: str, where: str = "<config>") -> Config:
     """Validate config text; raise ConfigError naming the line and the key on any problem."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""

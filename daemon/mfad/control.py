@@ -32,7 +32,6 @@ from mfad.errors import (
     AuditError,
     Forbidden,
     MfaError,
-    ProtocolError,
     RequestError,
     StoreError,
 )
@@ -87,11 +86,11 @@ class ControlHandler:
         op = "?"
         try:
             if frame.type != T.REQUEST:
-                raise ProtocolError(f"expected REQUEST, got a {frame.type!r} frame")
+                raise RequestError(f"expected a REQUEST frame, got {frame.type!r}")
             try:
                 request = json.loads(frame.payload)
-            except ValueError as exc:
-                raise RequestError("the request is not JSON") from exc
+            except (ValueError, RecursionError):
+                raise RequestError("the request is not JSON (or nested too deeply)") from None
             if not isinstance(request, dict):
                 raise RequestError("the request must be a JSON object")
             op = str(request.get("op"))

@@ -33,6 +33,8 @@ def encode(ftype: str, payload: str = "") -> bytes:
 
 def decode_body(body: bytes) -> Frame:
     """Split a frame body into type and payload, checking the UTF-8."""
+    if not body:
+        raise ProtocolError("empty frame: no type byte")
     ftype = chr(body[0])
     try:
         payload = body[1:].decode("utf-8")

@@ -13,6 +13,7 @@ canonical line for this login).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import math
 import os
@@ -50,6 +51,7 @@ MSG_ENROLMENT_EXPIRED = (
     "Multi-factor authentication is required for this account and the time to set it up "
     "has passed. Contact your administrator."
 )
+MSG_ACKNOWLEDGE = "Press Enter once the recovery codes are saved: "
 MSG_ENROL_INTRO = (
     "Multi-factor authentication is now required for this account.\n"
     "Scan this QR code with an authenticator app (or type in the key below),\n"
@@ -347,6 +349,7 @@ class LoginSession:
                     "code; keep them somewhere safe, they are not shown again):",
                     *(f"  {c}" for c in codes),
                 ]))
+                await self._acknowledge()
                 await self._finish("success", "enrolled", method="enrolment", attempts=attempt)
                 return Outcome.SUCCESS
             await self.ctx.audit.record("attempt", outcome="failure", reason="incorrect_code",
@@ -356,6 +359,20 @@ class LoginSession:
         await self._finish("failure", "too_many_attempts", method="enrolment", attempts=attempts)
         await self._send(T.ERROR, MSG_TOO_MANY)
         return Outcome.MAXTRIES
+
+    async def _acknowledge(self) -> None:
+        """A last prompt that carries the INFO before it to the screen.
+
+        sshd delivers PAM messages together with the next prompt; messages after the
+        last one become an SSH banner, which `ssh -q` hides. The recovery codes are
+        shown only once, so they must come with a prompt. The enrolment is complete
+        either way: no answer, a timeout or a dropped connection change nothing.
+        """
+        self.writer.write(encode(T.PROMPT_ON, MSG_ACKNOWLEDGE))
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError, ProtocolError):
+            await self.writer.drain()
+            async with asyncio.timeout(self.config.login.prompt_timeout):
+                await read_frame(self.reader)
 
     # --- plumbing ---
 
