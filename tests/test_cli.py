@@ -82,13 +82,22 @@ def state_of(mfad: Any, user: str) -> str:
 
 
 def test_help_documents_exit_codes() -> None:
-    """`mfa --help` lists every exit code the command uses, with an example."""
+    """`mfa --help` lists every exit code the command uses and shows an example of every
+    command; each state-changing command's own help has an example too."""
     result = CliRunner().invoke(cli, ["--help"])
 
     assert result.exit_code == 0
-    for line in ("3  mfad is not reachable", "4  not allowed", "5  no such user", "6  the ver"):
+    for line in ("0  success", "1  any other error", "2  usage error", "3  mfad is not reachable",
+                 "4  not allowed", "5  no such user", "6  the ver", "7  mfa audit verify",
+                 "8  an account change was refused"):
         assert line in result.output
     assert "mfa enroll alice" in result.output
+    for name in cli.commands:
+        assert re.search(rf"^\s+mfa {name}\b", result.output, re.MULTILINE), name
+    for name in ("require", "suspend", "resume", "disable", "reset", "exempt", "unexempt",
+                 "unlock"):
+        own = CliRunner().invoke(cli, [name, "--help"]).output
+        assert re.search(rf"Example:\n\s+mfa {name} ", own), name
 
 
 def test_enroll_shows_a_qr_code_that_scans_to_the_shown_uri(mfad: Any, make_user: Any) -> None:
