@@ -48,8 +48,12 @@ def shipped_keys(text: str) -> set[str]:
 
 
 def test_shipped_config_as_shipped_is_valid_and_means_the_defaults() -> None:
-    """The file install.sh copies to /etc/mfad: accepted by mfad, every setting at its default."""
-    assert config.parse(SHIPPED.read_text(), str(SHIPPED)) == config.Config()
+    """The file install.sh copies to /etc/mfad sets nothing (every setting is commented out),
+    and mfad accepts it as its built-in defaults."""
+    text = SHIPPED.read_text()
+
+    assert yaml.safe_load(text) is None
+    assert config.parse(text, str(SHIPPED)) == config.Config()
 
 
 def test_every_setting_is_in_the_shipped_config_commented_out_at_its_default() -> None:
