@@ -176,7 +176,7 @@ def _lifecycle_command(action: str) -> click.Command:
             raise Forbidden(f"{exc.message}; {_who(users, group, everyone)} not changed") from None
         _report(action, answer, reason, until)
 
-    asks = action == "disable" or action == "reset"
+    asks = action == "disable"
     params: list[Callable[[Any], Any]] = [
         click.argument("users", nargs=-1, metavar="[USER]..."),
         click.option("--group", metavar="GROUP", help="Also every member of GROUP (from NSS)."),
