@@ -225,9 +225,6 @@ def test_list_json_and_csv_show_every_state(
     assert table[0].index("STATE") == lines[active].index("active")  # aligned columns
 
 
-@pytest.mark.xfail(strict=True, reason="mfad: SqliteStore.accounts() passes the stored "
-                   "'until unlocked' sentinel (1e308) on instead of inf, and the `list` op "
-                   "crashes on it in iso(); reported to the lead")
 def test_list_shows_a_lock_only_an_administrator_lifts(
     mfad: Daemon, make_user: MakeUser, pam_login: Any
 ) -> None:

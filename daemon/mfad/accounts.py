@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import pwd
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,12 +24,18 @@ from mfad.context import Context
 from mfad.errors import (
     AlreadyEnrolled,
     NoSuchUser,
+    NotEnrolled,
     RequestError,
     WrongCode,
 )
+from mfad.framing import json_chunks
 from mfad.store import Account, Counter, TokenParams
 
-Handler = Callable[["Caller", dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[
+    ["Caller", dict[str, Any]],
+    Awaitable[dict[str, Any] | AsyncGenerator[dict[str, Any], None]],
+]
+MAX_REASON = 500
 HISTORY_LIMIT = 20
 LIST_COLUMNS = (
     "user", "state", "method", "enrolled_at", "last_verified_at", "last_rhost",
@@ -144,8 +150,14 @@ class AccountOps:
         ]
         return row
 
-    async def list(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        """Known accounts, filtered by state and group, sorted by any column."""
+    async def list(
+        self, caller: Caller, request: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Known accounts, filtered by state and group, sorted by any column (empty last).
+
+        Sent in as many frames as the rows need: a fleet has more accounts than one
+        64 KiB frame holds.
+        """
         state, group = request.get("state"), request.get("group")
         sort = request.get("sort") or "user"
         if sort not in LIST_COLUMNS:
@@ -157,9 +169,10 @@ class AccountOps:
         if group:
             members = set(await lifecycle.targets(self.ctx, {"group": group}))
             rows = [r for r in rows if r["user"] in members]
-        rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else ""),
-                  reverse=bool(request.get("descending")))
-        return {"accounts": rows}
+        present = [r for r in rows if r[sort] is not None]
+        present.sort(key=lambda r: r[sort], reverse=bool(request.get("descending")))
+        rows = present + [r for r in rows if r[sort] is None]
+        return _frames(rows)
 
     async def enroll_begin(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         user = user_field(request)
@@ -204,7 +217,7 @@ class AccountOps:
         user = user_field(request)
         account = await self.ctx.store.get_account(user)
         if account is None or account.state != "active" or account.sealed_secret is None:
-            raise lifecycle.TransitionRefused(f"{user} has no active token")
+            raise NotEnrolled(f"{user} has no active token, so no recovery codes")
         if not request.get("regenerate"):
             return {"user": user, "remaining": await self.ctx.store.recovery_codes_left(user)}
         if not caller.is_admin:
@@ -242,8 +255,8 @@ class AccountOps:
     def _lifecycle(self, action: str) -> Handler:
         async def run(caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
             reason = request.get("reason")
-            if reason is not None and not isinstance(reason, str):
-                raise RequestError("`reason` must be text")
+            if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+                raise RequestError(f"`reason` must be text of at most {MAX_REASON} characters")
             until = parse_time(request.get("until"), "until")
             changed, refused = [], []
             for user in await lifecycle.targets(self.ctx, _with_user(request)):
@@ -260,6 +273,12 @@ class AccountOps:
             return {"changed": changed, "refused": refused}
 
         return run
+
+
+async def _frames(rows: list[dict[str, Any]]) -> AsyncGenerator[dict[str, Any], None]:
+    for chunk in json_chunks(rows):
+        yield {"ok": True, "accounts": chunk, "more": True}
+    yield {"ok": True, "accounts": [], "more": False, "matched": len(rows)}
 
 
 def _with_user(request: dict[str, Any]) -> dict[str, Any]:

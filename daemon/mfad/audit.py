@@ -79,16 +79,16 @@ def read_head(path: Path) -> tuple[int, str] | None:
         return None
 
 
-def _cut_partial_line(path: Path) -> int:
-    """Truncate a last line that has no newline; the number of bytes cut."""
+def _cut_partial_line(path: Path) -> bytes:
+    """Truncate a last line that has no newline; the bytes cut (kept as evidence)."""
     try:
         with path.open("r+b") as f:
             size = f.seek(0, os.SEEK_END)
             if size == 0:
-                return 0
+                return b""
             f.seek(size - 1)
             if f.read(1) == b"\n":
-                return 0
+                return b""
             pos = size
             while pos > 0:
                 step = min(4096, pos)
@@ -98,10 +98,12 @@ def _cut_partial_line(path: Path) -> int:
                 if newline >= 0:
                     pos += newline + 1
                     break
+            f.seek(pos)
+            fragment = f.read()
             f.truncate(pos)
-            return size - pos
+            return fragment
     except FileNotFoundError:
-        return 0
+        return b""
 
 
 def _one_ahead(last: bytes, head: tuple[int, str]) -> bool:
@@ -134,19 +136,20 @@ class _Sink:
     def open(self) -> list[tuple[str, dict[str, Any]]]:
         """Open the log and its head; return the records that opening calls for.
 
-        A partial last line (the daemon was killed mid-write, or the power went)
-        is cut off: it was never acknowledged, and a glued-on next record would
-        corrupt both. A head one record behind the log is a kill between the two
-        writes, not tampering. Anything else that disagrees is tampering.
+        A partial last line (the power went mid-write, or a hand cut the file) is
+        moved into an ``audit_repaired`` record: a glued-on next record would
+        corrupt both, and nothing is thrown away. A head one record behind the log
+        is a kill between the two writes, not tampering. Anything else that disagrees is tampering.
         """
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         notes: list[tuple[str, dict[str, Any]]] = []
         cut = _cut_partial_line(self.path)
         if cut:
             notes.append(("audit_repaired", {
-                "outcome": "error", "bytes_cut": cut,
-                "reason": f"a partial record of {cut} bytes at the end of the log was cut "
-                          "(mfad stopped in the middle of writing it)",
+                "outcome": "error", "bytes_cut": len(cut),
+                "fragment": cut[:4096].decode("utf-8", errors="replace"),
+                "reason": f"a partial record of {len(cut)} bytes at the end of the log was "
+                          "moved into this record (mfad stopped in the middle of writing it)",
             }))
         last = _last_line(self.path)
         head = read_head(self.path)

@@ -35,7 +35,7 @@ from mfad.errors import (
     RequestError,
     StoreError,
 )
-from mfad.framing import Frame
+from mfad.framing import Frame, json_chunks
 from mfad.protocol import T
 
 log = structlog.get_logger("mfad.control")
@@ -84,15 +84,17 @@ class ControlHandler:
         """
         caller = await asyncio.to_thread(identify, uid, self.ctx.config.admin_group)
         op = "?"
+        request: dict[str, Any] = {}
         try:
             if frame.type != T.REQUEST:
                 raise RequestError(f"expected a REQUEST frame, got {frame.type!r}")
             try:
-                request = json.loads(frame.payload)
+                parsed = json.loads(frame.payload)
             except (ValueError, RecursionError):
                 raise RequestError("the request is not JSON (or nested too deeply)") from None
-            if not isinstance(request, dict):
+            if not isinstance(parsed, dict):
                 raise RequestError("the request must be a JSON object")
+            request = parsed
             op = str(request.get("op"))
             handler = self._ops.get(op)
             if handler is None:
@@ -111,12 +113,18 @@ class ControlHandler:
                 return self._guarded(caller, op, result)
             return {"ok": True, **result}
         except (RequestError, StoreError, AuditError) as exc:
-            return await self._failure(caller, op, exc)
+            return await self._failure(caller, op, exc, _targets_named(request))
+        except Exception:  # a bug: say so in the log, answer the client, keep serving
+            log.exception("control_internal_error", op=op, uid=uid)
+            return {"ok": False, "error": "unavailable",
+                    "message": "mfad failed on this request; its log says why"}
 
-    async def _failure(self, caller: Caller, op: str, exc: MfaError) -> dict[str, Any]:
+    async def _failure(
+        self, caller: Caller, op: str, exc: MfaError, target: str | None = None
+    ) -> dict[str, Any]:
         """The response for a refused or failed request; refusals are audited."""
         if isinstance(exc, RequestError):
-            await self._audit_refusal(caller, op, exc)
+            await self._audit_refusal(caller, op, exc, target)
             return {"ok": False, "error": exc.code, "message": str(exc)}
         log.error("control_unavailable", op=op, error=str(exc))
         return {"ok": False, "error": "unavailable", "message": "mfad cannot reach its store "
@@ -132,11 +140,13 @@ class ControlHandler:
         except (RequestError, StoreError, AuditError) as exc:
             yield await self._failure(caller, op, exc)
 
-    async def _audit_refusal(self, caller: Caller, op: str, exc: MfaError) -> None:
+    async def _audit_refusal(
+        self, caller: Caller, op: str, exc: MfaError, target: str | None
+    ) -> None:
         try:
             await self.ctx.audit.record(
                 "control", outcome="refused", op=op, reason=type(exc).__name__,
-                actor_uid=caller.uid, actor=caller.name, message=str(exc),
+                actor_uid=caller.uid, actor=caller.name, user=target, message=str(exc),
             )
         except AuditError as err:
             log.error("audit_unwritable", error=str(err))
@@ -253,23 +263,27 @@ def _audit_filter(request: dict[str, Any]) -> tuple[auditread.Filter, int | None
     return flt, limit or None
 
 
+def _targets_named(request: dict[str, Any]) -> str | None:
+    """Who a refused request was about, for its audit record (``mfa audit --user``)."""
+    named = [request.get("user"), *(request.get("users") or [])] if request else []
+    names = [n for n in named if isinstance(n, str) and n]
+    if isinstance(request.get("group"), str):
+        names.append(f"group:{request['group']}")
+    return ",".join(names)[:1024] or None
+
+
 def _chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     """Records in groups that each fit one frame; a record too large alone is summarised."""
-    chunk: list[dict[str, Any]] = []
-    size = 0
-    for record in records:
-        length = len(json.dumps(record)) + 1
-        if length > _FRAME_BUDGET:
-            record = {k: record.get(k) for k in ("seq", "time", "event", "outcome", "user")}
-            record["oversize"] = length
-            length = len(json.dumps(record)) + 1
-        if chunk and size + length > _FRAME_BUDGET:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(record)
-        size += length
-    if chunk:
-        yield chunk
+    return json_chunks((_fitting(record) for record in records), _FRAME_BUDGET)
+
+
+def _fitting(record: dict[str, Any]) -> dict[str, Any]:
+    length = len(json.dumps(record)) + 1
+    if length <= _FRAME_BUDGET:
+        return record
+    short = {k: record.get(k) for k in ("seq", "time", "event", "outcome", "user")}
+    short["oversize"] = length
+    return short
 
 
 async def _query_frames(found: auditread.QueryResult) -> AsyncGenerator[dict[str, Any], None]:

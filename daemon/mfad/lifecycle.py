@@ -135,5 +135,7 @@ async def targets(ctx: Context, request: dict[str, Any]) -> list[str]:
     if request.get("all") is True:
         names += [account.user for account, _ in await ctx.store.accounts()]
     if not names:
+        if group is not None or request.get("all") is True:
+            raise RequestError("no users matched: the group has no members, or no accounts exist")
         raise RequestError("name at least one user, a group, or all")
     return list(dict.fromkeys(names))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import math
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -273,6 +274,14 @@ def _replace_codes(db: sqlite3.Connection, user: str, digests: Sequence[bytes], 
 
 
 _FOREVER = 1e308
+
+
+def _counter(row: Sequence[Any]) -> Counter:
+    """A guard row (failures, first_at, until) as a Counter; NULLs (no row) are zero."""
+    failures, first_at, until = row
+    if until is not None and until >= _FOREVER:
+        until = math.inf
+    return Counter(failures or 0, first_at or 0.0, until or 0.0)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -499,10 +508,7 @@ class SqliteStore(Store):
                 (ACCOUNT_SOURCE,),
             ).fetchall()
             n = len(_ACCOUNT_COLUMNS.split(","))
-            return [
-                (_account(r[:n]), Counter(r[n] or 0, r[n + 1] or 0.0, r[n + 2] or 0.0))
-                for r in rows
-            ]
+            return [(_account(r[:n]), _counter(r[n:])) for r in rows]
 
         return await self._run(q)
 
@@ -523,8 +529,7 @@ class SqliteStore(Store):
                 " WHERE user = ? AND source IN (?, ?)",
                 (user, ACCOUNT_SOURCE, source),
             ).fetchall()
-            found = {r[0]: Counter(r[1], r[2], float("inf") if r[3] >= _FOREVER else r[3])
-                     for r in rows}
+            found = {r[0]: _counter(r[1:]) for r in rows}
             return GuardState(found.get(ACCOUNT_SOURCE, Counter()), found.get(source, Counter()))
 
         return await self._run(q)
