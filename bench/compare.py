@@ -100,14 +100,17 @@ def main() -> int:
         users = run.write_users(tmp / "users", run.seed_mfad(
             template, [f"cmp{i:06d}" for i in range(20000)]))
         names = list(trees)
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                run.log(f"round {r + 1}/{args.rounds}: {name}")
-                rows[name].append(measure(tmp, bins, template, users, trees[name], f"{name}-{r}"))
+        with run.OtherWork() as other:
+            for r in range(args.rounds):
+                for name in names[r % len(names):] + names[: r % len(names)]:
+                    run.log(f"round {r + 1}/{args.rounds}: {name}")
+                    rows[name].append(
+                        measure(tmp, bins, template, users, trees[name], f"{name}-{r}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"Medians of {args.rounds} interleaved rounds; cores {100 * busy:.0f} % busy with "
-          f"other work at the start, {100 * run.cpu_busy():.0f} % at the end.\n")
+          f"other work at the start; other processes used {other.others_pct} % of the CPU "
+          "during the rounds.\n")
     print("| tree | " + " | ".join(title for _, title, _ in COLUMNS) + " |")
     print("|---|" + "---:|" * len(COLUMNS))
     for name, results in rows.items():

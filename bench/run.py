@@ -244,6 +244,30 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
     return busy
 
 
+class OtherWork:
+    """How much CPU other processes took while a part ran: the contamination of its numbers.
+
+    Machine-wide busy time from /proc/stat minus this process's and its reaped
+    children's (every driver and daemon here is reaped by the end of a part).
+    """
+
+    def __enter__(self) -> OtherWork:
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        wall, busy, mine = (e - s for e, s in zip(end, self.start, strict=True))
+        self.others_pct = round(100 * max(busy - mine, 0.0) / (wall * (os.cpu_count() or 1)), 1)
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        t = os.times()
+        return time.monotonic(), busy, t.user + t.system + t.children_user + t.children_system
+
+
 def sleep_to_next_step() -> None:
     time.sleep(30 - time.time() % 30 + 0.05)
 
@@ -612,7 +636,8 @@ def pam_table(pam: dict[str, Any]) -> list[str]:
         f"### 1. One authentication through libpam ({pam['count']:,} per row in "
         f"{pam['rounds']} interleaved rounds, each after {pam['warmup']} warm-up; each user once)",
         "",
-        f"mfad config overrides: `{json.dumps(pam['mfad_config'])}`",
+        f"mfad config overrides: `{json.dumps(pam['mfad_config'])}`. Other processes used "
+        f"{pam['other_work_pct']} % of the machine's CPU while this part ran.",
         "",
         "| stack | code | auths/s | mean µs | p50 µs | p99 µs | PAM result | mean / GA protected "
         "| mean / GA open | mfad CPU µs/auth |",
@@ -637,6 +662,9 @@ def pam_table(pam: dict[str, Any]) -> list[str]:
 def capacity_tables(cap: dict[str, Any], ceiling: list[dict[str, Any]]) -> list[str]:
     lines = [
         "### 2. mfad capacity: C clients on the PAM socket, right codes, each user once",
+        "",
+        f"Default config. Other processes used {cap['other_work_pct']} % of the machine's CPU "
+        "while this part ran.",
         "",
         "| users | clients | logins | ok/s | p50 ms | p99 ms | max ms | failed | mfad CPU % "
         "| mfad CPU µs/login | mfad RSS MB |",
@@ -777,11 +805,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bins = build(tmp)
         if args.only in (None, "pam"):
-            results["pam"] = bench_pam(tmp, bins, count, warmup, rounds)
+            with OtherWork() as other:
+                results["pam"] = bench_pam(tmp, bins, count, warmup, rounds)
+            results["pam"]["other_work_pct"] = other.others_pct
         if args.only in (None, "capacity"):
-            results["capacity"] = bench_capacity(tmp, bins, populations, seconds,
-                                                 profile_seconds)
-            results["ceiling"] = bench_ceiling(tmp, bins, seconds)
+            with OtherWork() as other:
+                results["capacity"] = bench_capacity(tmp, bins, populations, seconds,
+                                                     profile_seconds)
+                results["ceiling"] = bench_ceiling(tmp, bins, seconds)
+            results["capacity"]["other_work_pct"] = other.others_pct
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["load_end"] = os.getloadavg()[0]
