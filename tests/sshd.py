@@ -37,6 +37,8 @@ PAM_WRAPPER_TMP = Path("/tmp")  # pam_wrapper 1.1 keeps its per-process copies i
 
 PASSWORD_PROMPT = "Password: "
 CODE_PROMPT = "Verification code: "
+# After enrolment at login: the recovery codes come with this prompt, so they reach the screen.
+SAVED_PROMPT = "Press Enter once the recovery codes are saved: "
 # dash's PS1 for a user other than root; the throwaway users' shell is /bin/sh
 SHELL_PROMPT = "$ "
 START_TIMEOUT = 10.0
@@ -252,7 +254,8 @@ class PrivateSshd:
         code: " prompt gets the next of `codes`; a callable is called at that
         moment with everything the terminal has shown so far, so a TOTP code is
         computed when it is typed, from what the user can see. With no code
-        left, we hang up and the result is `stopped`.
+        left, we hang up and the result is `stopped`. The prompt that follows
+        the recovery codes after an enrolment gets Enter.
 
         `interactive=True` asks for a login shell instead of running `command`
         remotely (ssh then allocates a pseudo-terminal, as for a person who just
@@ -287,7 +290,7 @@ class PrivateSshd:
         )
         screen = io.StringIO()
         child.logfile_read = screen
-        patterns: list[object] = [PASSWORD_PROMPT, CODE_PROMPT, pexpect.EOF]
+        patterns: list[object] = [PASSWORD_PROMPT, CODE_PROMPT, pexpect.EOF, SAVED_PROMPT]
         if interactive:
             patterns.append(re.escape(SHELL_PROMPT))
         try:
@@ -304,6 +307,9 @@ class PrivateSshd:
                     answer = pending.pop(0)
                     child.sendline(answer(_shown(screen)) if callable(answer) else answer)
                 elif which == 3:
+                    result.prompts.append(SAVED_PROMPT)
+                    child.sendline("")
+                elif which == 4:
                     patterns.pop()  # the command's own output may hold "$ "; type it once
                     child.sendline(f"{command}; exit")
                 else:
