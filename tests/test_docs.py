@@ -3,8 +3,8 @@
 etc/mfad.yaml shows every setting commented out at its default ("#key: value",
 a hash directly before the key; explanations are "# text"), so removing those
 hashes must give a file mfad accepts and that means exactly the built-in
-defaults. The README names every setting, and its first two commands are the
-ones CI runs.
+defaults. The README names every setting, every `mfa` command and exit code,
+and its first two commands are the ones CI runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mfa_cli.audit import audit
 from mfa_cli.errors import EXIT_CODES
+from mfa_cli.main import cli
 from mfad import config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +111,13 @@ def test_readme_starts_with_the_install_and_test_commands_ci_runs() -> None:
 def test_every_exit_code_of_mfa_is_in_the_readme(code: int) -> None:
     """Each exit code `mfa --help` lists has a row in the README's table of exit codes."""
     assert re.search(rf"^\| {code} \|", README.read_text(), re.M)
+
+
+def test_every_mfa_command_is_in_the_readme() -> None:
+    """Each command `mfa --help` lists (and each `mfa audit` subcommand) is named in the
+    README, so an administrator reading it learns of every one."""
+    readme = README.read_text()
+    names = [f"mfa {name}" for name in cli.commands]
+    names += [f"mfa audit {name}" for name in audit.commands]
+
+    assert [name for name in names if name not in readme] == []
