@@ -39,6 +39,9 @@ PASSWORD_PROMPT = "Password: "
 CODE_PROMPT = "Verification code: "
 # After enrolment at login: the recovery codes come with this prompt, so they reach the screen.
 SAVED_PROMPT = "Press Enter once the recovery codes are saved: "
+# After a recovery code when few are left: the warning comes with this prompt.
+CONTINUE_PROMPT = "Press Enter to continue: "
+_PRESS_ENTER = f"(?:{re.escape(SAVED_PROMPT)}|{re.escape(CONTINUE_PROMPT)})"
 # dash's PS1 for a user other than root; the throwaway users' shell is /bin/sh
 SHELL_PROMPT = "$ "
 START_TIMEOUT = 10.0
@@ -290,7 +293,7 @@ class PrivateSshd:
         )
         screen = io.StringIO()
         child.logfile_read = screen
-        patterns: list[object] = [PASSWORD_PROMPT, CODE_PROMPT, pexpect.EOF, SAVED_PROMPT]
+        patterns: list[object] = [PASSWORD_PROMPT, CODE_PROMPT, pexpect.EOF, _PRESS_ENTER]
         if interactive:
             patterns.append(re.escape(SHELL_PROMPT))
         try:
@@ -307,7 +310,9 @@ class PrivateSshd:
                     answer = pending.pop(0)
                     child.sendline(answer(_shown(screen)) if callable(answer) else answer)
                 elif which == 3:
-                    result.prompts.append(SAVED_PROMPT)
+                    after = child.after
+                    shown = after.decode() if isinstance(after, bytes) else str(after)
+                    result.prompts.append(shown)
                     child.sendline("")
                 elif which == 4:
                     patterns.pop()  # the command's own output may hold "$ "; type it once

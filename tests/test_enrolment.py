@@ -63,9 +63,10 @@ def test_low_recovery_codes_warn_at_login(mfad: Daemon, pam_login, make_user) ->
     mfad.request("require", user=user)
     _, codes = _enrol_at_login(pam_login, user)
     assert len(codes) == 3
-    result = pam_login(user, [codes[0]])
+    result = pam_login(user, [codes[0], ""])  # "" presses Enter after the warning
     assert result.name == "PAM_SUCCESS"
     assert any("Only 2 recovery codes left" in t for t in result.texts("info"))
+    assert result.messages[-1] == ("prompt_on", "Press Enter to continue: ")
 
 
 def test_regenerated_recovery_codes_replace_the_old_ones(mfad: Daemon, pam_login) -> None:

@@ -373,11 +373,6 @@ def test_recovery_codes_are_shown_to_a_quiet_ssh_client(
         pytest.param(
             ["-q"],
             id="ssh -q",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="product gap: mfad sends the low-codes warning as INFO after the last "
-                "prompt; sshd turns that into an SSH banner, which `ssh -q` does not print",
-            ),
         ),
     ],
 )

@@ -235,7 +235,7 @@ class AccountOps:
         found = (totp.match(secret, account.params, code, now, self.ctx.config.totp.window)
                  if code is not None else None)
         if found is None or not await self.ctx.store.consume_step(
-            account.user, found.step, found.offset, now, "", "mfa"
+            account.user, found.step, found.offset, now, login=None
         ):
             raise WrongCode("give a current code from your authenticator app (--code)")
 

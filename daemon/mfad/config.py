@@ -252,3 +252,28 @@ def load(path: Path = DEFAULT_PATH) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text") from exc
     return parse(text, str(path))
+
+
+MODULE_TIMEOUT = 10.0  # pam_mfa.so's default timeout= (seconds per frame)
+
+
+def warnings(cfg: Config) -> list[str]:
+    """Valid but probably unintended settings, for the log and --check-config."""
+    lock, found = cfg.lockout, []
+    if lock.source_deny <= cfg.login.max_attempts:
+        found.append(
+            f"lockout.source_deny ({lock.source_deny}) is not above login.max_attempts "
+            f"({cfg.login.max_attempts}): one mistyped login blocks the user's host"
+        )
+    if lock.source_deny >= lock.deny:
+        found.append(
+            f"lockout.source_deny ({lock.source_deny}) is not below lockout.deny ({lock.deny}): "
+            "a single guessing host can lock the account for everyone"
+        )
+    if lock.max_delay >= MODULE_TIMEOUT:
+        found.append(
+            f"lockout.max_delay ({lock.max_delay:g}s) reaches pam_mfa.so's default timeout "
+            f"({MODULE_TIMEOUT:g}s): set the module's timeout= above it, or wrong codes end "
+            "in 'unavailable'"
+        )
+    return found

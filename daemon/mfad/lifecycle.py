@@ -10,7 +10,9 @@ audited with the actor and the target.
     disable   any but disabled, none  -> disabled  (token and recovery codes erased)
     reset     any                     -> pending   (token erased, enrol again)
     exempt    any but exempt          -> exempt    (reason required, optional expiry)
-    unexempt  exempt                  -> active if a token is kept, else none
+    unexempt  exempt                  -> active if a token is kept, else disabled
+                                         (no token and no explicit setting: groups
+                                         and mode decide again)
 """
 
 from __future__ import annotations
@@ -99,8 +101,7 @@ async def apply(
             raise RequestError("an exemption needs a reason (--reason)")
         change = StateChange("exempt", exempt_reason=reason, exempt_until=until)
     await ctx.store.set_state(user, change, now)
-    after = "none" if action == "unexempt" and change.state == "disabled" else change.state
-    return Change(user, before, after)
+    return Change(user, before, change.state)
 
 
 def _exists(user: str) -> bool:

@@ -66,6 +66,8 @@ async def serve(config_path: Path) -> None:
     os.umask(0o077)  # the store, its WAL and the audit log are for root's eyes only
     cfg = config.load(config_path)
     _raise_fd_limit(cfg.max_connections + 256)
+    for warning in config.warnings(cfg):
+        log.warning("config_warning", warning=warning)
     box = SecretBox.from_file(cfg.key_file)
     store = await SqliteStore.open(cfg.store_path)
     audit = AuditLog(cfg.audit_path, required=lambda: ctx.config.audit_required)
@@ -96,6 +98,7 @@ async def serve(config_path: Path) -> None:
 
 async def _reload(ctx: Context, config_path: Path) -> None:
     """SIGHUP: take a valid new config, keep the running one on any error; reopen the log."""
+    await ctx.audit.reopen()  # first: log rotation must not hinge on the config's validity
     try:
         new = config.load(config_path)
     except MfaError as exc:
@@ -107,7 +110,8 @@ async def _reload(ctx: Context, config_path: Path) -> None:
     if changed:
         log.warning("reload_needs_restart", settings=changed)
     ctx.config = new
-    await ctx.audit.reopen()
+    for warning in config.warnings(new):
+        log.warning("config_warning", warning=warning)
     await ctx.audit.record("daemon_reload", outcome="success")
 
 
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             generate_key_file(args.generate_key)
             print(f"created {args.generate_key}")
         elif args.check_config:
-            config.load(args.config)
+            for warning in config.warnings(config.load(args.config)):
+                print(f"{args.config}: warning: {warning}", file=sys.stderr)
             print(f"{args.config}: ok")
         else:
             asyncio.run(serve(args.config))

@@ -138,8 +138,11 @@ class Server:
 
     async def _serve_pam(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pid, uid, _ = peer_credentials(writer)
-        login = self.ctx.config.login
-        deadline = START_TIMEOUT + login.max_attempts * (login.prompt_timeout + 5)
+        cfg = self.ctx.config
+        # every prompt may take prompt_timeout plus the back-off delay; one more prompt
+        # for the "press Enter" after enrolment or a low-codes warning
+        per_prompt = cfg.login.prompt_timeout + cfg.lockout.max_delay + 5
+        deadline = START_TIMEOUT + (cfg.login.max_attempts + 1) * per_prompt
         session = LoginSession(self.ctx, reader, writer, peer=f"pid={pid},uid={uid}")
         async with asyncio.timeout(deadline):
             await session.run(on_start=self._started)

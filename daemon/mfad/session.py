@@ -34,7 +34,7 @@ from mfad.framing import encode, read_frame
 from mfad.lockout import Refusal
 from mfad.protocol import Outcome, Start, T, parse_start
 from mfad.qrtext import render_qr
-from mfad.store import Account, StateChange, TokenParams
+from mfad.store import Account, Site, StateChange, TokenParams
 
 log = structlog.get_logger("mfad.session")
 
@@ -52,6 +52,7 @@ MSG_ENROLMENT_EXPIRED = (
     "has passed. Contact your administrator."
 )
 MSG_ACKNOWLEDGE = "Press Enter once the recovery codes are saved: "
+MSG_CONTINUE = "Press Enter to continue: "
 MSG_ENROL_INTRO = (
     "Multi-factor authentication is now required for this account.\n"
     "Scan this QR code with an authenticator app (or type in the key below),\n"
@@ -277,7 +278,7 @@ class LoginSession:
             return "incorrect_code", {"suspected_clock_offset_s": far * params.period}, ""
         used = await self.ctx.store.consume_step(
             account.user, found.step, found.offset, now,
-            self.fields["rhost"], self.fields["service"],
+            Site(self.fields["service"], self.fields["rhost"]),
         )
         return (None, {}, "totp") if used else ("replayed_code", {}, "")
 
@@ -302,6 +303,7 @@ class LoginSession:
                 f"Only {left} recovery code{'s' if left != 1 else ''} left. "
                 "Make new ones with `mfa recovery-codes --regenerate`.",
             )
+            await self._acknowledge(MSG_CONTINUE)
         return None, {}, "recovery"
 
     # --- enrolment at login ---
@@ -349,7 +351,7 @@ class LoginSession:
                     "code; keep them somewhere safe, they are not shown again):",
                     *(f"  {c}" for c in codes),
                 ]))
-                await self._acknowledge()
+                await self._acknowledge(MSG_ACKNOWLEDGE)
                 await self._finish("success", "enrolled", method="enrolment", attempts=attempt)
                 return Outcome.SUCCESS
             await self.ctx.audit.record("attempt", outcome="failure", reason="incorrect_code",
@@ -360,15 +362,15 @@ class LoginSession:
         await self._send(T.ERROR, MSG_TOO_MANY)
         return Outcome.MAXTRIES
 
-    async def _acknowledge(self) -> None:
+    async def _acknowledge(self, prompt: str) -> None:
         """A last prompt that carries the INFO before it to the screen.
 
         sshd delivers PAM messages together with the next prompt; messages after the
-        last one become an SSH banner, which `ssh -q` hides. The recovery codes are
-        shown only once, so they must come with a prompt. The enrolment is complete
-        either way: no answer, a timeout or a dropped connection change nothing.
+        last one become an SSH banner, which `ssh -q` hides. Recovery codes are shown
+        only once and a low-codes warning matters, so they come with a prompt. What
+        was decided stands either way: no answer, a timeout or a drop change nothing.
         """
-        self.writer.write(encode(T.PROMPT_ON, MSG_ACKNOWLEDGE))
+        self.writer.write(encode(T.PROMPT_ON, prompt))
         with contextlib.suppress(TimeoutError, ConnectionError, OSError, ProtocolError):
             await self.writer.drain()
             async with asyncio.timeout(self.config.login.prompt_timeout):

@@ -59,6 +59,14 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class Site:
+    """Where a login comes from, as PAM told us."""
+
+    service: str
+    rhost: str
+
+
+@dataclass(frozen=True, slots=True)
 class Login:
     at: float
     service: str
@@ -120,9 +128,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def consume_step(
-        self, user: str, step: int, offset: int, now: float, rhost: str, service: str
+        self, user: str, step: int, offset: int, now: float, login: Site | None
     ) -> bool:
-        """Atomically mark `step` used; False if it (or a later step) was used already."""
+        """Atomically mark `step` used; False if it (or a later step) was used already.
+
+        With `login`, the use is a login and goes into the history; without, it only
+        proves the token (e.g. to regenerate recovery codes) and is not a login."""
 
     @abc.abstractmethod
     async def set_state(self, user: str, change: StateChange, now: float) -> None:
@@ -412,21 +423,24 @@ class SqliteStore(Store):
         await self._run(q)
 
     async def consume_step(
-        self, user: str, step: int, offset: int, now: float, rhost: str, service: str
+        self, user: str, step: int, offset: int, now: float, login: Site | None
     ) -> bool:
         def q() -> bool:
             with _transaction(self._conn()) as db:
                 cur = db.execute(
-                    "UPDATE accounts SET last_step = ?, clock_offset = ?, last_verified_at = ?,"
-                    " last_rhost = ?, updated_at = ?"
+                    "UPDATE accounts SET last_step = ?, clock_offset = ?, updated_at = ?"
                     " WHERE user = ? AND state = 'active' AND (last_step IS NULL OR last_step < ?)",
-                    (step, offset, now, rhost, now, user, step),
+                    (step, offset, now, user, step),
                 )
-                if cur.rowcount == 1:
+                if cur.rowcount == 1 and login is not None:
+                    db.execute(
+                        "UPDATE accounts SET last_verified_at = ?, last_rhost = ? WHERE user = ?",
+                        (now, login.rhost, user),
+                    )
                     db.execute(
                         "INSERT INTO logins (user, at, service, rhost, method)"
                         " VALUES (?, ?, ?, ?, 'totp')",
-                        (user, now, service, rhost),
+                        (user, now, login.service, login.rhost),
                     )
             return cur.rowcount == 1
 
