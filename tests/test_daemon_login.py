@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import sqlite3
 import subprocess
@@ -179,3 +180,20 @@ def test_no_secret_or_code_reaches_any_log(mfad: Daemon) -> None:
     logs = mfad.audit_path.read_text() + mfad.stderr()
     for needle in [secret, *codes]:
         assert needle not in logs
+
+
+def test_sighup_reopens_the_audit_log_even_when_the_config_is_bad(mfad: Daemon) -> None:
+    """logrotate renames the log and sends SIGHUP: new records go to a new file, even if the
+    config file happens to be broken at that moment (the reload is refused, rotation is not)."""
+    rotated = mfad.audit_path.with_name("audit.jsonl.1")
+    mfad.audit_path.rename(rotated)
+    mfad.config_path.write_text("mode: sometimes\n")
+    assert mfad.proc is not None
+    mfad.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert mfad.request("status", user="root")["ok"]
+    fresh = mfad.audit()
+    assert [r["event"] for r in fresh] == ["daemon_reload"]
+    assert fresh[0]["outcome"] == "failure"
+    last_rotated = rotated.read_text().splitlines()[-1]
+    assert fresh[0]["seq"] == json.loads(last_rotated)["seq"] + 1
