@@ -245,7 +245,6 @@ _CONFIG_CRASHES = {
 BOOL_TAG_CRASH = "mode: !!bool maybe\n"  # PyYAML's bool constructor raises KeyError
 
 
-@pytest.mark.xfail(strict=True, reason="'!!bool maybe' escapes as KeyError (issue 5 report)")
 @fuzz(200)
 @given(_yaml_documents(_tagged))
 @example(_CONFIG_CRASHES["unknown tag"])
@@ -260,8 +259,7 @@ def test_config_with_yaml_tags_raises_only_config_error(text: str) -> None:
     "text",
     [
         *_CONFIG_CRASHES.values(),
-        pytest.param(BOOL_TAG_CRASH, marks=pytest.mark.xfail(
-            strict=True, reason="KeyError from PyYAML's bool constructor (issue 5 report)")),
+        BOOL_TAG_CRASH,
     ],
     ids=[*_CONFIG_CRASHES, "bool tag on a non-bool"],
 )
@@ -459,7 +457,6 @@ def _harms_login_user(request: str) -> bool:
 USERS_NOT_A_LIST = json.dumps({"op": "status", "users": True})  # refused: crashed the refusal
 
 
-@pytest.mark.xfail(strict=True, reason="non-list 'users' crashes _targets_named (issue 5)")
 def test_live_daemon_answers_random_control_requests_with_json_responses(
     mfad: Daemon,
 ) -> None:
@@ -510,8 +507,7 @@ def test_live_daemon_handles_random_bytes_on_the_control_socket(mfad: Daemon) ->
     "data",
     [
         *_CONTROL_CRASHES.values(),
-        pytest.param(encode("Q", USERS_NOT_A_LIST), marks=pytest.mark.xfail(
-            strict=True, reason="_targets_named raises TypeError inside the except clause")),
+        encode("Q", USERS_NOT_A_LIST),
     ],
     ids=[*_CONTROL_CRASHES, "users that is not a list, on a refused request"],
 )

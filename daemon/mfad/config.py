@@ -209,8 +209,12 @@ def _flatten(node: yaml.Node, where: str, prefix: str = "") -> dict[str, tuple[A
             raise ConfigError(f"{where} line {line}: {key}: unknown setting")
         try:
             value = yaml.safe_load(yaml.serialize(value_node))
-        except (yaml.YAMLError, ValueError, RecursionError) as exc:
-            raise ConfigError(f"{where} line {line}: {key}: not a plain value ({exc})") from None
+        except (yaml.YAMLError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            # PyYAML's constructors raise more than YAMLError for odd tagged values
+            # (`!!bool maybe` is a KeyError): every one of them is a bad value here.
+            raise ConfigError(
+                f"{where} line {line}: {key}: not a plain value ({type(exc).__name__}: {exc})"
+            ) from None
         flat[key] = (value, line)
     return flat
 

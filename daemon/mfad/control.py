@@ -265,7 +265,8 @@ def _audit_filter(request: dict[str, Any]) -> tuple[auditread.Filter, int | None
 
 def _targets_named(request: dict[str, Any]) -> str | None:
     """Who a refused request was about, for its audit record (``mfa audit --user``)."""
-    named = [request.get("user"), *(request.get("users") or [])] if request else []
+    users = request.get("users") if request else None
+    named = [request.get("user"), *(users if isinstance(users, list) else [])] if request else []
     names = [n for n in named if isinstance(n, str) and n]
     if isinstance(request.get("group"), str):
         names.append(f"group:{request['group']}")
