@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import pwd
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from mfad import enrolment, lifecycle, totp
+from mfad import enrolment, lifecycle, nss, totp
 from mfad.context import Context
 from mfad.errors import (
     AlreadyEnrolled,
@@ -176,10 +175,8 @@ class AccountOps:
 
     async def enroll_begin(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         user = user_field(request)
-        try:
-            await asyncio.to_thread(pwd.getpwnam, user)
-        except KeyError:
-            raise NoSuchUser(f"there is no user {user!r} on this system") from None
+        if not await asyncio.to_thread(nss.user_exists, user):
+            raise NoSuchUser(f"there is no user {user!r} on this system")
         account = await self.ctx.store.get_account(user)
         state = account.state if account is not None else "none"
         if state == "active":

@@ -18,11 +18,10 @@ audited with the actor and the target.
 from __future__ import annotations
 
 import asyncio
-import grp
-import pwd
 from dataclasses import dataclass
 from typing import Any
 
+from mfad import nss
 from mfad.context import Context
 from mfad.errors import NoSuchUser, RequestError
 from mfad.store import Account, StateChange
@@ -74,7 +73,7 @@ async def apply(
 ) -> Change:
     """Move one user; raise TransitionRefused if the action does not fit the state."""
     account = await ctx.store.get_account(user)
-    if account is None and not await asyncio.to_thread(_exists, user):
+    if account is None and not await asyncio.to_thread(nss.user_exists, user):
         raise NoSuchUser(f"there is no user {user!r} on this system")
     before = _state(account)
     if before not in _FROM[action]:
@@ -104,22 +103,11 @@ async def apply(
     return Change(user, before, change.state)
 
 
-def _exists(user: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        return False
-    return True
-
-
 def _group_members(group: str) -> list[str]:
-    try:
-        entry = grp.getgrnam(group)
-    except KeyError:
-        raise NoSuchUser(f"there is no group {group!r} on this system") from None
-    members = set(entry.gr_mem)
-    members.update(p.pw_name for p in pwd.getpwall() if p.pw_gid == entry.gr_gid)
-    return sorted(members)
+    members = nss.group_members(group)
+    if members is None:
+        raise NoSuchUser(f"there is no group {group!r} on this system")
+    return members
 
 
 async def targets(ctx: Context, request: dict[str, Any]) -> list[str]:

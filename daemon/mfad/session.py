@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import math
-import os
-import pwd
 import secrets
 import time
 from collections.abc import Callable
@@ -27,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from mfad import enrolment, policy, recovery, totp
+from mfad import enrolment, nss, policy, recovery, totp
 from mfad.context import Context
 from mfad.errors import AuditError, MfaError, ProtocolError
 from mfad.framing import encode, read_frame
@@ -91,29 +88,6 @@ def _refusal_message(refusal: Refusal) -> str:
     return f"Too many failed attempts from this host; verification is blocked {when}."
 
 
-def _user_exists(user: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        return False
-    return True
-
-
-def groups_of(user: str) -> frozenset[str]:
-    """Group names from NSS (files, LDAP, SSSD alike); empty for an unknown user."""
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return frozenset()
-    names = set()
-    for gid in os.getgrouplist(user, entry.pw_gid):
-        try:
-            names.add(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            continue
-    return frozenset(names)
-
-
 class LoginSession:
     def __init__(
         self, ctx: Context, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
@@ -171,13 +145,13 @@ class LoginSession:
             account = await self._end_exemption(account, now)
         groups: frozenset[str] = frozenset()
         if policy.needs_groups(config, account, now):
-            groups = await asyncio.to_thread(groups_of, start.user)
+            groups = await asyncio.to_thread(nss.groups_of, start.user)
         decision = policy.decide(config, start.service, account, groups, now)
         if decision.action is policy.Action.SKIP:
             await self._finish("skipped", decision.reason)
             return Outcome.SKIP
         if decision.action is policy.Action.ENROL:
-            if await asyncio.to_thread(_user_exists, start.user):
+            if await asyncio.to_thread(nss.user_exists, start.user):
                 return await self._must_enrol(account, decision.reason)
             decision = policy.Decision(policy.Action.CODE, "unknown_user")
         refusal = await ctx.guard.refusal(start.user, start.rhost, now)

@@ -183,56 +183,10 @@ class Store(abc.ABC):
 
 
 _MIGRATIONS: list[str] = [
-    # 1: accounts, pending enrolments, and the history of second-factor logins
+    # 1: accounts with their lifecycle, pending enrolments, recovery codes, the history
+    # of second-factor logins, and the lockout counters. Later versions append here.
     """
     CREATE TABLE accounts (
-        user TEXT PRIMARY KEY,
-        state TEXT NOT NULL CHECK (state IN ('active', 'disabled')),
-        secret BLOB,
-        algorithm TEXT NOT NULL DEFAULT 'SHA1',
-        digits INTEGER NOT NULL DEFAULT 6,
-        period INTEGER NOT NULL DEFAULT 30,
-        enrolled_at REAL,
-        last_step INTEGER,
-        last_verified_at REAL,
-        last_rhost TEXT,
-        clock_offset INTEGER NOT NULL DEFAULT 0,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE enrolments (
-        user TEXT PRIMARY KEY,
-        secret BLOB NOT NULL,
-        algorithm TEXT NOT NULL,
-        digits INTEGER NOT NULL,
-        period INTEGER NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE logins (
-        id INTEGER PRIMARY KEY,
-        user TEXT NOT NULL,
-        at REAL NOT NULL,
-        service TEXT NOT NULL,
-        rhost TEXT NOT NULL,
-        method TEXT NOT NULL
-    );
-    CREATE INDEX logins_user_at ON logins (user, at);
-    """,
-    # 2: failure counters for lockout; any user name, enrolled or not, so that
-    # unknown names behave exactly like real ones. until = 1e308 means "until unlocked".
-    """
-    CREATE TABLE guard (
-        user TEXT NOT NULL,
-        source TEXT NOT NULL,  -- '*' for the account as a whole, else the remote host
-        failures INTEGER NOT NULL,
-        first_at REAL NOT NULL,
-        until REAL NOT NULL,
-        PRIMARY KEY (user, source)
-    );
-    """,
-    # 3: the full lifecycle (pending, suspended, exempt) and recovery codes.
-    # SQLite cannot widen a CHECK constraint in place: rebuild the table.
-    """
-    CREATE TABLE accounts_v3 (
         user TEXT PRIMARY KEY,
         state TEXT NOT NULL
             CHECK (state IN ('pending', 'active', 'suspended', 'disabled', 'exempt')),
@@ -251,17 +205,38 @@ _MIGRATIONS: list[str] = [
         exempt_until REAL,
         state_changed_at REAL
     );
-    INSERT INTO accounts_v3 (user, state, secret, algorithm, digits, period, enrolled_at,
-        last_step, last_verified_at, last_rhost, clock_offset, updated_at, state_changed_at)
-        SELECT user, state, secret, algorithm, digits, period, enrolled_at, last_step,
-        last_verified_at, last_rhost, clock_offset, updated_at, updated_at FROM accounts;
-    DROP TABLE accounts;
-    ALTER TABLE accounts_v3 RENAME TO accounts;
+    CREATE TABLE enrolments (
+        user TEXT PRIMARY KEY,
+        secret BLOB NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits INTEGER NOT NULL,
+        period INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
     CREATE TABLE recovery_codes (
         user TEXT NOT NULL,
         digest BLOB NOT NULL,
         created_at REAL NOT NULL,
         PRIMARY KEY (user, digest)
+    );
+    CREATE TABLE logins (
+        id INTEGER PRIMARY KEY,
+        user TEXT NOT NULL,
+        at REAL NOT NULL,
+        service TEXT NOT NULL,
+        rhost TEXT NOT NULL,
+        method TEXT NOT NULL
+    );
+    CREATE INDEX logins_user_at ON logins (user, at);
+    -- any user name, enrolled or not, so that unknown names behave exactly like real
+    -- ones. source '*' is the account as a whole. until 1e308 means until unlocked.
+    CREATE TABLE guard (
+        user TEXT NOT NULL,
+        source TEXT NOT NULL,
+        failures INTEGER NOT NULL,
+        first_at REAL NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (user, source)
     );
     """,
 ]
