@@ -73,20 +73,45 @@ class Guard:
 
     async def refusal(self, user: str, rhost: str, now: float) -> Refusal | None:
         """Why no code of this user from this host may be checked now, if so."""
-        state = await self._store.get_guard(user, source_key(rhost))
-        if state.account.until > now:
-            return Refusal("locked", state.account.until)
-        if state.source.until > now:
-            return Refusal("source_blocked", state.source.until)
-        return None
+        return _refusal(await self._store.get_guard(user, source_key(rhost)), now)
 
-    async def failed(self, user: str, rhost: str, now: float) -> FailureEffect:
-        """Count a wrong code; lock or block when a threshold is reached. Call under hold()."""
-        cfg = self._config()
-        key = source_key(rhost)
-        state = await self._store.get_guard(user, key)
-        account = _count(state.account, now, cfg.fail_interval)
-        source = _count(state.source, now, cfg.fail_interval)
+    @contextlib.asynccontextmanager
+    async def attempt(self, user: str, rhost: str, now: float) -> AsyncIterator[Attempt]:
+        """One answer's check, serialised per user, with the counters read once."""
+        async with self.hold(user):
+            key = source_key(rhost)
+            state = await self._store.get_guard(user, key)
+            yield Attempt(self._store, self._config(), user, key, state, now)
+
+    async def unlock(self, user: str) -> bool:
+        async with self.hold(user):
+            return await self._store.clear_guard(user)
+
+
+def _refusal(state: GuardState, now: float) -> Refusal | None:
+    if state.account.until > now:
+        return Refusal("locked", state.account.until)
+    if state.source.until > now:
+        return Refusal("source_blocked", state.source.until)
+    return None
+
+
+class Attempt:
+    """The guard's view of one answer: refused unseen, or counted after the check."""
+
+    def __init__(
+        self, store: Store, cfg: LockoutConfig, user: str, key: str, state: GuardState,
+        now: float,
+    ) -> None:
+        self._store, self._cfg, self._user, self._key = store, cfg, user, key
+        self._state, self._now = state, now
+        self.refusal = _refusal(state, now)
+
+    async def failed(self) -> FailureEffect:
+        """Count a wrong code; lock or block when a threshold is reached."""
+        cfg, now, user = self._cfg, self._now, self._user
+        account = _count(self._state.account, now, cfg.fail_interval)
+        source = _count(self._state.source, now, cfg.fail_interval)
         effect = FailureEffect(
             delay=min(cfg.delay * 2 ** (source.failures - 1), cfg.max_delay),
             failures=account.failures,
@@ -98,18 +123,16 @@ class Guard:
             until = now + cfg.unlock_time if cfg.unlock_time > 0 else math.inf
             account = replace(account, until=until)
             effect = replace(effect, locked_until=until)
-        await self._store.put_guard(user, key, GuardState(account, source))
+        await self._store.put_guard(user, self._key, GuardState(account, source))
         return effect
 
-    async def succeeded(self, user: str, rhost: str) -> None:
-        """A correct code: clear the account counter and this source's. Call under hold()."""
-        key = source_key(rhost)
-        if await self._store.get_guard(user, key) != GuardState(Counter(), Counter()):
-            await self._store.put_guard(user, key, GuardState(Counter(), Counter()))
+    async def succeeded(self) -> None:
+        """A correct code clears the account counter and this source's (if there is any)."""
+        if self._state != _CLEAN:
+            await self._store.put_guard(self._user, self._key, _CLEAN)
 
-    async def unlock(self, user: str) -> bool:
-        async with self.hold(user):
-            return await self._store.clear_guard(user)
+
+_CLEAN = GuardState(Counter(), Counter())
 
 
 def _count(counter: Counter, now: float, interval: float) -> Counter:

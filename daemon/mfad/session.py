@@ -202,17 +202,15 @@ class LoginSession:
     async def _check(self, account: Account | None, answer: str) -> Check:
         """Judge one answer under the user's guard: refused unseen, right, or counted wrong."""
         user, rhost = self.fields["user"], self.fields["rhost"]
-        guard = self.ctx.guard
-        async with guard.hold(user):
-            now = self.ctx.clock()
-            refusal = await guard.refusal(user, rhost, now)
-            if refusal is not None:
-                return Check(refusal.reason, refusal=refusal)
+        now = self.ctx.clock()
+        async with self.ctx.guard.attempt(user, rhost, now) as attempt:
+            if attempt.refusal is not None:
+                return Check(attempt.refusal.reason, refusal=attempt.refusal)
             reason, details, method = await self._verify(account, answer, now)
             if reason is None:
-                await guard.succeeded(user, rhost)
+                await attempt.succeeded()
                 return Check(None, method=method)
-            effect = await guard.failed(user, rhost, now)
+            effect = await attempt.failed()
         refusal = None
         if effect.locked_until is not None:
             refusal = Refusal("locked", effect.locked_until)
