@@ -527,6 +527,22 @@ def test_regression_control_input_that_escaped_the_error_boundary(
     _assert_still_serving(mfad, LOGIN_USER, secret)
 
 
+@pytest.mark.xfail(strict=True, reason="audit_summary answer over 64 KiB: unsendable frame")
+def test_regression_audit_summary_of_many_failing_users_still_answers(mfad: Daemon) -> None:
+    """After failed logins under a few hundred long, distinct user names (a password spray),
+    `audit_summary` still answers with one frame instead of dropping the connection with an
+    unhandled exception (found by the long fuzz run: the answer outgrew MAX_FRAME)."""
+    mfad.restart(lockout={"delay": 0}, login={"max_attempts": 1})
+    secret = secrets.token_bytes(20)
+    mfad.seed(LOGIN_USER, secret)
+    for i in range(300):
+        with PamWire(mfad.pam_socket) as wire:
+            assert wire.login(f"spray{i:04d}" + "x" * 240, ["000000"])[-1].payload == "M"
+    frames = _control_exchange(mfad, encode("Q", json.dumps({"op": "audit_summary"})))
+    _check_control_reply(frames, streamed=False)
+    _assert_still_serving(mfad, LOGIN_USER, base64.b32encode(secret).decode())
+
+
 def test_config_never_constructs_python_objects(tmp_path: Path) -> None:
     """A python/object tag in the config is refused without running anything."""
     target = tmp_path / "made-by-yaml"
