@@ -20,7 +20,11 @@ class PamWire:
     def __init__(self, path: Path, timeout: float = 10) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
+        try:
+            self.sock.connect(str(path))
+        except OSError:
+            self.sock.close()
+            raise
 
     def __enter__(self) -> PamWire:
         return self

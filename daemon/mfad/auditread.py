@@ -410,7 +410,7 @@ def summarise(
             refused[(str(record.get("actor", "")), str(record.get("op", "")))] += 1
         elif event == "audit_tampered":
             tampered.append(_pick(record, "time", "seq", "reason"))
-    return {
+    summary = {
         "since": since.isoformat() if since else None,
         "until": now.isoformat(),
         "records": records,
@@ -435,6 +435,22 @@ def summarise(
         "suspended_now": sorted(u for u, state in accounts.items() if state == "suspended"),
         "tampered": tampered,
     }
+    return _capped(summary)
+
+
+SUMMARY_TOP = 25
+"""Entries kept per list: a password spray must not make the answer too big for a frame."""
+
+
+def _capped(summary: dict[str, Any]) -> dict[str, Any]:
+    """Each list cut to its first SUMMARY_TOP entries (they are ranked), with the totals."""
+    cut = {}
+    for key, value in summary.items():
+        if isinstance(value, list) and len(value) > SUMMARY_TOP:
+            cut[key] = len(value)
+            summary[key] = value[:SUMMARY_TOP]
+    summary["truncated"] = cut
+    return summary
 
 
 def _pick(record: Mapping[str, Any], *names: str) -> dict[str, Any]:

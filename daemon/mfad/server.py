@@ -114,6 +114,10 @@ class Server:
                 await serve(reader, writer)
             except TimeoutError:
                 log.warning("connection_deadline", reason="connection held too long")
+            except (ConnectionError, BrokenPipeError):
+                pass  # the peer left; its session already recorded what happened
+            except Exception:  # a bug: log it now, not when the task is collected
+                log.exception("connection_internal_error")
             finally:
                 self._tasks.discard(task)
                 self._unstarted.pop(task, None)
@@ -156,6 +160,7 @@ class Server:
                 frame = await read_frame(reader)
             except ProtocolError as exc:
                 log.warning("control_protocol_error", uid=uid, reason=str(exc))
+                await self._audit_control_error(uid, str(exc))
                 return
             if frame is None:
                 return
@@ -165,8 +170,25 @@ class Server:
                 deadline.reschedule(None)
                 await self._stream(response, reader, writer)
                 return
-            writer.write(encode(T.RESPONSE, json.dumps(response)))
+            try:
+                data = encode(T.RESPONSE, json.dumps(response))
+            except ProtocolError as exc:  # too large for one frame: say so, never go silent
+                log.error("control_response_too_large", uid=uid, error=str(exc))
+                data = encode(T.RESPONSE, json.dumps({
+                    "ok": False, "error": "unavailable",
+                    "message": "the answer is too large for one frame; narrow the request",
+                }))
+            writer.write(data)
             await writer.drain()
+
+    async def _audit_control_error(self, uid: int, reason: str) -> None:
+        try:
+            await self.ctx.audit.record(
+                "protocol_error", outcome="error", socket="control", actor_uid=uid,
+                reason=reason,
+            )
+        except MfaError as exc:
+            log.error("audit_unwritable", error=str(exc))
 
     # --- streamed control answers (audit_query, audit_follow) ---
 
