@@ -7,6 +7,7 @@ the suite leaves the machine as it found it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import os
@@ -35,10 +36,31 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "pam_module"
 
 
+# Every secret, code and recovery code the suite hands out, and a copy of every daemon's
+# logs: tests/test_zz_no_secrets_in_logs.py, which runs last, searches the one for the other.
+SEEN: dict[str, set[str]] = {"secret": set(), "code": set(), "recovery code": set()}
+LOG_ARCHIVE = Path(tempfile.gettempdir()) / f"pam-mfa-test-logs-{os.getpid()}"
+
+
 def totp_now(secret: str, offset_steps: int = 0, *, digits: int = 6, period: int = 30) -> str:
     """The code an authenticator app would show, `offset_steps` periods from now."""
     otp = pyotp.TOTP(secret, digits=digits, interval=period)
-    return str(otp.at(time.time() + offset_steps * period))
+    code = str(otp.at(time.time() + offset_steps * period))
+    SEEN["secret"].add(secret)
+    SEEN["code"].add(code)
+    return code
+
+
+def _remember(response: dict[str, Any]) -> None:
+    if isinstance(response.get("secret"), str):
+        SEEN["secret"].add(response["secret"])
+    for key in ("recovery_codes", "codes"):
+        for code in response.get(key) or []:
+            SEEN["recovery code"].add(code)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    shutil.rmtree(LOG_ARCHIVE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +168,7 @@ class Daemon:
             frame = recv_frame_blocking(sock)
         assert frame.type == "J"
         response: dict[str, Any] = json.loads(frame.payload)
+        _remember(response)
         return response
 
     def enroll(self, user: str) -> str:
@@ -166,6 +189,8 @@ class Daemon:
         Enrolling over the control socket marks the confirming code's step as
         used; tests of the acceptance window need a token with none used.
         """
+
+        SEEN["secret"].add(base64.b32encode(secret).decode().rstrip("="))
 
         async def write() -> None:
             store = await SqliteStore.open(self.db_path)
@@ -197,6 +222,11 @@ def mfad() -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.stop()
+        keep = LOG_ARCHIVE / tmp.name
+        keep.mkdir(parents=True, exist_ok=True)
+        for log in [daemon.stderr_path, *daemon.audit_path.parent.glob("audit.jsonl*")]:
+            if log.is_file():
+                shutil.copy(log, keep / log.name)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
