@@ -15,6 +15,7 @@ import importlib
 import os
 import struct
 import sys
+from typing import cast
 
 _HEADER = struct.Struct("!I")
 PROMPT = _HEADER.pack(20) + b"PVerification code: "
@@ -43,8 +44,8 @@ class Conversation(asyncio.Protocol):
     """The same conversation as callbacks: no task, no stream objects."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not derive from asyncio.Transport; they quack alike
+        self.transport = cast(asyncio.Transport, transport)
         self.buffer = b""
         self.frames = 0
 

@@ -419,7 +419,7 @@ def run_load(bins: dict[str, Path], socket_path: Path, pid: int, users: Path, le
             before, t_before = after, t_after
             results.append(level)
             log(f"  {level['clients']:>3} clients: {level['ok_per_s']:,.0f}/s ok, "
-                f"p50 {level['p50_us'] / 1000:.2f} ms, p99 {level['p99_us'] / 1000:.2f} ms, "
+                f"p50 {ms(level['p50_us'])} ms, p99 {ms(level['p99_us'])} ms, "
                 f"failed {level['logins'] - level['ok']}, CPU {level['server_cpu_pct']} % "
                 f"({level['server_cpu_us_per_login']} µs/login), "
                 f"RSS {level['server_rss_mb']} MB")
@@ -473,7 +473,7 @@ def bench_capacity(tmp: Path, bins: dict[str, Path], populations: list[int], sec
 def bench_ceiling(tmp: Path, bins: dict[str, Path], seconds: float) -> list[dict[str, Any]]:
     """The same load against a server that speaks the protocol and does nothing else."""
     users = write_users(tmp / "ceiling.users",
-                        [(f"xu{i:06d}", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ") for i in range(60000)])
+                        [(f"xu{i:06d}", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ") for i in range(150000)])
     kinds = [("asyncio streams (mfad's shape)", "streams", False),
              ("asyncio Protocol callbacks", "protocol", False)]
     has_uvloop = subprocess.run([sys.executable, "-c", "import uvloop"],
@@ -491,7 +491,7 @@ def bench_ceiling(tmp: Path, bins: dict[str, Path], seconds: float) -> list[dict
                 server.stdout.readline()
                 log(f"ceiling: {label}")
                 level = run_load(bins, path, server.pid, users, [64], seconds=seconds,
-                                 max_logins=60000)[0]
+                                 max_logins=150000)[0]
             finally:
                 server.send_signal(signal.SIGTERM)
                 server.wait(timeout=10)
