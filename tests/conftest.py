@@ -224,8 +224,9 @@ def mfad() -> Iterator[Daemon]:
         daemon.stop()
         keep = LOG_ARCHIVE / tmp.name
         keep.mkdir(parents=True, exist_ok=True)
+        # the logs, not the .head file (a sequence number and a hash, no text)
         for log in [daemon.stderr_path, *daemon.audit_path.parent.glob("audit.jsonl*")]:
-            if log.is_file():
+            if log.is_file() and log.suffix != ".head":
                 shutil.copy(log, keep / log.name)
         shutil.rmtree(tmp, ignore_errors=True)
 
