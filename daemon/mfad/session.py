@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import secrets
 import time
@@ -88,6 +89,16 @@ def _refusal_message(refusal: Refusal) -> str:
     return f"Too many failed attempts from this host; verification is blocked {when}."
 
 
+_SESSION_PREFIX = secrets.token_hex(4)  # one random draw per daemon start
+_session_numbers = itertools.count(1)
+
+
+def _next_session_id() -> str:
+    """Unique per login across restarts; no secrecy needed, so no random draw per login
+    (the profile showed getrandom among the top costs of a login)."""
+    return f"{_SESSION_PREFIX}-{next(_session_numbers):x}"
+
+
 class LoginSession:
     def __init__(
         self, ctx: Context, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
@@ -96,7 +107,7 @@ class LoginSession:
         self.config = ctx.config  # one config for the whole conversation, even across a reload
         self.reader = reader
         self.writer = writer
-        self.fields: dict[str, Any] = {"session": secrets.token_hex(8), "peer": peer}
+        self.fields: dict[str, Any] = {"session": _next_session_id(), "peer": peer}
         self.started = time.monotonic()
 
     async def run(self, on_start: Callable[[], None] = lambda: None) -> None:
