@@ -29,16 +29,9 @@ apt_packages=(
     python3-venv                        # the daemon's private virtualenv
     python3-dev                         # headers, should pip have to build a dependency from source
 )
-missing=()
-for pkg in "${apt_packages[@]}"; do
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-    [[ $status == installed ]] || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    say "apt-get install ${missing[*]}"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh  # the working directory is the repository root (cd above)
+apt_ensure "${apt_packages[@]}"
 
 # The PAM module directory is where the distribution keeps pam_unix.so
 # (/usr/lib/x86_64-linux-gnu/security on Debian amd64).

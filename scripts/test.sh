@@ -32,16 +32,9 @@ apt_packages=(
     clang sqlite3 libpam-google-authenticator # on hand for tests: a second C compiler, the
                                               # sqlite3 shell, google-authenticator's module
 )
-missing=()
-for pkg in "${apt_packages[@]}"; do
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-    [[ $status == installed ]] || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    echo "== apt-get install ${missing[*]}"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh  # the working directory is the repository root (cd above)
+apt_ensure "${apt_packages[@]}"
 
 # The test virtualenv: Debian's python refuses system-wide pip (PEP 668).
 # Reinstall only when pyproject.toml changed since the last install.
