@@ -100,6 +100,7 @@ def main() -> int:
         users = run.write_users(tmp / "users", run.seed_mfad(
             template, [f"cmp{i:06d}" for i in range(20000)]))
         names = list(trees)
+        probe = run.speed_probe()
         with run.OtherWork() as other:
             for r in range(args.rounds):
                 for name in names[r % len(names):] + names[: r % len(names)]:
@@ -110,7 +111,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"Medians of {args.rounds} interleaved rounds; cores {100 * busy:.0f} % busy with "
           f"other work at the start; other processes used {other.others_pct} % of the CPU "
-          "during the rounds.\n")
+          f"during the rounds; speed probe {probe} ms before, {run.speed_probe()} ms after.\n")
     print("| tree | " + " | ".join(title for _, title, _ in COLUMNS) + " |")
     print("|---|" + "---:|" * len(COLUMNS))
     for name, results in rows.items():
