@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import pwd
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -287,39 +284,18 @@ def test_follow_shows_a_login_made_after_it_started(
             child.terminate(force=True)
 
 
-@pytest.fixture
-def public_socket(mfad: Daemon) -> Iterator[Path]:
-    """The test daemon restarted with its control socket where any uid can reach it."""
-    directory = Path(tempfile.mkdtemp(prefix="mfa-audit-test-"))
-    directory.chmod(0o755)
-    control = directory / "control.sock"
-    mfad.restart(sockets={"control": str(control)})
-    yield control
-    mfad.stop()
-    shutil.rmtree(directory)
-
-
-def run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["runuser", "-u", user, "--", str(MFA), *args],
-        capture_output=True, text=True, timeout=30, check=False,
-    )
-
-
 def test_a_non_admin_is_refused_the_audit_trail_and_the_refusal_is_audited(
-    mfad: Daemon, public_socket: Path, make_user: Callable[..., str]
+    mfad: Daemon, make_user: Callable[..., str]
 ) -> None:
     """A user who is neither root nor in the admin group gets exit code 4 from `mfa audit`,
     `mfa audit verify` and `mfa audit summary`, sees no record, and each refusal is in the
     audit trail with the caller's name and uid. Made a member of the admin group, the same
     user may read it."""
     mallory = make_user()
-    sock = ["--socket", str(public_socket)]
-
     for args, op in ((["audit"], "audit_query"), (["audit", "--follow"], "audit_follow"),
                      (["audit", "verify"], "audit_verify"),
                      (["audit", "summary"], "audit_summary")):
-        refused = run_as(mallory, *sock, *args)
+        refused = mfad.mfa_as(mallory, *args)
 
         assert refused.returncode == 4, refused.stderr
         assert refused.stderr == "Error: only an administrator may read the audit trail\n"
@@ -328,8 +304,8 @@ def test_a_non_admin_is_refused_the_audit_trail_and_the_refusal_is_audited(
         assert (record["event"], record["outcome"], record["op"]) == ("control", "refused", op)
         assert (record["actor"], record["actor_uid"]) == (mallory, _uid(mallory))
 
-    mfad.restart(sockets={"control": str(public_socket)}, admin_group=mallory)
-    allowed = run_as(mallory, *sock, "audit", "--event", "control", "--outcome", "refused")
+    mfad.restart(admin_group=mallory)
+    allowed = mfad.mfa_as(mallory, "audit", "--event", "control", "--outcome", "refused")
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stdout.count(mallory) == 4
 

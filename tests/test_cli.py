@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -309,56 +306,27 @@ def test_daemon_down_exits_3_with_a_clear_message(mfad: Any, make_user: Any, how
         assert "Traceback" not in result.output
 
 
-@pytest.fixture
-def public_socket(mfad: Any) -> Iterator[Path]:
-    """The test daemon's control socket moved where any uid can reach it.
-
-    pytest's tmp_path sits under /tmp/pytest-of-root (mode 0700), which a
-    non-root caller cannot traverse; the daemon is restarted with its control
-    socket in a world-traversable directory of its own.
-    """
-    directory = Path(tempfile.mkdtemp(prefix="mfa-cli-test-"))
-    directory.chmod(0o755)
-    control = directory / "control.sock"
-    mfad.restart(sockets={"control": str(control)})
-    yield control
-    mfad.stop()
-    shutil.rmtree(directory)
-
-
-def run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the installed `mfa` as ``user`` (a real non-root uid, as the daemon sees it)."""
-    return subprocess.run(
-        ["runuser", "-u", user, "--", str(MFA), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_non_root_user_is_refused_other_accounts(
-    public_socket: Path, make_user: Callable[..., str]
+    mfad: Any, make_user: Callable[..., str]
 ) -> None:
     """A non-root user may see their own status (the default user), but asking about or
     disabling another account is refused with exit code 4, and so is disabling their own:
     only root or the admin group may remove a second factor."""
     alice, bob = make_user(), make_user()
-    sock = ["--socket", str(public_socket)]
 
-    own = run_as(alice, *sock, "status")
+    own = mfad.mfa_as(alice, "status")
     assert own.returncode == 0, own.stderr
     assert re.search(rf"^User:\s+{alice}$", own.stdout, re.MULTILINE)
 
     for args in (["status", bob], ["enroll", bob], ["disable", "--yes", bob]):
-        refused = run_as(alice, *sock, *args)
+        refused = mfad.mfa_as(alice, *args)
 
         assert refused.returncode == 4, refused.stderr
         assert refused.stderr.startswith("Error: ")
         assert bob in refused.stderr
         assert "otpauth://" not in refused.stdout
 
-    assert run_as(alice, *sock, "disable", "--yes", alice).returncode == 4
+    assert mfad.mfa_as(alice, "disable", "--yes", alice).returncode == 4
 
 
 def test_a_daemon_that_does_not_answer_times_out_with_exit_3(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,14 +40,6 @@ MakeUser = Callable[..., str]
 def mfa(mfad: Daemon, *args: str, input: str | None = None) -> Result:
     """`mfa --socket <the test daemon's control socket> ARGS`, in-process, as root."""
     return CliRunner().invoke(cli, ["--socket", str(mfad.control_socket), *args], input=input)
-
-
-def run_as(user: str, mfad: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    """The installed `mfa` run as ``user``, a real non-root uid as the daemon sees it."""
-    return subprocess.run(
-        ["runuser", "-u", user, "--", str(MFA), "--socket", str(mfad.control_socket), *args],
-        capture_output=True, text=True, timeout=30, check=False,
-    )
 
 
 def spawn_as(user: str, mfad: Daemon, *args: str) -> pexpect.spawn:
@@ -111,7 +102,7 @@ def test_non_root_user_enrols_itself_and_is_refused_on_others(
     assert mfad.request("recovery_codes", user=alice)["remaining"] == 10
 
     for args in (["status", bob], ["enroll", bob], ["suspend", bob], ["list"]):
-        refused = run_as(alice, mfad, *args)
+        refused = mfad.mfa_as(alice, *args)
 
         assert refused.returncode == 4, (args, refused.stderr)
         assert refused.stderr.startswith("Error: "), refused.stderr
@@ -144,7 +135,7 @@ def test_user_regenerates_own_recovery_codes_only_with_a_current_code(
     assert child.exitstatus == 6
     assert wrong_code(secret) not in child.before
 
-    mine = run_as(user, mfad, "recovery-codes", "--regenerate", "--code", totp_now(secret, +1))
+    mine = mfad.mfa_as(user, "recovery-codes", "--regenerate", "--code", totp_now(secret, +1))
 
     assert mine.returncode == 0, mine.stderr
     new = RECOVERY_CODE.findall(mine.stdout)
@@ -153,7 +144,7 @@ def test_user_regenerates_own_recovery_codes_only_with_a_current_code(
     assert pam_login(user, [old[0]] * 3).name == "PAM_MAXTRIES"
     assert pam_login(user, [new[0]]).name == "PAM_SUCCESS"
 
-    left = run_as(user, mfad, "recovery-codes")
+    left = mfad.mfa_as(user, "recovery-codes")
     assert left.stdout == f"{user} has 9 recovery codes left.\n"
 
     by_root = mfa(mfad, "recovery-codes", user, "--regenerate")
