@@ -384,8 +384,12 @@ static int ask(struct relay *r, int style, int *peer_gone)
 		return PAM_BUF_ERR;
 	rc = pam_prompt(r->pamh, style, &answer, "%s", text);
 	free(text);
-	if (rc != PAM_SUCCESS)
+	if (rc != PAM_SUCCESS) {
+		/* Whatever code the application's conversation failed with, it is a
+		 * conversation error: never taken for mfad's break or the refusal below. */
+		rc = PAM_CONV_ERR;
 		goto out;
+	}
 	n = answer != NULL ? strlen(answer) : 0;
 	/* Too long or not UTF-8 is refused here: mfad would drop the connection,
 	 * which must not turn into PAM_IGNORE under fail=open. */
