@@ -31,6 +31,8 @@ apt_packages=(
     valgrind                                  # the PAM-module tests under valgrind
     clang sqlite3 libpam-google-authenticator # on hand for tests: a second C compiler, the
                                               # sqlite3 shell, google-authenticator's module
+    libclang-rt-14-dev                        # clang's libFuzzer, for pam_module/fuzz (only
+                                              # recommended by clang, so not pulled in)
 )
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh  # the working directory is the repository root (cd above)
