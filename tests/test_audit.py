@@ -340,3 +340,21 @@ def test_a_follow_sends_the_backlog_then_each_new_record(mfad: Daemon) -> None:
     stream.close()
 
     assert [(r["event"], r["op"]) for r in live["records"]] == [("control", "enroll_begin")]
+
+
+def test_every_record_is_copied_to_stderr_for_journald(mfad: Daemon) -> None:
+    """Each audit record also reaches the daemon's stderr (journald under systemd) as
+    the very same line as in the file, in order, within a moment; the operational
+    log lines on stderr in between are not audit records."""
+    secret = mfad.enroll("root")
+    with PamWire(mfad.pam_socket) as wire:
+        assert wire.login("root", [WRONG, totp_now(secret)], service="sshd")[-1].payload == "S"
+    lines = mfad.audit_path.read_text().splitlines()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        copied = [line for line in mfad.stderr().splitlines() if '"prev":' in line]
+        if copied[-1:] == lines[-1:]:
+            break
+        time.sleep(0.05)
+    assert copied == lines
+    assert [json.loads(line)["event"] for line in copied][-3:] == ["challenge", "attempt", "login"]

@@ -3,9 +3,13 @@
 Each record carries ``prev``, the SHA-256 of the previous line's bytes, and a
 ``seq`` number, so editing, deleting or reordering a line breaks the chain at
 that record (``mfa audit verify``). Records pass through a structlog processor
-chain; the last step, the sink, writes them. Writing happens on one dedicated
-thread so a slow or full disk never stalls the event loop, and so the chain is
-extended strictly in order.
+chain; the last step, the sink, writes them, on the event loop: one
+``O_APPEND`` write of a few hundred bytes to the page cache and a ``pwrite`` of
+the head file cost a few microseconds, less than a trip to a thread and back
+(bench/RESULTS.md), and one writer extends the chain strictly in order. A full
+disk fails at once (ENOSPC), it does not wait. The copy to stderr goes through
+a thread of its own and is never waited for: under systemd stderr is a pipe to
+journald, which can stall; the file is the record.
 
 Beside the log, ``<log>.head`` holds the sequence number and hash of the last
 record written (rewritten in place after every record). It lets the chain go on
@@ -22,14 +26,15 @@ Secrets, codes and recovery codes are never passed here.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +127,64 @@ def _seq_of(line: bytes) -> int:
         return 0
 
 
+class _StderrCopy:
+    """Copies records to stderr from a thread, so a stalled journald never stalls a login.
+
+    The loop only appends to a deque (no lock, no wake-up); the thread writes
+    what piled up every ``PERIOD`` seconds, in one write. Waking it per record
+    cost more CPU than the record itself (bench/RESULTS.md). At most
+    ``BACKLOG`` lines wait; beyond that the copy drops lines (the log file has
+    every record) and says how many, once it can write again.
+    """
+
+    PERIOD = 0.05
+    BACKLOG = 10_000
+
+    def __init__(self) -> None:
+        self._lines: collections.deque[str] = collections.deque()
+        self._dropped = 0
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="mfad-audit-stderr",
+                                        daemon=True)
+        self._thread.start()
+
+    def put(self, line: str) -> None:
+        if len(self._lines) < self.BACKLOG:
+            self._lines.append(line)
+        else:
+            self._dropped += 1
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=2.0)
+
+    def _drain(self) -> None:
+        while not self._closing.wait(self.PERIOD):
+            self._write()
+        self._write()
+
+    def _write(self) -> None:
+        batch = []
+        with contextlib.suppress(IndexError):
+            while True:
+                batch.append(self._lines.popleft())
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            batch.append(json.dumps({"event": "audit_copy_dropped", "lines": dropped,
+                                     "reason": "stderr was not being read; the audit "
+                                               "log file has every record"}))
+        if batch:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write("\n".join(batch) + "\n")
+                sys.stderr.flush()
+
+
 class _Sink:
     """structlog's 'logger': appends a rendered record to the file and to stderr."""
 
-    def __init__(self, path: Path, to_stderr: bool) -> None:
+    def __init__(self, path: Path, copy: _StderrCopy | None) -> None:
         self.path = path
-        self.to_stderr = to_stderr
+        self.copy = copy
         self.fd = -1
         self.head_fd = -1
         self.prev = GENESIS
@@ -207,9 +264,8 @@ class _Sink:
             os.pwrite(self.head_fd, f"{self.seq:020d} {self.prev}\n".encode(), 0)
         except OSError as exc:
             raise AuditError(f"cannot update {head_path(self.path)}: {exc.strerror}") from exc
-        if self.to_stderr:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+        if self.copy is not None:
+            self.copy.put(line)
         return line
 
     info = msg
@@ -221,9 +277,8 @@ class AuditLog:
     def __init__(
         self, path: Path, *, to_stderr: bool = True, required: Callable[[], bool] = lambda: True
     ) -> None:
-        self._sink = _Sink(path, to_stderr)
+        self._sink = _Sink(path, _StderrCopy() if to_stderr else None)
         self._required = required  # read per record, so a reload applies at once
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfad-audit")
         self._log = structlog.wrap_logger(
             self._sink,
             processors=[
@@ -231,6 +286,8 @@ class AuditLog:
                 self._add_host,
                 self._sink.chain,
             ],
+            # bound once: the lazy proxy structlog returns otherwise binds anew per record
+            cache_logger_on_first_use=True,
         )
         self._host = socket.gethostname()
         self._subscribers: set[asyncio.Queue[str]] = set()
@@ -252,13 +309,10 @@ class AuditLog:
         event["host"] = self._host
         return event
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def open(self) -> None:
         """Open the log; a log cut or altered since the last run is itself recorded."""
         try:
-            notes = await self._run(self._sink.open)
+            notes = self._sink.open()
         except OSError as exc:
             path = self._sink.path
             raise AuditError(f"cannot open the audit log {path}: {exc.strerror}") from exc
@@ -267,28 +321,26 @@ class AuditLog:
 
     async def reopen(self) -> None:
         """After logrotate moved the file: continue the chain in a new one."""
-        def swap() -> list[tuple[str, dict[str, Any]]]:
-            self._sink.close()
-            return self._sink.open()
-
-        for event, fields in await self._run(swap):
+        self._sink.close()
+        for event, fields in self._sink.open():
             await self.record(event, **fields)
 
     async def record(self, event: str, **fields: Any) -> None:
         """Write one record; None-valued fields are dropped to keep lines short."""
         clean = {k: v for k, v in fields.items() if v is not None}
         try:
-            line: str = await self._run(lambda: self._log.info(event, **clean))
+            line: str = self._log.info(event, **clean)
         except AuditError as exc:
             if self._required():
                 raise
             _oplog.error("audit_unwritable", error=str(exc), event_lost=event,
                          reason="audit.required is false: going on unrecorded")
             return
-        for queue in self._subscribers:
-            if not queue.full():  # a stalled follower misses records; the file has them all
-                queue.put_nowait(line)
+        for follower in self._subscribers:
+            if not follower.full():  # a stalled follower misses records; the file has them all
+                follower.put_nowait(line)
 
     async def close(self) -> None:
-        await self._run(self._sink.close)
-        self._executor.shutdown(wait=True)
+        self._sink.close()
+        if self._sink.copy is not None:
+            self._sink.copy.close()

@@ -284,32 +284,69 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 class SqliteStore(Store):
-    """One SQLite file in WAL mode, driven from one thread."""
+    """One SQLite file in WAL mode, with two connections.
+
+    Logins use the *loop* connection, on the event loop itself: each login's
+    statements are primary-key lookups and one-row writes that take 5 to 30 µs,
+    less than a trip to a worker thread and back (two GIL hand-offs, measured in
+    bench/RESULTS.md as most of a login's cost). What can take longer never runs
+    there, so it never stalls other logins:
+
+    - no fsync: ``synchronous=NORMAL`` in WAL mode commits to the page cache;
+    - no checkpoint (the one step that fsyncs): ``wal_autocheckpoint=0`` here,
+      and the *worker* connection checkpoints on the store thread, every
+      ``CHECKPOINT_EVERY`` seconds or after ``CHECKPOINT_AFTER`` rows changed;
+    - no waiting for a lock: ``busy_timeout=0`` here, and a statement that finds
+      the database locked (a backup, an admin's sqlite3 shell) is run again on
+      the store thread, which may wait up to 5 s;
+    - no scan: listing every account runs on the store thread.
+    """
+
+    CHECKPOINT_EVERY = 1.0  # seconds
+    CHECKPOINT_AFTER = 1000  # rows changed through the loop connection
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfad-store")
-        self._db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None  # the loop's
+        self._worker_db: sqlite3.Connection | None = None  # the store thread's
+        self._changes_checkpointed = 0  # the loop connection's total_changes at the last one
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoint_due = asyncio.Event()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         store = cls(path)
-        await store._run(store._open)
+        loop = asyncio.get_running_loop()
+        try:
+            store._worker_db = await loop.run_in_executor(store._executor, store._open_worker)
+            store._db = store._connect(busy_timeout_ms=0)
+            store._db.execute("PRAGMA wal_autocheckpoint=0")
+        except sqlite3.Error as exc:
+            await store.close()
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+        store._checkpointer = asyncio.create_task(store._checkpoints())
         return store
 
-    def _open(self) -> None:
+    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        # NORMAL in WAL mode survives a killed daemon; only a power cut can lose the
+        # last commits, which for replay state means at most one time step's codes.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
+        return db
+
+    def _open_worker(self) -> sqlite3.Connection:
+        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db = self._connect(busy_timeout_ms=5000)
         try:
-            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            # NORMAL in WAL mode survives a killed daemon; only a power cut can lose the
-            # last commits, which for replay state means at most one time step's codes.
-            db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
-            db.execute("PRAGMA busy_timeout=5000")
-            self._db = db
+            db.execute("PRAGMA journal_mode=WAL")
             self._migrate(db)
             self._path.chmod(0o600)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the store {self._path}: {exc}") from exc
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -325,21 +362,55 @@ class SqliteStore(Store):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number + 1}")
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A login's statement: on the loop, or on the store thread if the file is locked."""
+        if self._db is None:
+            raise StoreError("the store is closed")
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            try:
+                result = fn(self._db)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                # Nothing was written: a busy BEGIN IMMEDIATE changes nothing, and a busy
+                # statement inside a transaction was rolled back by _transaction.
+                return await self._scan(fn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self._path}: {exc}") from exc
+        if self._db.total_changes - self._changes_checkpointed >= self.CHECKPOINT_AFTER:
+            self._changes_checkpointed = self._db.total_changes
+            self._checkpoint_due.set()
+        return result
+
+    async def _scan(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Work that may wait or read many rows: on the store thread, its own connection."""
+        def on_worker() -> T:
+            if self._worker_db is None:
+                raise StoreError("the store is closed")
+            return fn(self._worker_db)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, on_worker)
         except sqlite3.Error as exc:
             raise StoreError(f"store {self._path}: {exc}") from exc
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StoreError("the store is closed")
-        return self._db
+    async def _checkpoints(self) -> None:
+        """Copy the WAL back into the database off the loop, so the WAL stays small."""
+        def checkpoint(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never blocks the loop's writes
+
+        while self._db is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.CHECKPOINT_EVERY):
+                    await self._checkpoint_due.wait()
+            self._checkpoint_due.clear()
+            # a failed checkpoint is retried next time; the WAL keeps every commit
+            with contextlib.suppress(StoreError):
+                await self._scan(checkpoint)
 
     async def get_account(self, user: str) -> Account | None:
-        def q() -> Account | None:
-            row = self._conn().execute(
+        def q(db: sqlite3.Connection) -> Account | None:
+            row = db.execute(
                 f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE user = ?",  # noqa: S608 (constant)
                 (user,),
             ).fetchone()
@@ -350,8 +421,8 @@ class SqliteStore(Store):
     async def begin_enrolment(self, pending: PendingEnrolment) -> None:
         p = pending
 
-        def q() -> None:
-            self._conn().execute(
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT OR REPLACE INTO enrolments VALUES (?, ?, ?, ?, ?, ?)",
                 (p.user, p.sealed_secret, p.params.algorithm, p.params.digits,
                  p.params.period, p.created_at),
@@ -360,8 +431,8 @@ class SqliteStore(Store):
         await self._run(q)
 
     async def get_pending(self, user: str) -> PendingEnrolment | None:
-        def q() -> PendingEnrolment | None:
-            row = self._conn().execute(
+        def q(db: sqlite3.Connection) -> PendingEnrolment | None:
+            row = db.execute(
                 "SELECT secret, algorithm, digits, period, created_at FROM enrolments"
                 " WHERE user = ?",
                 (user,),
@@ -377,8 +448,8 @@ class SqliteStore(Store):
     ) -> None:
         p = pending
 
-        def q() -> None:
-            with _transaction(self._conn()) as db:
+        def q(db: sqlite3.Connection) -> None:
+            with _transaction(db):
                 db.execute(
                     "INSERT INTO accounts (user, state, secret, algorithm, digits, period,"
                     " enrolled_at, last_step, clock_offset, updated_at, state_changed_at)"
@@ -400,18 +471,18 @@ class SqliteStore(Store):
     async def consume_step(
         self, user: str, step: int, offset: int, now: float, login: Site | None
     ) -> bool:
-        def q() -> bool:
-            with _transaction(self._conn()) as db:
+        def q(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                # a login also records when and from where; a mere proof keeps them
                 cur = db.execute(
-                    "UPDATE accounts SET last_step = ?, clock_offset = ?, updated_at = ?"
+                    "UPDATE accounts SET last_step = ?, clock_offset = ?, updated_at = ?,"
+                    " last_verified_at = coalesce(?, last_verified_at),"
+                    " last_rhost = coalesce(?, last_rhost)"
                     " WHERE user = ? AND state = 'active' AND (last_step IS NULL OR last_step < ?)",
-                    (step, offset, now, user, step),
+                    (step, offset, now, None if login is None else now,
+                     None if login is None else login.rhost, user, step),
                 )
                 if cur.rowcount == 1 and login is not None:
-                    db.execute(
-                        "UPDATE accounts SET last_verified_at = ?, last_rhost = ? WHERE user = ?",
-                        (now, login.rhost, user),
-                    )
                     db.execute(
                         "INSERT INTO logins (user, at, service, rhost, method)"
                         " VALUES (?, ?, ?, ?, 'totp')",
@@ -424,8 +495,8 @@ class SqliteStore(Store):
     async def set_state(self, user: str, change: StateChange, now: float) -> None:
         c = change
 
-        def q() -> None:
-            with _transaction(self._conn()) as db:
+        def q(db: sqlite3.Connection) -> None:
+            with _transaction(db):
                 db.execute(
                     "INSERT INTO accounts (user, state, updated_at, state_changed_at, deadline,"
                     " exempt_reason, exempt_until) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -446,8 +517,8 @@ class SqliteStore(Store):
         await self._run(q)
 
     async def replace_recovery_codes(self, user: str, digests: Sequence[bytes], now: float) -> None:
-        def q() -> None:
-            with _transaction(self._conn()) as db:
+        def q(db: sqlite3.Connection) -> None:
+            with _transaction(db):
                 _replace_codes(db, user, digests, now)
 
         await self._run(q)
@@ -455,8 +526,8 @@ class SqliteStore(Store):
     async def use_recovery_code(
         self, user: str, digest: bytes, now: float, rhost: str, service: str
     ) -> int | None:
-        def q() -> int | None:
-            with _transaction(self._conn()) as db:
+        def q(db: sqlite3.Connection) -> int | None:
+            with _transaction(db):
                 gone = db.execute(
                     "DELETE FROM recovery_codes WHERE user = ? AND digest = ? AND EXISTS"
                     " (SELECT 1 FROM accounts WHERE user = ? AND state = 'active')",
@@ -480,8 +551,8 @@ class SqliteStore(Store):
         return await self._run(q)
 
     async def recovery_codes_left(self, user: str) -> int:
-        def q() -> int:
-            (left,) = self._conn().execute(
+        def q(db: sqlite3.Connection) -> int:
+            (left,) = db.execute(
                 "SELECT count(*) FROM recovery_codes WHERE user = ?", (user,)
             ).fetchone()
             return int(left)
@@ -489,8 +560,8 @@ class SqliteStore(Store):
         return await self._run(q)
 
     async def accounts(self) -> list[tuple[Account, Counter]]:
-        def q() -> list[tuple[Account, Counter]]:
-            rows = self._conn().execute(
+        def q(db: sqlite3.Connection) -> list[tuple[Account, Counter]]:
+            rows = db.execute(
                 f"SELECT {_ACCOUNT_COLUMNS}, g.failures, g.first_at, g.until FROM accounts"  # noqa: S608
                 " LEFT JOIN guard g ON g.user = accounts.user AND g.source = ?"
                 " ORDER BY accounts.user",
@@ -499,11 +570,11 @@ class SqliteStore(Store):
             n = len(_ACCOUNT_COLUMNS.split(","))
             return [(_account(r[:n]), _counter(r[n:])) for r in rows]
 
-        return await self._run(q)
+        return await self._scan(q)
 
     async def history(self, user: str, limit: int) -> list[Login]:
-        def q() -> list[Login]:
-            rows = self._conn().execute(
+        def q(db: sqlite3.Connection) -> list[Login]:
+            rows = db.execute(
                 "SELECT at, service, rhost, method FROM logins WHERE user = ?"
                 " ORDER BY at DESC LIMIT ?", (user, limit),
             ).fetchall()
@@ -512,8 +583,8 @@ class SqliteStore(Store):
         return await self._run(q)
 
     async def get_guard(self, user: str, source: str) -> GuardState:
-        def q() -> GuardState:
-            rows = self._conn().execute(
+        def q(db: sqlite3.Connection) -> GuardState:
+            rows = db.execute(
                 "SELECT source, failures, first_at, until FROM guard"
                 " WHERE user = ? AND source IN (?, ?)",
                 (user, ACCOUNT_SOURCE, source),
@@ -524,8 +595,8 @@ class SqliteStore(Store):
         return await self._run(q)
 
     async def put_guard(self, user: str, source: str, state: GuardState) -> None:
-        def q() -> None:
-            with _transaction(self._conn()) as db:
+        def q(db: sqlite3.Connection) -> None:
+            with _transaction(db):
                 for key, counter in ((ACCOUNT_SOURCE, state.account), (source, state.source)):
                     if counter == Counter():
                         db.execute("DELETE FROM guard WHERE user = ? AND source = ?", (user, key))
@@ -539,29 +610,37 @@ class SqliteStore(Store):
         await self._run(q)
 
     async def clear_guard(self, user: str) -> bool:
-        def q() -> bool:
-            with _transaction(self._conn()) as db:
+        def q(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
                 return db.execute("DELETE FROM guard WHERE user = ?", (user,)).rowcount > 0
 
         return await self._run(q)
 
     # --- audit review (mfa audit summary): added by the audit-trail work ---
     async def list_accounts(self) -> dict[str, str]:
-        def q() -> dict[str, str]:
-            db = self._conn()
+        def q(db: sqlite3.Connection) -> dict[str, str]:
             # An enrolment still pending counts only for a user who has no account yet.
             found = {user: "pending" for (user,) in db.execute("SELECT user FROM enrolments")}
             found.update(db.execute("SELECT user, state FROM accounts").fetchall())
             return found
 
-        return await self._run(q)
+        return await self._scan(q)
     # --- end audit review ---
 
     async def close(self) -> None:
-        def q() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._checkpointer is not None:  # it ends once it sees the store closed
+            self._checkpoint_due.set()
+            await self._checkpointer
+            self._checkpointer = None
 
-        await self._run(q)
+        def close_worker() -> None:
+            # the last connection to close checkpoints the WAL and removes it
+            if self._worker_db is not None:
+                self._worker_db.close()
+                self._worker_db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close_worker)
         self._executor.shutdown(wait=True)

@@ -38,11 +38,21 @@ def b32(secret: bytes) -> str:
     return base64.b32encode(secret).decode("ascii").rstrip("=")
 
 
+class _KeyedTOTP(pyotp.TOTP):
+    """pyotp's TOTP, holding the key as bytes: pyotp decodes the base32 text again
+    for every code, and a wrong code computes 41 of them (bench/RESULTS.md)."""
+
+    def __init__(self, secret: bytes, params: TokenParams) -> None:
+        self._key = secret  # first: pyotp's constructor checks the key through byte_secret
+        super().__init__(b32(secret), digits=params.digits, digest=_DIGESTS[params.algorithm],
+                         interval=params.period)
+
+    def byte_secret(self) -> bytes:
+        return self._key
+
+
 def _otp(secret: bytes, params: TokenParams) -> pyotp.TOTP:
-    return pyotp.TOTP(
-        b32(secret), digits=params.digits, digest=_DIGESTS[params.algorithm],
-        interval=params.period,
-    )
+    return _KeyedTOTP(secret, params)
 
 
 def provisioning_uri(secret: bytes, params: TokenParams, user: str, issuer: str) -> str:
