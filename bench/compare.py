@@ -8,10 +8,11 @@ one seeded store, in the config bench/run.py uses for its libpam runs, and
 measures: one client and 64 clients on the PAM socket (mfad_load), and
 pam_authenticate through libpam with pam_mfa.so (pam_bench). The order rotates
 each round so that other work on the machine lands on every tree alike; the
-table shows medians over rounds. To try a proposal:
+table shows medians over rounds. To try a change, or to compare with a commit:
 
-    d=$(mktemp -d) && cp -r daemon/mfad "$d"/ && patch -d "$d/mfad" -p1 < bench/proposals/X.patch
-    .venv/bin/python bench/compare.py base=daemon proposal="$d"
+    d=$(mktemp -d) && cp -r daemon/mfad "$d"/ && patch -d "$d/mfad" -p1 < my-change.patch
+    o=$(mktemp -d) && git archive HEAD~3 daemon/mfad | tar -x -C "$o"
+    .venv/bin/python bench/compare.py base=daemon proposal="$d" older="$o/daemon"
 """
 
 from __future__ import annotations
