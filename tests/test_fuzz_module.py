@@ -12,9 +12,18 @@ replays clean; and copies of pam_mfa.c with a planted bug (a length check
 removed, the "mfad has spoken" bookkeeping removed) are caught within seconds,
 so the harness demonstrably reaches the frame parser and its oracle bites.
 
-The long run (done once; its figures are in issue 5's note), as root::
+The long run, as root::
 
     nice -n 10 make -C pam_module fuzz-run FUZZ_TIME=2400 FUZZ_WORK=/tmp/pam-mfa-fuzz
+
+Done once on 2026-11-23 (2 cores, one job): 2,401 s, 6,438,779 inputs (2,681/s),
+cov 263 / ft 792, 183 corpus units, no crash or leak. 85% of pam_mfa.c's lines
+ran; the rest (connect-time socket checks, timeouts, I/O and allocation
+failures, PAM item checks, pam_sm_setcred) no daemon byte can reach. Every
+find is an input in pam_module/fuzz/regressions/: the first short runs found
+that a conversation failing with PAM_AUTH_ERR or PAM_AUTHINFO_UNAVAIL came out
+as that code, the latter logged as mfad breaking off; pam_mfa.c now returns
+PAM_CONV_ERR.
 """
 
 from __future__ import annotations
