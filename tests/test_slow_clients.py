@@ -1,4 +1,4 @@
-"""Idle and trickling clients cannot starve real logins.
+"""Idle and trickling clients cannot starve real logins, and a burst is queued, not refused.
 
 The daemon gives every connection START_TIMEOUT (10 s) to deliver its whole
 START frame, counted from the connection, not reset by each byte; and it holds
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import resource
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -22,7 +24,7 @@ import pytest
 from conftest import Daemon, totp_now
 from wire import PamWire, start_payload
 
-from mfad.framing import encode
+from mfad.framing import encode, recv_frame_blocking
 from mfad.session import START_TIMEOUT
 
 IDLE = 1000
@@ -179,3 +181,44 @@ def test_connection_cap_evicts_idle_clients_not_a_login_under_way(
         assert result == "S"
         assert mfad.request("status", user=user)["state"] == "active"
     assert mfad.proc is not None and mfad.proc.poll() is None
+
+
+BURST = 300  # more than asyncio's default listen backlog of 100
+
+
+def test_a_burst_of_logins_while_mfad_is_busy_is_queued_not_refused(
+    mfad: Daemon, many_files: None
+) -> None:
+    """300 connections that arrive while mfad cannot accept (stopped, as a long pause or a
+    busy loop would have it) all wait in the kernel's queue: none is refused with EAGAIN,
+    which would make pam_mfa.so poll for a slot while later logins overtake it. Once mfad
+    runs again each gets its answer, and a real login succeeds."""
+    user, secret = _seeded_user(mfad)
+    assert mfad.proc is not None
+    queued: list[socket.socket] = []
+    refused = 0
+    with contextlib.ExitStack() as stack:
+        os.kill(mfad.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(BURST):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                stack.callback(sock.close)
+                try:
+                    sock.connect(str(mfad.pam_socket))
+                except BlockingIOError:  # the listen backlog is full
+                    refused += 1
+                    continue
+                queued.append(sock)
+        finally:
+            os.kill(mfad.proc.pid, signal.SIGCONT)
+        print(f"\n{len(queued)} of {BURST} connections queued while mfad was stopped")
+        assert refused == 0, f"{refused} of {BURST} connections refused: the backlog is too short"
+        for i, sock in enumerate(queued):
+            sock.setblocking(True)
+            sock.settimeout(30)
+            sock.sendall(encode("S", start_payload(f"burst{i:03d}", service="sshd")))
+        # mode required: every name, enrolled or not, is asked for a code
+        assert {recv_frame_blocking(sock).type for sock in queued} == {"P"}
+        result, took = _timed_login(mfad, user, totp_now(secret))
+        print(f"login after the burst: {result} in {took * 1000:.0f} ms")
+        assert result == "S"

@@ -39,6 +39,13 @@ log = structlog.get_logger("mfad.server")
 
 CONTROL_DEADLINE = 30.0
 SHUTDOWN_GRACE = 5.0
+# Connections the kernel queues while the loop is busy. asyncio and uvloop call
+# listen() again with their own default of 100, so it is passed to both: past
+# the backlog, connect() fails with EAGAIN and pam_mfa.so polls for a free slot,
+# which in a burst of logins serves late arrivals before early ones (measured:
+# 256 concurrent logins, p99 0.48 s instead of ~0.1 s). The kernel caps it at
+# net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 1024
 _PEERCRED = struct.Struct("3i")
 
 
@@ -69,7 +76,7 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, mode)
-    sock.listen(512)
+    sock.listen(LISTEN_BACKLOG)
     return sock
 
 
@@ -93,7 +100,7 @@ class Server:
             sock = bind_unix(path, mode)
             self._paths.append(path)
             self._servers.append(await asyncio.start_unix_server(
-                self._admit(serve), sock=sock, limit=2**17,
+                self._admit(serve), sock=sock, limit=2**17, backlog=LISTEN_BACKLOG,
             ))
 
     def _admit(
