@@ -195,6 +195,15 @@ static void close_conn(int ep, struct conn *c)
 	c->state = IDLE;
 }
 
+/* A client waiting to retry its connect already holds a user whose clock is running. */
+static int any_retrying(const struct conn *conns, long clients)
+{
+	for (long i = 0; i < clients; i++)
+		if (conns[i].state == RETRY)
+			return 1;
+	return 0;
+}
+
 static int run_level(int ep, long clients, long max, double seconds, long long *lat)
 {
 	long done = 0, inflight = 0, n_lat = 0;
@@ -254,9 +263,10 @@ static int run_level(int ep, long clients, long max, double seconds, long long *
 		}
 		if (stopping && inflight == 0)
 			break;
-		if (!stopping && inflight == 0 &&
+		if (!stopping && inflight == 0 && !any_retrying(conns, clients) &&
 		    last_step[next_user % n_use] == current_step() + 1) {
-			/* every user has logged in this step: wait for the next one, off the clock */
+			/* every user has logged in this step and no login is under way: wait for
+			 * the next step, off the clock */
 			paused += sleep_to_next_step();
 			continue;
 		}
