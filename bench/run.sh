@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks in one command (as root, from anywhere):
 #
-#   bash bench/run.sh            # full run, about 8 minutes on 2 cores
+#   bash bench/run.sh            # full run, 3 to 8 minutes on 2 cores
 #   bash bench/run.sh --quick    # small counts, about 2 minutes
 #   bash bench/run.sh --help     # --only pam|capacity, --no-profile, --daemon-path DIR
 #
