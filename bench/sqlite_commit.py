@@ -1,92 +1,73 @@
-"""What one consumed time step costs SQLite alone, outside mfad: CPU per transaction.
+"""What one consumed time step costs in mfad's store alone: CPU per consume_step.
 
     .venv/bin/python bench/sqlite_commit.py [USERS] [LOGINS]
 
-A store made by mfad's own SqliteStore (its schema, WAL, 100,000 active
-accounts by default), then, on one connection set up as mfad's loop connection
-(synchronous=NORMAL, no autocheckpoint, a PASSIVE checkpoint every 1,000
-commits), the statements of SqliteStore.consume_step for random users:
+A store made and filled through mfad's own SqliteStore (USERS active
+accounts, 100,000 by default), then SqliteStore.consume_step for LOGINS
+random users, twice, through the real method and its loop connection:
 
-- as mfad runs them: BEGIN IMMEDIATE, the conditional UPDATE, the `logins`
-  history row, COMMIT;
-- the conditional UPDATE alone, in autocommit (what the replay check needs).
+- as a login calls it (with a Site): the replay UPDATE and the `logins`
+  history row, in one transaction;
+- as a mere proof calls it (no Site): the replay UPDATE alone.
 
-Prints CPU µs per transaction for each. Used by bench/RESULTS.md to weigh
-the history row against the replay check itself.
+Prints CPU µs per call for each; the difference is what the history row
+costs. Used by bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import run  # noqa: F401  (puts tests/ and the daemon on sys.path like the other benches)
-
-from mfad.store import SqliteStore
-
-UPDATE = (
-    "UPDATE accounts SET last_step = ?, clock_offset = 0, updated_at = ?,"
-    " last_verified_at = ?, last_rhost = ?"
-    " WHERE user = ? AND state = 'active' AND (last_step IS NULL OR last_step < ?)"
-)
-INSERT = (
-    "INSERT INTO logins (user, at, service, rhost, method) VALUES (?, ?, 'sshd', ?, 'totp')"
-)
+from mfad.store import PendingEnrolment, Site, SqliteStore, TokenParams
 
 
-def make_store(path: Path, users: int) -> None:
-    async def create() -> None:
-        store = await SqliteStore.open(path)
-        await store.close()
+async def fill(store: SqliteStore, users: int) -> None:
+    now = time.time()
 
-    asyncio.run(create())
-    db = sqlite3.connect(path, isolation_level=None)
-    with db:
-        db.executemany(
-            "INSERT INTO accounts (user, state, secret, updated_at) VALUES (?, 'active', ?, 0)",
-            ((f"u{i:07d}", random.randbytes(60)) for i in range(users)),
-        )
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
+    async def one(i: int) -> None:
+        # the secret is never opened here, so random bytes stand in for a sealed one
+        pending = PendingEnrolment(f"u{i:07d}", random.randbytes(60), TokenParams(), now)
+        await store.begin_enrolment(pending)
+        await store.activate(pending, step=0, now=now)
+
+    for first in range(0, users, 1000):
+        await asyncio.gather(*(one(i) for i in range(first, min(first + 1000, users))))
 
 
-def measure(path: Path, users: int, logins: int, with_history: bool) -> float:
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA wal_autocheckpoint=0")
+async def measure(store: SqliteStore, users: int, logins: int, site: Site | None,
+                  first_step: int) -> float:
     names = [f"u{random.randrange(users):07d}" for _ in range(logins)]
-    step = int(time.time() // 30) + 1_000_000  # above any step used before
     start = time.process_time()
     for i, user in enumerate(names):
-        now = time.time()
-        if with_history:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(UPDATE, (step + i, now, now, "198.51.100.7", user, step + i))
-            db.execute(INSERT, (user, now, "198.51.100.7"))
-            db.execute("COMMIT")
-        else:
-            db.execute(UPDATE, (step + i, now, now, "198.51.100.7", user, step + i))
-        if i % 1000 == 999:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    cpu = time.process_time() - start
-    db.close()
-    return 1e6 * cpu / logins
+        await store.consume_step(user, first_step + i, 0, time.time(), site)
+    return 1e6 * (time.process_time() - start) / logins
+
+
+async def main_async(users: int, logins: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="mfa-sqlite-commit.") as tmp:
+        store = await SqliteStore.open(Path(tmp) / "mfad.db")
+        try:
+            await fill(store, users)
+            step = 1_000_000  # each call a new, higher step, so every UPDATE changes a row
+            for label, site in (("consume_step for a login (UPDATE + history row)",
+                                 Site("sshd", "198.51.100.7")),
+                                ("consume_step for a proof (UPDATE alone)", None)):
+                us = await measure(store, users, logins, site, step)
+                step += logins
+                print(f"{label}: {us:.1f} µs CPU per call")
+        finally:
+            await store.close()
 
 
 def main() -> int:
     users = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     logins = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
-    with tempfile.TemporaryDirectory(prefix="mfa-sqlite-commit.") as tmp:
-        path = Path(tmp) / "mfad.db"
-        make_store(path, users)
-        for label, history in (("consume_step as mfad runs it", True),
-                               ("the conditional UPDATE alone", False)):
-            print(f"{label}: {measure(path, users, logins, history):.1f} µs CPU per transaction")
+    asyncio.run(main_async(users, logins))
     return 0
 
 
