@@ -4,7 +4,9 @@
  * This module holds no policy and no secrets. It checks that the daemon's
  * socket belongs to root, sends the PAM items in one START frame, then obeys
  * the daemon: PROMPT -> PAM conversation -> ANSWER, INFO/ERROR -> shown to
- * the user, RESULT -> PAM return code (one switch, outcome_to_pam()).
+ * the user, RESULT -> PAM return code (one switch, outcome_to_pam()). Secrets
+ * do pass through it (the code typed; the TOTP key and recovery codes that
+ * mfad shows at enrolment): every buffer that held one is wiped before free.
  *
  * Wire format (normative text: docs/protocol.md, version 1), both directions:
  *
@@ -214,6 +216,15 @@ static char *payload_text(const struct relay *r)
 	return s;
 }
 
+/* Daemon text may be a secret (INFO at enrolment): wipe it before the heap reuses it. */
+static void wipe_free(void *p, size_t n)
+{
+	if (p != NULL) {
+		explicit_bzero(p, n);
+		free(p);
+	}
+}
+
 /* Strict UTF-8 (no overlongs, surrogates or > U+10FFFF): mfad drops a connection
  * on bad UTF-8, and with fail=open a user must not be able to cause that. */
 static int valid_utf8(const unsigned char *s, size_t n)
@@ -369,7 +380,7 @@ static int show_text(struct relay *r, int style)
 	if ((text = payload_text(r)) == NULL)
 		return PAM_BUF_ERR;
 	rc = pam_prompt(r->pamh, style, NULL, "%s", text);
-	free(text);
+	wipe_free(text, r->len);
 	return rc;
 }
 
@@ -383,7 +394,7 @@ static int ask(struct relay *r, int style, int *peer_gone)
 	if ((text = payload_text(r)) == NULL)
 		return PAM_BUF_ERR;
 	rc = pam_prompt(r->pamh, style, &answer, "%s", text);
-	free(text);
+	wipe_free(text, r->len);
 	if (rc != PAM_SUCCESS) {
 		/* Whatever code the application's conversation failed with, it is a
 		 * conversation error: never taken for mfad's break or the refusal below. */
@@ -522,7 +533,7 @@ static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **ar
 out:
 	if (r.fd >= 0)
 		close(r.fd);
-	free(r.buf);
+	wipe_free(r.buf, MAX_FRAME); /* every frame passed through it, secrets too */
 	return rv;
 }
 

@@ -9,6 +9,7 @@ stack (PROBE) because libpam never returns PAM_IGNORE itself.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -49,6 +50,7 @@ from peers import (
 )
 
 MODULE_DIR = Path(__file__).resolve().parent.parent / "pam_module"
+FREECHECK_SOURCE = Path(__file__).with_name("freecheck.c")
 LIBASAN = "/usr/lib/x86_64-linux-gnu/libasan.so.8"
 TIMEOUT = 2  # module argument timeout= for the misbehaving peers
 SLACK = 3.0  # seconds a loaded machine may add to starting the PAM child
@@ -618,6 +620,54 @@ def test_real_daemon_stopped_is_unreachable(
     assert result.elapsed < SLACK
     _real(setup, mfad, "fail=open")
     assert module_code(authenticate(setup.services, "mfatest", user, [CODE])) == "PAM_IGNORE"
+
+
+# ------------------------------------------------- secrets wiped before free
+
+
+KEY_LINE = re.compile(r"^Key: ([A-Z2-7 ]+)$", re.M)
+ENROLLED = "Enrolment complete"
+
+
+@pytest.fixture(scope="session")
+def freecheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/freecheck.c as an LD_PRELOAD library: it searches every block that
+    pam_mfa.so frees for the markers in $FREECHECK_MARKERS (see its header)."""
+    library = tmp_path_factory.mktemp("freecheck") / "freecheck.so"
+    cc = ["cc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC"]
+    subprocess.run([*cc, "-o", str(library), str(FREECHECK_SOURCE), "-ldl"], check=True)
+    return library
+
+
+def test_real_daemon_enrolment_secrets_are_wiped_before_the_module_frees_them(
+    setup: Setup, mfad: Daemon, make_user: Callable[..., str], freecheck: Path, tmp_path: Path
+) -> None:
+    """Enrolment at login sends the TOTP key and then the recovery codes as INFO
+    text. No block that pam_mfa.so frees (its copies of the text, the frame
+    buffer) still holds the key or the recovery-codes message, so neither is
+    left in the login process's heap for its next malloc or a core dump."""
+    user = make_user()  # mode required: a new user is offered enrolment at login
+    _real(setup, mfad)
+    first = authenticate(setup.services, "mfatest", user, [], driver="ctypes")  # reads, gives up
+    shown = KEY_LINE.search("\n".join(first.texts("info")))
+    assert shown is not None, first.messages
+    secret = shown.group(1).replace(" ", "")  # the same key is offered again below
+    report = tmp_path / "freecheck.txt"
+    answers = [totp_now(secret), ""]  # the code, then Enter once the recovery codes are read
+    result = authenticate(
+        setup.services,
+        "mfatest",
+        user,
+        answers,
+        preload_extra=[str(freecheck)],
+        env={"FREECHECK_MARKERS": f"{secret}\n{ENROLLED}", "FREECHECK_REPORT": str(report)},
+    )
+    assert result.name == "PAM_SUCCESS", result
+    assert any(text.startswith(ENROLLED) for text in result.texts("info"))
+    assert any(secret in text for text in result.texts("info"))
+    *hits, count = report.read_text().splitlines()
+    assert hits == [], "pam_mfa.so freed daemon text without wiping it"
+    assert re.fullmatch(r"checked [1-9]\d* blocks", count), "the free() hook never ran"
 
 
 # ------------------------------------------------------ valgrind and ASan
