@@ -25,6 +25,7 @@ apt_packages=(
     python3-venv python3-dev                  # the test virtualenv (python3-dev: any sdist build)
     openssh-server openssh-client             # the real sshd login test
     libpam-wrapper                            # run libpam/sshd against test service files
+    libnss-wrapper                            # a case-insensitive name service (tests/nsswrap.py)
     libpam-modules passwd                     # pam_unix, useradd/chpasswd for throwaway users
     oathtool                                  # codes from an independent TOTP implementation
     zbar-tools                                # decode the enrolment QR code back to its URI

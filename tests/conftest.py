@@ -108,8 +108,12 @@ class Daemon:
     def write_config(self, **overrides: Any) -> None:
         self.config_path.write_text(yaml.safe_dump(_merge(self.base, overrides)))
 
-    def start(self, **overrides: Any) -> None:
-        """Start mfad and return once it has said READY=1 over $NOTIFY_SOCKET."""
+    def start(self, *, env: dict[str, str] | None = None, **overrides: Any) -> None:
+        """Start mfad and return once it has said READY=1 over $NOTIFY_SOCKET.
+
+        `env` is merged into the daemon's environment (e.g. tests/nsswrap.py's
+        preload); it applies to this start only: pass it to `restart` again.
+        """
         self.write_config(**overrides)
         if not self.key_path.exists():
             subprocess.run(
@@ -122,7 +126,7 @@ class Daemon:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(str(notify_path))
             notify.settimeout(15)
-            env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+            env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(notify_path)}
             with self.stderr_path.open("ab") as err:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "mfad", "--config", str(self.config_path)],
