@@ -53,7 +53,7 @@ from wire import PamWire, start_payload
 
 from mfad.errors import ProtocolError
 from mfad.framing import encode, recv_frame_blocking
-from mfad.lockout import source_key
+from mfad.lockout import login_source
 from mfad.store import ACCOUNT_SOURCE
 
 KILL_CYCLES = int(os.environ.get("MFA_KILL_CYCLES", "200"))
@@ -419,7 +419,7 @@ def _check_store(
         if not user.fails_low <= counted <= user.fails_high:
             problems.append(f"{when}: {user.name} has {counted} failures counted, the clients "
                             f"saw between {user.fails_low} and {user.fails_high}")
-        if failures.get((user.name, source_key("")), 0) != counted:
+        if failures.get((user.name, login_source("")), 0) != counted:
             problems.append(f"{when}: {user.name}'s source and account counters differ")
         user.fails_low = user.fails_high = counted
     for enrol in enrols:
@@ -441,10 +441,10 @@ def test_kill_9_during_login_storm_loses_nothing_and_replays_nothing(
     print(f"\nseed {SEED}, {KILL_CYCLES} kill cycles")
     mfad.restart(lockout=NEVER_LOCK)
     logins = []
-    for i in range(LOGIN_USERS):
-        secret = secrets.token_bytes(20)
-        mfad.seed(f"storm{i:03d}", secret)
-        logins.append(LoginUser(f"storm{i:03d}", pyotp.TOTP(base64.b32encode(secret).decode())))
+    for _ in range(LOGIN_USERS):
+        secret, name = secrets.token_bytes(20), make_user()  # mfad resolves names: real users
+        mfad.seed(name, secret)
+        logins.append(LoginUser(name, pyotp.TOTP(base64.b32encode(secret).decode())))
     enrols = [EnrolUser(make_user()) for _ in range(ENROL_USERS)]
     gate, tally, chain = Gate(), Tally(), AuditChain(mfad.audit_path)
     threads = [

@@ -10,7 +10,7 @@ import pytest
 from conftest import Daemon, totp_now
 from qrimage import decode as decode_terminal_qr
 
-CODE_RE = re.compile(r"^\s+([2-9A-Z]{5}-[2-9A-Z]{5})$", re.M)
+CODE_RE = re.compile(r"^\s+([2-9A-Z]{5}-[2-9A-Z]{5}-[2-9A-Z]{5})$", re.M)
 
 
 def _enrol_at_login(pam_login, user: str) -> tuple[str, list[str]]:

@@ -277,7 +277,7 @@ def test_regression_config_oddities_are_config_errors(text: str) -> None:
 
 # --- live daemon ---------------------------------------------------------------------------
 
-LOGIN_USER = "fuzzlogin"  # seeded; never named by the fuzzer, so no lockout touches it
+LOGIN_USER = "root"  # seeded (mfad resolves names: it must exist); root is never locked
 _users = st.one_of(
     st.sampled_from(["root", "nobody", "fuzz-ghost", "", "a/b"]), st.text(max_size=12)
 )

@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -66,10 +66,10 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
-def _seeded_user(mfad: Daemon) -> tuple[str, str]:
-    secret = secrets.token_bytes(20)
-    mfad.seed("slowpoke", secret)
-    return "slowpoke", base64.b32encode(secret).decode()
+def _seeded_user(mfad: Daemon, make_user: Callable[..., str]) -> tuple[str, str]:
+    secret, user = secrets.token_bytes(20), make_user()  # mfad resolves names: a real user
+    mfad.seed(user, secret)
+    return user, base64.b32encode(secret).decode()
 
 
 def _timed_login(mfad: Daemon, user: str, code: str) -> tuple[str, float]:
@@ -123,12 +123,12 @@ def _wait_all_closed(socks: list[socket.socket], until: float) -> dict[int, floa
 
 
 def test_silent_and_trickling_clients_do_not_delay_a_real_login(
-    mfad: Daemon, many_files: None
+    mfad: Daemon, many_files: None, make_user: Callable[..., str]
 ) -> None:
     """With 1,000 connections that send nothing and 100 that send a byte a second, a real
     login (right code) succeeds at once; the daemon drops every one of those connections by
     its START deadline, the tricklers too although they never stop sending."""
-    user, secret = _seeded_user(mfad)
+    user, secret = _seeded_user(mfad, make_user)
     opened = time.monotonic()
     idle = [_connect(mfad.pam_socket) for _ in range(IDLE)]
     trickler = Trickler(mfad.pam_socket, TRICKLERS)
@@ -155,13 +155,13 @@ def test_silent_and_trickling_clients_do_not_delay_a_real_login(
 
 
 def test_connection_cap_evicts_idle_clients_not_a_login_under_way(
-    mfad: Daemon, many_files: None
+    mfad: Daemon, many_files: None, make_user: Callable[..., str]
 ) -> None:
     """With max_connections 64, a login that has sent START survives 200 idle connections
     arriving after it, the idle surplus is closed at once (not after the deadline), and a new
     login and a control request still succeed while the idle ones hold the rest."""
     mfad.restart(max_connections=64)
-    user, secret = _seeded_user(mfad)
+    user, secret = _seeded_user(mfad, make_user)
     with contextlib.ExitStack() as stack:
         underway = stack.enter_context(PamWire(mfad.pam_socket, timeout=30))
         underway.send("S", start_payload(user, service="sshd"))
@@ -187,7 +187,7 @@ BURST = 300  # more than asyncio's default listen backlog of 100
 
 
 def test_a_burst_of_logins_while_mfad_is_busy_is_queued_not_refused(
-    mfad: Daemon, many_files: None
+    mfad: Daemon, many_files: None, make_user: Callable[..., str]
 ) -> None:
     """300 connections that arrive while mfad cannot accept (stopped, as a long pause or a
     busy loop would have it) all wait in the kernel's queue: none is refused with EAGAIN,
@@ -196,7 +196,7 @@ def test_a_burst_of_logins_while_mfad_is_busy_is_queued_not_refused(
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
     if somaxconn < BURST:
         pytest.skip(f"net.core.somaxconn is {somaxconn}: the kernel caps every backlog there")
-    user, secret = _seeded_user(mfad)
+    user, secret = _seeded_user(mfad, make_user)
     assert mfad.proc is not None
     queued: list[socket.socket] = []
     refused = 0

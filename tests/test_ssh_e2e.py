@@ -55,8 +55,9 @@ INCORRECT = "Incorrect verification code."
 TOO_MANY = "Too many failed attempts with incorrect verification code."
 ENROL_INTRO = "Multi-factor authentication is now required for this account."
 ENROLLED = "Enrolment complete. Your recovery codes"
-# As the daemon lists them: indented, five and five of the unambiguous alphabet.
-RECOVERY_CODE = re.compile(r"^  ([2-9A-HJKMNP-TV-Z]{5}-[2-9A-HJKMNP-TV-Z]{5})$", re.M)
+# As the daemon lists them: indented, three groups of five of the unambiguous alphabet.
+_GROUP = "[2-9A-HJKMNP-TV-Z]{5}"
+RECOVERY_CODE = re.compile(rf"^  ({_GROUP}-{_GROUP}-{_GROUP})$", re.M)
 
 
 @pytest.fixture(scope="module")

@@ -1,35 +1,57 @@
 """Control operations on accounts: status, show, list, enrolment, recovery codes, lifecycle.
 
-Called by control.py after it has authorised the caller; each handler takes the
-caller and the request object and returns the response fields. Refusals are
-RequestErrors, which control.py turns into responses and audits.
+Called by control.py; each handler takes the caller and the request object
+and returns the response fields. Refusals are RequestErrors, which control.py
+turns into responses and audits.
 
 Self-service (any user on their own account): status, show, enroll_begin,
-enroll_confirm, recovery_codes (regenerating needs a current code).
-Administrators only: list, unlock, and the lifecycle actions.
+enroll_confirm, recovery_codes (regenerating needs a current code). The
+account named is resolved through NSS (identity.py) and is the caller's when
+its uid is the caller's uid: ``Alice`` names alice's account if NSS says so,
+and never another's. Administrators only (control.py checks): list, unlock,
+forget and the lifecycle actions.
+
+Codes given here go through the one verifier under the guard, from a source of
+their own per calling uid: the control socket is no way around the lockout.
+Every change is recorded before it is made (``_audited``): if the record
+cannot be written nothing changes, and if the store then fails a second record
+says so; the client is told the truth either way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
-from mfad import enrolment, lifecycle, nss, totp
+import structlog
+
+from mfad import enrolment, identity, lifecycle, recovery, totp
 from mfad.context import Context
 from mfad.errors import (
     AlreadyEnrolled,
+    AuditError,
+    Forbidden,
+    Locked,
     NoSuchUser,
     NotEnrolled,
     RequestError,
+    StaleAccount,
+    StoreError,
     WrongCode,
 )
 from mfad.framing import json_chunks
-from mfad.store import Account, Counter, TokenParams
+from mfad.identity import Identity
+from mfad.lockout import Refusal, control_source
+from mfad.store import Account, Counter, Site, TokenParams
+from mfad.verify import Purpose, Subject, Verdict, Verifier
 
+log = structlog.get_logger("mfad.accounts")
+R = TypeVar("R")
+SITE = Site("mfa", "")  # where a code given to `mfa` comes from, for the guard's records
 Handler = Callable[
     ["Caller", dict[str, Any]],
     Awaitable[dict[str, Any] | AsyncGenerator[dict[str, Any], None]],
@@ -72,14 +94,27 @@ def parse_time(value: Any, field: str) -> float | None:
 
 def user_field(request: dict[str, Any]) -> str:
     user = request.get("user")
-    if not isinstance(user, str) or not user or len(user) > 256 or not user.isprintable():
-        raise RequestError("the request needs a user name")
+    if not identity.valid_user_name(user):
+        raise RequestError("the request needs a user name (printable, no '/' or ':')")
+    assert isinstance(user, str)
     return user
+
+
+def _locked(refusal: Refusal) -> Locked:
+    until = iso(refusal.until) or "an administrator unlocks it"
+    what = "the account is locked" if refusal.reason == "locked" else (
+        "codes from `mfa` are blocked for this account")
+    return Locked(f"{what} after too many wrong codes, until {until}; no code was checked")
+
+
+def _refused(verdict: Verdict, wrong: str) -> RequestError:
+    return _locked(verdict.refusal) if verdict.refusal is not None else WrongCode(wrong)
 
 
 def _row(account: Account, counter: Counter, now: float) -> dict[str, Any]:
     locked = counter.until if counter.until > now else None
     return {
+        "uid": account.uid,
         "user": account.user,
         "state": account.state,
         "method": "totp" if account.sealed_secret is not None else None,
@@ -90,6 +125,7 @@ def _row(account: Account, counter: Counter, now: float) -> dict[str, Any]:
         "last_verified_at": iso(account.last_verified_at),
         "last_rhost": account.last_rhost,
         "failed_attempts": counter.failures,
+        "failures_since_success": counter.total,
         "locked_until": ("until unlocked" if locked is not None and math.isinf(locked)
                          else iso(locked)),
         "exempt_reason": account.exempt_reason,
@@ -102,6 +138,7 @@ def _row(account: Account, counter: Counter, now: float) -> dict[str, Any]:
 class AccountOps:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.verifier = Verifier(ctx)
         self.self_service: dict[str, Handler] = {
             "status": self.status,
             "show": self.show,
@@ -112,8 +149,25 @@ class AccountOps:
         self.admin: dict[str, Handler] = {
             "list": self.list,
             "unlock": self.unlock,
+            "forget": self.forget,
             **{action: self._lifecycle(action) for action in lifecycle.ACTIONS},
         }
+
+    async def target(self, caller: Caller, request: dict[str, Any]) -> Identity:
+        """The account a self-service request names, if the caller may act on it.
+
+        Decided by uid, never by spelling. A user naming anyone else (or nobody NSS
+        knows) is refused the same way, so the answer does not tell which names exist.
+        """
+        typed = user_field(request)
+        ident = await identity.resolve(typed)
+        if caller.is_admin:
+            if ident is None:
+                raise NoSuchUser(f"there is no user {typed!r} on this system")
+            return ident
+        if ident is None or ident.uid != caller.uid:
+            raise Forbidden(f"{caller.name} may only act on their own account, not {typed!r}")
+        return ident
 
     async def _audit(
         self, caller: Caller, op: str, target: str, outcome: str = "success", **extra: Any
@@ -124,20 +178,49 @@ class AccountOps:
             user=target, **extra,
         )
 
-    async def _row_for(self, user: str) -> dict[str, Any]:
-        account = await self.ctx.store.get_account(user)
+    async def _audited(
+        self, caller: Caller, op: str, target: str, change: Callable[[], Awaitable[R]],
+        **extra: Any,
+    ) -> R:
+        """Record the change, then make it: never a change in force without its record.
+
+        AuditError: nothing changed. StoreError after the record: a second record says
+        the change failed (as far as the disk allows) and the client hears "unavailable".
+        """
+        await self._audit(caller, op, target, **extra)
+        try:
+            return await change()
+        except StoreError as exc:
+            try:
+                await self._audit(caller, op, target, outcome="error",
+                                  reason="store_failed: the change above was not made")
+            except AuditError as err:
+                log.error("audit_unwritable", error=str(err), op=op, user=target)
+            raise exc
+
+    async def _account_row(self, ident: Identity) -> dict[str, Any]:
+        try:
+            account = await identity.account_of(self.ctx.store, ident)
+            stale = None
+        except StaleAccount as exc:
+            account, stale = await self.ctx.store.get_account(ident.name), str(exc)
         if account is None:
-            return {"user": user, "state": "none", "method": None, "enrolled_at": None,
-                    "last_verified_at": None, "last_rhost": None, "failed_attempts": 0,
-                    "locked_until": None, "clock_offset_steps": 0}
-        guard = await self.ctx.store.get_guard(user, "*")
-        return _row(account, guard.account, self.ctx.clock())
+            return {"user": ident.name, "uid": ident.uid, "state": "none", "method": None,
+                    "enrolled_at": None, "last_verified_at": None, "last_rhost": None,
+                    "failed_attempts": 0, "failures_since_success": 0, "locked_until": None,
+                    "clock_offset_steps": 0}
+        guard = await self.ctx.store.get_guard(ident.name, "*")
+        row = _row(account, guard.account, self.ctx.clock())
+        if stale is not None:
+            row["stale"] = stale
+        return row
 
     async def status(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        user = user_field(request)
-        row = await self._row_for(user)
-        row["enrolment_pending"] = await self.ctx.store.get_pending(user) is not None
-        row["recovery_codes_left"] = await self.ctx.store.recovery_codes_left(user)
+        ident = await self.target(caller, request)
+        row = await self._account_row(ident)
+        pending = await identity.pending_of(self.ctx.store, ident, self.ctx.clock())
+        row["enrolment_pending"] = pending is not None
+        row["recovery_codes_left"] = await self.ctx.store.recovery_codes_left(ident.name)
         return row
 
     async def show(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
@@ -155,14 +238,23 @@ class AccountOps:
         """Known accounts, filtered by state and group, sorted by any column (empty last).
 
         Sent in as many frames as the rows need: a fleet has more accounts than one
-        64 KiB frame holds.
+        64 KiB frame holds. An account whose name NSS now gives to another uid, or to
+        nobody, is marked stale (`mfa forget` removes it).
         """
         state, group = request.get("state"), request.get("group")
         sort = request.get("sort") or "user"
         if sort not in LIST_COLUMNS:
             raise RequestError(f"cannot sort by {sort!r}; choose one of {', '.join(LIST_COLUMNS)}")
         now = self.ctx.clock()
-        rows = [_row(a, c, now) for a, c in await self.ctx.store.accounts()]
+        found = await self.ctx.store.accounts()
+        uids = await identity.current_uids([a.user for a, _ in found])
+        rows = []
+        for account, counter in found:
+            row = _row(account, counter, now)
+            current = uids.get(account.user)
+            if current is None or account.uid not in (None, current):
+                row["stale"] = identity.stale_message(account.user, account.uid, current)
+            rows.append(row)
         if state:
             rows = [r for r in rows if r["state"] == state]
         if group:
@@ -174,10 +266,9 @@ class AccountOps:
         return _frames(rows)
 
     async def enroll_begin(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        user = user_field(request)
-        if not await asyncio.to_thread(nss.user_exists, user):
-            raise NoSuchUser(f"there is no user {user!r} on this system")
-        account = await self.ctx.store.get_account(user)
+        ident = await self.target(caller, request)
+        user = ident.name
+        account = await identity.account_of(self.ctx.store, ident)
         state = account.state if account is not None else "none"
         if state == "active":
             raise AlreadyEnrolled(
@@ -187,8 +278,11 @@ class AccountOps:
             raise lifecycle.TransitionRefused(
                 f"{user} is {state}; an administrator must resume or unexempt it first"
             )
-        offer = await enrolment.begin(self.ctx, user, _params(self.ctx, request))
-        await self._audit(caller, "enroll_begin", user, state="pending")
+        params = _params(self.ctx, request)
+        offer = await self._audited(
+            caller, "enroll_begin", user, lambda: enrolment.begin(self.ctx, ident, params),
+            state="pending",
+        )
         return {
             "user": user, "secret": offer.secret, "uri": offer.uri,
             "algorithm": offer.params.algorithm, "digits": offer.params.digits,
@@ -196,58 +290,99 @@ class AccountOps:
         }
 
     async def enroll_confirm(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        user = user_field(request)
+        ident = await self.target(caller, request)
         answer = request.get("code")
         if not isinstance(answer, str):
             raise RequestError("the request needs a code")
-        codes = await enrolment.confirm(self.ctx, user, answer)
-        if codes is None:
-            raise WrongCode(
-                "that code is not right for the new key; check the phone's clock and try "
-                "the code that is showing now"
-            )
-        await self._audit(caller, "enroll_confirm", user, state="active")
-        return {"user": user, "state": "active", "recovery_codes": codes}
+        verdict, confirmed = await enrolment.confirm(
+            self.ctx, ident, answer, control_source(caller.uid), SITE, op="enroll_confirm",
+            actor_uid=caller.uid, actor=caller.name,
+        )
+        if confirmed is None:
+            raise _refused(verdict, "that code is not right for the new key; check the phone's "
+                           "clock and try the code that is showing now")
+        await self._audited(caller, "enroll_confirm", ident.name,
+                            lambda: enrolment.activate(self.ctx, confirmed), state="active")
+        return {"user": ident.name, "state": "active", "recovery_codes": confirmed.codes}
 
     async def recovery_codes(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """How many are left; with `regenerate`, a new set (a user must give a current code)."""
-        user = user_field(request)
-        account = await self.ctx.store.get_account(user)
+        ident = await self.target(caller, request)
+        user = ident.name
+        account = await identity.account_of(self.ctx.store, ident)
         if account is None or account.state != "active" or account.sealed_secret is None:
             raise NotEnrolled(f"{user} has no active token, so no recovery codes")
         if not request.get("regenerate"):
             return {"user": user, "remaining": await self.ctx.store.recovery_codes_left(user)}
         if not caller.is_admin:
-            await self._prove(account, request.get("code"))
-        codes = await enrolment.new_recovery_codes(self.ctx, user)
-        await self._audit(caller, "recovery_codes", user, regenerated=len(codes))
+            await self._prove(caller, account, request.get("code"))
+        codes = recovery.generate(self.ctx.config.enrolment.recovery_codes)
+        digests = [self.ctx.box.digest(user, c) for c in codes]
+        await self._audited(
+            caller, "recovery_codes", user,
+            lambda: self.ctx.store.replace_recovery_codes(user, digests, self.ctx.clock()),
+            regenerated=len(codes),
+        )
         return {"user": user, "codes": codes}
 
-    async def _prove(self, account: Account, answer: Any) -> None:
-        """A user acting on their own token shows they hold it: a current, unused code."""
-        code = totp.normalise(answer, account.params.digits) if isinstance(answer, str) else None
-        now = self.ctx.clock()
-        assert account.sealed_secret is not None
-        secret = self.ctx.box.open(account.user, account.sealed_secret)
-        found = (totp.match(secret, account.params, code, now, self.ctx.config.totp.window)
-                 if code is not None else None)
-        if found is None or not await self.ctx.store.consume_step(
-            account.user, found.step, found.offset, now, login=None
-        ):
-            raise WrongCode("give a current code from your authenticator app (--code)")
+    async def _prove(self, caller: Caller, account: Account, answer: Any) -> None:
+        """A user acting on their own token shows they hold it: a current, unused code
+        (or one of their recovery codes), checked under the guard like a login's."""
+        subject = Subject(account.user, control_source(caller.uid), SITE, account)
+        verdict = await self.verifier.check(
+            subject, answer if isinstance(answer, str) else "", Purpose.PROOF,
+            op="recovery_codes", actor_uid=caller.uid, actor=caller.name,
+        )
+        if not verdict.ok:
+            raise _refused(verdict, "give a current code from your authenticator app")
 
     async def unlock(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """Clear locks, source blocks and failure counts (pam_faillock --reset)."""
         unlocked = []
-        for user in await lifecycle.targets(self.ctx, _with_user(request)):
-            if await self.ctx.guard.unlock(user):
+        for name in await lifecycle.targets(self.ctx, _with_user(request)):
+            ident = await identity.resolve(name)
+            user = ident.name if ident is not None else name
+            if await self._audited(caller, "unlock", user, partial(self.ctx.guard.unlock, user)):
                 unlocked.append(user)
-                await self._audit(caller, "unlock", user)
-                await self.ctx.audit.record(
-                    "lock_cleared", outcome="success", user=user,
-                    reason="unlocked by administrator", actor=caller.name, actor_uid=caller.uid,
-                )
+                try:
+                    await self.ctx.audit.record(
+                        "lock_cleared", outcome="success", user=user, actor=caller.name,
+                        actor_uid=caller.uid, reason="unlocked by administrator",
+                    )
+                except AuditError as err:  # the unlock itself is on record already
+                    log.error("audit_unwritable", error=str(err), op="unlock", user=user)
         return {"unlocked": unlocked}
+
+    async def forget(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        """Remove the accounts of users who were deleted or re-created with another uid.
+
+        Names are taken as stored (their owner may no longer exist). An account that
+        still belongs to its user is refused: `mfa disable` or `mfa reset` that instead.
+        """
+        forgotten, refused = [], []
+        for name in await lifecycle.targets(self.ctx, _with_user(request)):
+            account = await self.ctx.store.get_account(name)
+            pending = await self.ctx.store.get_pending(name)
+            owner = account or pending
+            uids = await identity.current_uids([name])
+            current = uids[name]
+            if owner is None:
+                exc: RequestError = NoSuchUser(f"mfad has no account {name!r}")
+            elif current is not None and owner.uid in (None, current):
+                exc = lifecycle.TransitionRefused(
+                    f"cannot forget {name}: the account belongs to {name} (uid {current}), who "
+                    f"still exists; use `mfa disable {name}` or `mfa reset {name}`"
+                )
+            else:
+                state = account.state if account is not None else "pending"
+                await self._audited(caller, "forget", name,
+                                    partial(self.ctx.store.forget, name),
+                                    forgotten_uid=owner.uid, state=state, current_uid=current)
+                forgotten.append({"user": name, "uid": owner.uid, "state": state})
+                continue
+            refused.append({"user": name, "error": exc.code, "message": str(exc)})
+            await self._audit(caller, "forget", name, outcome="refused", message=str(exc))
+        return {"forgotten": forgotten, "refused": refused}
 
     def _lifecycle(self, action: str) -> Handler:
         async def run(caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
@@ -256,17 +391,23 @@ class AccountOps:
                 raise RequestError(f"`reason` must be text of at most {MAX_REASON} characters")
             until = parse_time(request.get("until"), "until")
             changed, refused = [], []
-            for user in await lifecycle.targets(self.ctx, _with_user(request)):
+            for name in await lifecycle.targets(self.ctx, _with_user(request)):
                 try:
-                    change = await lifecycle.apply(self.ctx, action, user, reason=reason,
+                    ident = await identity.resolve(name)
+                    if ident is None:
+                        raise NoSuchUser(f"there is no user {name!r} on this system")
+                    planned = await lifecycle.plan(self.ctx, action, ident, reason=reason,
                                                    until=until)
                 except RequestError as exc:
-                    refused.append({"user": user, "error": exc.code, "message": str(exc)})
-                    await self._audit(caller, action, user, outcome="refused", message=str(exc))
+                    refused.append({"user": name, "error": exc.code, "message": str(exc)})
+                    await self._audit(caller, action, name, outcome="refused", message=str(exc))
                     continue
-                changed.append({"user": user, "from": change.before, "to": change.after})
-                await self._audit(caller, action, user, before=change.before,
-                                  after=change.after, reason=reason, until=iso(until))
+                await self._audited(
+                    caller, action, planned.user, partial(lifecycle.commit, self.ctx, planned),
+                    before=planned.before, after=planned.after, reason=reason, until=iso(until),
+                )
+                changed.append({"user": planned.user, "from": planned.before,
+                                "to": planned.after})
             return {"changed": changed, "refused": refused}
 
         return run

@@ -51,6 +51,9 @@ class LockoutConfig:
     # max_attempts (one bad conversation is a typo, not an attack), below deny
     source_deny: int = 4
     source_block_time: float = 900.0
+    # wrong codes with no success in between that lock until an administrator unlocks,
+    # across automatic unlocks (NIST SP 800-63B 5.2.2: at most 100); 0: no such cap
+    lifetime_deny: int = 100
     delay: float = 1.0  # seconds before answering a wrong code; doubles per failure
     # keep below pam_mfa.so's timeout= (default 10 s), or the module gives up waiting
     max_delay: float = 8.0
@@ -185,6 +188,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "lockout.even_deny_root": ("lockout.even_deny_root", _bool),
     "lockout.silent": ("lockout.silent", _bool),
     "lockout.source_deny": ("lockout.source_deny", _int(1, 1000)),
+    "lockout.lifetime_deny": ("lockout.lifetime_deny", _int(0, 100)),
     "lockout.source_block_time": ("lockout.source_block_time", _seconds(1, 7 * 86400)),
     "lockout.delay": ("lockout.delay", _seconds(0, 60)),
     "lockout.max_delay": ("lockout.max_delay", _seconds(0, 600)),

@@ -2,7 +2,9 @@
 
 Authorisation is by the caller's kernel-reported uid (SO_PEERCRED), never by
 anything in the request: root and members of ``admin_group`` may act on
-anyone, any other user only on the account named like their own uid.
+anyone, any other user only on the account whose NSS uid is their own
+(accounts.py). Requests from users who are not administrators are bounded
+per uid, and repeated refusals are coalesced into one record (ratelimit.py).
 Refusals are audited. RequestErrors become ``{"ok": false, ...}`` here and
 nowhere else; other exceptions become a generic ``unavailable``.
 
@@ -19,6 +21,7 @@ import grp
 import json
 import os
 import pwd
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -26,17 +29,19 @@ from typing import Any
 import structlog
 
 from mfad import auditread
-from mfad.accounts import AccountOps, Caller, user_field
+from mfad.accounts import AccountOps, Caller
 from mfad.context import Context
 from mfad.errors import (
     AuditError,
     Forbidden,
     MfaError,
+    RateLimited,
     RequestError,
     StoreError,
 )
 from mfad.framing import Frame, json_chunks
 from mfad.protocol import T
+from mfad.ratelimit import Budget, Coalescer
 
 log = structlog.get_logger("mfad.control")
 
@@ -44,6 +49,11 @@ log = structlog.get_logger("mfad.control")
 AUDIT_OPS = frozenset({"audit_query", "audit_follow", "audit_verify", "audit_summary"})
 
 Response = dict[str, Any] | AsyncGenerator[dict[str, Any], None]
+
+
+IDENTITY_TTL = 2.0
+"""Seconds a caller's name and admin status are reused: a flood of requests from one uid
+costs one NSS lookup per interval, and a change of group membership applies within it."""
 
 
 def identify(uid: int, admin_group: str) -> Caller:
@@ -66,6 +76,9 @@ class ControlHandler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         accounts = AccountOps(ctx)
+        self._budget = Budget(ctx.clock)
+        self._coalescer = Coalescer(ctx.clock)
+        self._callers: dict[int, tuple[Caller, float]] = {}
         self._self_service = set(accounts.self_service)
         self._ops: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[Response]]] = {
             **accounts.self_service,
@@ -82,10 +95,14 @@ class ControlHandler:
         The single error boundary: every refusal or failure becomes an
         ``{"ok": false}`` response here or, inside a stream, in ``_guarded``.
         """
-        caller = await asyncio.to_thread(identify, uid, self.ctx.config.admin_group)
+        caller = await self._identify(uid)
         op = "?"
         request: dict[str, Any] = {}
         try:
+            if not caller.is_admin and not self._budget.allow(uid):
+                raise RateLimited(
+                    "too many requests from this user; wait a minute and try again"
+                )
             if frame.type != T.REQUEST:
                 raise RequestError(f"expected a REQUEST frame, got {frame.type!r}")
             try:
@@ -99,13 +116,8 @@ class ControlHandler:
             handler = self._ops.get(op)
             if handler is None:
                 raise RequestError(f"unknown operation {op!r}")
-            if op in self._self_service:
-                target = user_field(request)
-                if not caller.is_admin and target != caller.name:
-                    raise Forbidden(
-                        f"{caller.name} may only act on their own account, not {target!r}"
-                    )
-            elif not caller.is_admin:
+            # self-service ops authorise their target themselves (AccountOps.target)
+            if op not in self._self_service and not caller.is_admin:
                 what = "read the audit trail" if op in AUDIT_OPS else f"use `mfa {op}`"
                 raise Forbidden(f"only an administrator may {what}")
             result = await handler(caller, request)
@@ -140,9 +152,26 @@ class ControlHandler:
         except (RequestError, StoreError, AuditError) as exc:
             yield await self._failure(caller, op, exc)
 
+    async def _identify(self, uid: int) -> Caller:
+        now = time.monotonic()
+        cached = self._callers.get(uid)
+        if cached is not None and now - cached[1] < IDENTITY_TTL:
+            return cached[0]
+        caller = await asyncio.to_thread(identify, uid, self.ctx.config.admin_group)
+        if len(self._callers) > 4096:  # uids come and go; the cache must not grow with them
+            self._callers.clear()
+        self._callers[uid] = (caller, now)
+        return caller
+
     async def _audit_refusal(
         self, caller: Caller, op: str, exc: MfaError, target: str | None
     ) -> None:
+        """A user's like refusals: one record per run (ratelimit.Coalescer), the first in full."""
+        await self.flush_refusals()
+        code = exc.code if isinstance(exc, RequestError) else "error"
+        # an administrator's refusals are each kept: they cannot be a flood from below
+        if not caller.is_admin and not self._coalescer.first((caller.uid, op, code)):
+            return
         try:
             await self.ctx.audit.record(
                 "control", outcome="refused", op=op, reason=type(exc).__name__,
@@ -151,11 +180,31 @@ class ControlHandler:
         except AuditError as err:
             log.error("audit_unwritable", error=str(err))
 
-    async def _audit_action(self, caller: Caller, op: str, target: str, **extra: Any) -> None:
-        await self.ctx.audit.record(
-            "control", outcome="success", op=op, actor_uid=caller.uid, actor=caller.name,
-            user=target, **extra,
-        )
+    async def audit_protocol_error(self, uid: int, reason: str) -> None:
+        """A broken control frame, coalesced like a refusal (any local user can send one)."""
+        await self.flush_refusals()
+        if not self._coalescer.first((uid, "?", "protocol_error")):
+            return
+        try:
+            await self.ctx.audit.record(
+                "protocol_error", outcome="error", socket="control", actor_uid=uid,
+                reason=reason,
+            )
+        except AuditError as err:
+            log.error("audit_unwritable", error=str(err))
+
+    async def flush_refusals(self, *, everything: bool = False) -> None:
+        """Write one `control_refusals` record for each run of repeats whose window ended."""
+        for (uid, op, code), count, first_at in self._coalescer.due(everything=everything):
+            try:
+                await self.ctx.audit.record(
+                    "control_refusals", outcome="refused", actor_uid=uid, op=op, error=code,
+                    repeated=count, since=datetime.fromtimestamp(first_at, UTC).isoformat(
+                        timespec="seconds"),
+                    reason=f"{count} more like refusals after the first, not written one by one",
+                )
+            except AuditError as err:
+                log.error("audit_unwritable", error=str(err))
 
     # --- operations ---
 

@@ -3,18 +3,28 @@
 One implementation for both ways in: `mfa enroll` over the control socket and
 enrolment at next login in the PAM conversation. A secret becomes the user's
 token only when a code made from it has been typed back, so a QR code that
-was never scanned cannot lock anybody out. The recovery codes exist in clear
-only in the return value of `confirm`, to be shown once.
+was never scanned cannot lock anybody out. The confirming code is checked by
+the one verifier, under the guard, like any other code.
+
+A secret held aside belongs to its user's uid and expires with the enrolment
+deadline (``enrolment.grace_days``; a day when there is none): a key shown on a
+screen and never confirmed does not stay usable for ever.
+
+Callers write their audit record between `confirm` and `activate`, so a
+change is never in force without its record. The recovery codes exist in
+clear only in `Confirmed.codes`, to be shown once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from mfad import recovery, totp
+from mfad import identity, recovery, totp
 from mfad.context import Context
 from mfad.errors import NoPendingEnrolment
-from mfad.store import PendingEnrolment, TokenParams
+from mfad.identity import Identity
+from mfad.store import PendingEnrolment, Site, TokenParams
+from mfad.verify import Purpose, Subject, Verdict, Verifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +33,13 @@ class Offer:
     secret: str  # base32, for typing in by hand
     uri: str  # otpauth://, for the QR code
     params: TokenParams
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    pending: PendingEnrolment
+    step: int  # the confirming code's step, used from now on
+    codes: list[str]  # the new recovery codes, in clear, to be shown once
 
 
 def default_params(ctx: Context) -> TokenParams:
@@ -38,53 +55,58 @@ def key_groups(secret: str) -> str:
 REOFFER_WITHIN = 86400.0
 """At login, an unconfirmed secret younger than this is shown again rather than replaced:
 whoever scanned it and was then cut off should not end up with two entries in their app."""
+NO_DEADLINE_TTL = 86400.0
+"""How long a secret held aside lasts when enrolment has no deadline (grace_days 0)."""
+
+
+def _expiry(ctx: Context, now: float) -> float:
+    grace = ctx.config.enrolment.grace_days * 86400
+    return now + (grace if grace > 0 else NO_DEADLINE_TTL)
 
 
 async def begin(
-    ctx: Context, user: str, params: TokenParams | None = None, *, reoffer: bool = False
+    ctx: Context, ident: Identity, params: TokenParams | None = None, *, reoffer: bool = False
 ) -> Offer:
     """Keep aside a new secret (replacing an unconfirmed one), or with `reoffer` a recent one."""
-    pending = await ctx.store.get_pending(user) if reoffer else None
-    if pending is not None and ctx.clock() - pending.created_at < REOFFER_WITHIN:
-        secret = ctx.box.open(user, pending.sealed_secret)
+    now = ctx.clock()
+    pending = await identity.pending_of(ctx.store, ident, now) if reoffer else None
+    if pending is not None and now - pending.created_at < REOFFER_WITHIN:
+        secret = ctx.box.open(ident.name, pending.sealed_secret)
         params = pending.params
     else:
         params = params or default_params(ctx)
         secret = totp.new_secret(params)
-        await ctx.store.begin_enrolment(
-            PendingEnrolment(user, ctx.box.seal(user, secret), params, ctx.clock())
-        )
-    uri = totp.provisioning_uri(secret, params, user, ctx.config.totp.issuer)
-    return Offer(user, totp.b32(secret), uri, params)
+        await ctx.store.begin_enrolment(PendingEnrolment(
+            ident.name, ctx.box.seal(ident.name, secret), params, now, ident.uid,
+            _expiry(ctx, now),
+        ))
+    uri = totp.provisioning_uri(secret, params, ident.name, ctx.config.totp.issuer)
+    return Offer(ident.name, totp.b32(secret), uri, params)
 
 
-async def confirm(ctx: Context, user: str, answer: str) -> list[str] | None:
-    """Activate the pending secret if `answer` is its current code: the new recovery codes.
+async def confirm(
+    ctx: Context, ident: Identity, answer: str, source: str, site: Site, **fields: object
+) -> tuple[Verdict, Confirmed | None]:
+    """Check `answer` against the secret held aside; on success, what `activate` commits.
 
-    None for a wrong code (the enrolment stays pending). The confirming step
-    counts as used, so the same code cannot then log in.
+    Raises NoPendingEnrolment when there is none (or it expired). `fields` go into
+    the verifier's records.
     """
-    pending = await ctx.store.get_pending(user)
+    pending = await identity.pending_of(ctx.store, ident, ctx.clock())
     if pending is None:
-        raise NoPendingEnrolment(f"{user} has no enrolment waiting; run `mfa enroll {user}`")
-    code = totp.normalise(answer, pending.params.digits)
-    if code is None:
-        return None
-    secret = ctx.box.open(user, pending.sealed_secret)
-    now = ctx.clock()
-    found = totp.match(secret, pending.params, code, now, ctx.config.totp.window)
-    if found is None:
-        return None
+        raise NoPendingEnrolment(
+            f"{ident.name} has no enrolment waiting (or it expired); run `mfa enroll {ident.name}`"
+        )
+    subject = Subject(ident.name, source, site, pending=pending)
+    verdict = await Verifier(ctx).check(subject, answer, Purpose.ENROL, **fields)
+    if not verdict.ok or verdict.step is None:
+        return verdict, None
     codes = recovery.generate(ctx.config.enrolment.recovery_codes)
-    digests = [ctx.box.digest(user, c) for c in codes]
-    await ctx.store.activate(pending, found.step, now, digests)
-    return codes
+    return verdict, Confirmed(replace(pending, uid=ident.uid), verdict.step, codes)
 
 
-async def new_recovery_codes(ctx: Context, user: str) -> list[str]:
-    """Replace all of `user`'s recovery codes; the old ones stop working at once."""
-    codes = recovery.generate(ctx.config.enrolment.recovery_codes)
-    await ctx.store.replace_recovery_codes(
-        user, [ctx.box.digest(user, c) for c in codes], ctx.clock()
-    )
-    return codes
+async def activate(ctx: Context, confirmed: Confirmed) -> None:
+    """Make the confirmed secret the user's token, its step used, with the new recovery codes."""
+    user = confirmed.pending.user
+    digests = [ctx.box.digest(user, c) for c in confirmed.codes]
+    await ctx.store.activate(confirmed.pending, confirmed.step, ctx.clock(), digests)

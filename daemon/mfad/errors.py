@@ -12,6 +12,9 @@
         ├── NotEnrolled
         ├── AlreadyEnrolled
         ├── WrongCode
+        ├── Locked             the guard refuses to check a code now (lock or source block)
+        ├── RateLimited        too many control requests from one uid
+        ├── StaleAccount       the account under a name belongs to a uid that no longer has it
         └── NoPendingEnrolment
 
 Exceptions become protocol outcomes in exactly one place per socket
@@ -70,6 +73,18 @@ class AlreadyEnrolled(RequestError):
 
 class WrongCode(RequestError):
     code = "wrong_code"
+
+
+class Locked(RequestError):
+    code = "locked"
+
+
+class RateLimited(RequestError):
+    code = "rate_limited"
+
+
+class StaleAccount(RequestError):
+    code = "stale_account"
 
 
 class NoPendingEnrolment(RequestError):

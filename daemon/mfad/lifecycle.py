@@ -1,8 +1,9 @@
 """Administrators' account changes: require, suspend, resume, disable, reset, exempt, unexempt.
 
 One table says which state each action may start from and where it leads;
-anything else is refused with a reason a person can act on. Each change is
-audited with the actor and the target.
+anything else is refused with a reason a person can act on. A change is
+planned first, recorded with the actor and the target, and only then
+committed (accounts.py), so no change is ever in force without its record.
 
     require   none, disabled          -> pending   (must enrol, by the grace deadline)
     suspend   active, pending         -> suspended (token kept, second factor skipped)
@@ -21,9 +22,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from mfad import nss
+from mfad import identity, nss
 from mfad.context import Context
 from mfad.errors import NoSuchUser, RequestError
+from mfad.identity import Identity, valid_user_name
 from mfad.store import Account, StateChange
 
 ACTIONS = ("require", "suspend", "resume", "disable", "reset", "exempt", "unexempt")
@@ -53,10 +55,13 @@ class TransitionRefused(RequestError):
 
 
 @dataclass(frozen=True, slots=True)
-class Change:
+class Plan:
+    """A change worked out but not made: the caller records it, then `commit`s it."""
+
     user: str
     before: str
     after: str
+    change: StateChange
 
 
 def _state(account: Account | None) -> str:
@@ -67,40 +72,41 @@ def _kept_token(account: Account | None) -> bool:
     return account is not None and account.sealed_secret is not None
 
 
-async def apply(
-    ctx: Context, action: str, user: str, *, reason: str | None = None,
+async def plan(
+    ctx: Context, action: str, ident: Identity, *, reason: str | None = None,
     until: float | None = None,
-) -> Change:
-    """Move one user; raise TransitionRefused if the action does not fit the state."""
-    account = await ctx.store.get_account(user)
-    if account is None and not await asyncio.to_thread(nss.user_exists, user):
-        raise NoSuchUser(f"there is no user {user!r} on this system")
+) -> Plan:
+    """What `action` would do to one user; TransitionRefused if it does not fit the state."""
+    account = await identity.account_of(ctx.store, ident)
+    user = ident.name
     before = _state(account)
     if before not in _FROM[action]:
         why = _WHY_NOT.get((action, before), f"is {before}")
         raise TransitionRefused(f"cannot {action} {user}: {user} {why}")
-    now = ctx.clock()
     grace = ctx.config.enrolment.grace_days * 86400
-    deadline = now + grace if grace > 0 else None
+    deadline = ctx.clock() + grace if grace > 0 else None
     if action in ("require", "reset"):
-        change = StateChange("pending", deadline, erase=action == "reset")
+        change = StateChange("pending", deadline, erase=action == "reset", uid=ident.uid)
     elif action == "suspend":
-        change = StateChange("suspended")
+        change = StateChange("suspended", uid=ident.uid)
     elif action == "resume" or action == "unexempt":
         if _kept_token(account):
-            change = StateChange("active")
+            change = StateChange("active", uid=ident.uid)
         elif action == "resume":
-            change = StateChange("pending", deadline)
-        else:
-            change = StateChange("disabled")  # "none" again: not an explicit setting
+            change = StateChange("pending", deadline, uid=ident.uid)
+        else:  # "none" again: not an explicit setting
+            change = StateChange("disabled", uid=ident.uid)
     elif action == "disable":
-        change = StateChange("disabled", erase=True)
+        change = StateChange("disabled", erase=True, uid=ident.uid)
     else:  # exempt
         if not reason:
             raise RequestError("an exemption needs a reason (--reason)")
-        change = StateChange("exempt", exempt_reason=reason, exempt_until=until)
-    await ctx.store.set_state(user, change, now)
-    return Change(user, before, change.state)
+        change = StateChange("exempt", exempt_reason=reason, exempt_until=until, uid=ident.uid)
+    return Plan(user, before, change.state, change)
+
+
+async def commit(ctx: Context, planned: Plan) -> None:
+    await ctx.store.set_state(planned.user, planned.change, ctx.clock())
 
 
 def _group_members(group: str) -> list[str]:
@@ -111,9 +117,13 @@ def _group_members(group: str) -> list[str]:
 
 
 async def targets(ctx: Context, request: dict[str, Any]) -> list[str]:
-    """The users a request names: `users`, members of `group`, or everyone known (`all`)."""
+    """The names a request means: `users`, members of `group`, or every account (`all`).
+
+    Names as given; each is resolved (identity.resolve) by the caller, one by one,
+    so that one unknown name refuses that name only.
+    """
     users = request.get("users") or []
-    if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+    if not isinstance(users, list) or not all(valid_user_name(u) for u in users):
         raise RequestError("`users` must be a list of user names")
     names = list(users)
     group = request.get("group")

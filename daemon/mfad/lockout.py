@@ -13,11 +13,22 @@ Stages, for each wrong code (pam_faillock semantics for the account lock):
 3. Account lock: ``deny`` consecutive wrong codes within ``fail_interval``, from
    anywhere, lock the account for ``unlock_time`` (0: until ``mfa unlock``).
    Root is only locked with ``even_deny_root``.
+4. Lifetime cap: an automatic unlock restarts stage 3's count, so on its own it
+   would allow ``deny`` guesses every ``unlock_time`` forever (a 6-digit code
+   with a ±1 window falls in about a year). ``lifetime_deny`` wrong codes with
+   no success in between (NIST SP 800-63B §5.2.2 caps them at 100) lock the
+   account until an administrator unlocks it, whatever ``unlock_time`` says.
 
 A correct code clears the account counter and that source's. Counters live in
 the store, so they survive restarts. All checks for one user run under one
 asyncio lock, so with 200 parallel guesses exactly ``deny`` are checked
 against the secret; the rest are refused unseen.
+
+A refused answer is delayed as a wrong one from that source would be, so that
+with ``silent`` a locked account cannot be told from a wrong code by timing.
+
+The source is whatever the caller names: ``host:<rhost>`` or ``local`` for a
+login, ``uid:<n>`` for a code given over the control socket.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from mfad.store import Counter, GuardState, Store
 class Refusal:
     reason: str  # "locked" | "source_blocked"
     until: float  # inf: until an administrator unlocks
+    delay: float = 0.0  # what a wrong code from this source would wait now
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +56,15 @@ class FailureEffect:
     locked_until: float | None = None  # set when this failure locked the account
     blocked_until: float | None = None  # set when this failure blocked the source
     failures: int = 0  # the account's consecutive failures, this one included
+    capped: bool = False  # this failure reached lockout.lifetime_deny
 
 
-def source_key(rhost: str) -> str:
+def login_source(rhost: str) -> str:
     return f"host:{rhost}" if rhost else "local"
+
+
+def control_source(uid: int) -> str:
+    return f"uid:{uid}"
 
 
 class Guard:
@@ -71,28 +88,33 @@ class Guard:
             else:
                 self._locks[user] = (lock, users - 1)
 
-    async def refusal(self, user: str, rhost: str, now: float) -> Refusal | None:
-        """Why no code of this user from this host may be checked now, if so."""
-        return _refusal(await self._store.get_guard(user, source_key(rhost)), now)
+    async def refusal(self, user: str, source: str, now: float) -> Refusal | None:
+        """Why no code of this user from this source may be checked now, if so."""
+        return _refusal(await self._store.get_guard(user, source), self._config(), now)
 
     @contextlib.asynccontextmanager
-    async def attempt(self, user: str, rhost: str, now: float) -> AsyncIterator[Attempt]:
+    async def attempt(self, user: str, source: str, now: float) -> AsyncIterator[Attempt]:
         """One answer's check, serialised per user, with the counters read once."""
         async with self.hold(user):
-            key = source_key(rhost)
-            state = await self._store.get_guard(user, key)
-            yield Attempt(self._store, self._config(), user, key, state, now)
+            state = await self._store.get_guard(user, source)
+            yield Attempt(self._store, self._config(), user, source, state, now)
 
     async def unlock(self, user: str) -> bool:
         async with self.hold(user):
             return await self._store.clear_guard(user)
 
 
-def _refusal(state: GuardState, now: float) -> Refusal | None:
+def _delay(cfg: LockoutConfig, source_failures: int) -> float:
+    """The back-off before answering the `source_failures`-th consecutive wrong code."""
+    return float(min(cfg.delay * 2 ** max(source_failures - 1, 0), cfg.max_delay))
+
+
+def _refusal(state: GuardState, cfg: LockoutConfig, now: float) -> Refusal | None:
+    delay = _delay(cfg, state.source.failures + 1)
     if state.account.until > now:
-        return Refusal("locked", state.account.until)
+        return Refusal("locked", state.account.until, delay)
     if state.source.until > now:
-        return Refusal("source_blocked", state.source.until)
+        return Refusal("source_blocked", state.source.until, delay)
     return None
 
 
@@ -105,24 +127,23 @@ class Attempt:
     ) -> None:
         self._store, self._cfg, self._user, self._key = store, cfg, user, key
         self._state, self._now = state, now
-        self.refusal = _refusal(state, now)
+        self.refusal = _refusal(state, cfg, now)
 
     async def failed(self) -> FailureEffect:
         """Count a wrong code; lock or block when a threshold is reached."""
         cfg, now, user = self._cfg, self._now, self._user
         account = _count(self._state.account, now, cfg.fail_interval)
         source = _count(self._state.source, now, cfg.fail_interval)
-        effect = FailureEffect(
-            delay=min(cfg.delay * 2 ** (source.failures - 1), cfg.max_delay),
-            failures=account.failures,
-        )
+        effect = FailureEffect(_delay(cfg, source.failures), failures=account.failures)
         if source.failures >= cfg.source_deny:
             source = replace(source, until=now + cfg.source_block_time)
             effect = replace(effect, blocked_until=source.until)
-        if account.failures >= cfg.deny and (user != "root" or cfg.even_deny_root):
-            until = now + cfg.unlock_time if cfg.unlock_time > 0 else math.inf
-            account = replace(account, until=until)
-            effect = replace(effect, locked_until=until)
+        if user != "root" or cfg.even_deny_root:
+            capped = 0 < cfg.lifetime_deny <= account.total
+            if capped or account.failures >= cfg.deny:
+                until = now + cfg.unlock_time if cfg.unlock_time > 0 and not capped else math.inf
+                account = replace(account, until=until)
+                effect = replace(effect, locked_until=until, capped=capped)
         await self._store.put_guard(user, self._key, GuardState(account, source))
         return effect
 
@@ -136,7 +157,8 @@ _CLEAN = GuardState(Counter(), Counter())
 
 
 def _count(counter: Counter, now: float, interval: float) -> Counter:
-    """One more failure; a run older than the interval, or ended by a lock, starts over."""
+    """One more failure; a run older than the interval, or ended by a lock, starts over,
+    but the total since the last success (the lifetime cap's count) goes on."""
     if counter.failures == 0 or now - counter.first_at > interval or counter.until:
-        return Counter(1, now, 0.0)
-    return replace(counter, failures=counter.failures + 1)
+        return Counter(1, now, 0.0, counter.total + 1)
+    return replace(counter, failures=counter.failures + 1, total=counter.total + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import logging
 import os
 import resource
@@ -18,11 +19,11 @@ import uvloop
 from mfad import __version__, config
 from mfad.audit import AuditLog
 from mfad.context import Context
-from mfad.errors import MfaError
+from mfad.errors import KeyFileError, MfaError, StoreError
 from mfad.lockout import Guard
 from mfad.secretbox import SecretBox, generate_key_file
 from mfad.server import Server
-from mfad.store import SqliteStore
+from mfad.store import SqliteStore, Store
 
 log = structlog.get_logger("mfad")
 
@@ -33,6 +34,9 @@ def _configure_logging() -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+            # log.exception's traceback as structured data: without it a caught bug
+            # leaves only its event name behind
+            structlog.processors.dict_tracebacks,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
@@ -63,6 +67,33 @@ def _raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+async def check_key(store: Store, box: SecretBox, key_file: Path) -> None:
+    """Refuse a key file that is not the one the store's secrets were sealed with.
+
+    The store keeps the key's check value from the first start; a store from before
+    check values is tested by opening one sealed secret, then given one.
+    """
+    stored = await store.get_key_check()
+    if stored is None:  # a store from before check values: does the key open its secrets?
+        sample = await store.any_sealed_secret()
+        if sample is not None:
+            try:
+                box.open(*sample)
+            except StoreError:
+                raise KeyFileError(_wrong_key(key_file)) from None
+        await store.set_key_check(box.check_value())
+    elif not hmac.compare_digest(stored, box.check_value()):
+        raise KeyFileError(_wrong_key(key_file))
+
+
+def _wrong_key(key_file: Path) -> str:
+    return (
+        f"{key_file} is not the key this store's secrets were sealed with; restore the "
+        "original key file (mfad would otherwise refuse every login and count every "
+        "recovery code as wrong)"
+    )
+
+
 async def serve(config_path: Path) -> None:
     os.umask(0o077)  # the store, its WAL and the audit log are for root's eyes only
     cfg = config.load(config_path)
@@ -71,6 +102,11 @@ async def serve(config_path: Path) -> None:
         log.warning("config_warning", warning=warning)
     box = SecretBox.from_file(cfg.key_file)
     store = await SqliteStore.open(cfg.store_path)
+    try:
+        await check_key(store, box, cfg.key_file)
+    except MfaError:
+        await store.close()
+        raise
     audit = AuditLog(cfg.audit_path, required=lambda: ctx.config.audit_required)
     await audit.open()
     ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout))

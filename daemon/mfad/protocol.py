@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from mfad.errors import ProtocolError
 from mfad.framing import Frame
+from mfad.identity import MAX_USER, valid_user_name
 
 VERSION = "1"
-MAX_USER = 256
 MAX_VALUE = 1024
+__all__ = ["MAX_USER", "MAX_VALUE", "VERSION", "Outcome", "Start", "T", "parse_start"]
 
 
 class T:
@@ -67,7 +68,6 @@ def parse_start(frame: Frame) -> Start:
         pairs[key] = value
     if pairs.get("v") != VERSION:
         raise ProtocolError(f"unsupported protocol version {pairs.get('v')!r}")
-    user = pairs.get("user", "")
-    if not user or len(user.encode()) > MAX_USER or not user.isprintable() or "/" in user:
+    if not valid_user_name(pairs.get("user")):
         raise ProtocolError("START has a missing or unusable user name")
     return Start(**{k: pairs.get(k, "") for k in _FIELDS})

@@ -73,6 +73,11 @@ class SecretBox:
             raise KeyFileError(f"{path} holds a {len(key) * 8}-bit key; a 256-bit key is needed")
         return cls(key)
 
+    def check_value(self) -> bytes:
+        """A value that names this key without revealing it: kept in the store, it lets
+        mfad refuse to start with a different key file instead of failing every login."""
+        return hmac.new(self._mac_key, b"pam-mfa/key-check/v1", hashlib.sha256).digest()[:16]
+
     def seal(self, user: str, secret: bytes) -> bytes:
         nonce = os.urandom(_NONCE)
         return _VERSION + nonce + self._aead.encrypt(nonce, secret, _AAD_PREFIX + user.encode())

@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from mfad import ratelimit
 from mfad.context import Context
 from mfad.control import ControlHandler
 from mfad.errors import MfaError, ProtocolError
@@ -57,11 +58,13 @@ def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
 
 def bind_unix(path: Path, mode: int) -> socket.socket:
     """Bind a listening socket with `mode` from the first instant (no chmod race)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the control socket is for every local user: its directory must be searchable
-    # whatever the daemon's umask (0077) made of a directory it created itself
-    if mode & 0o007 and path.parent.stat().st_mode & 0o005 != 0o005:
-        path.parent.chmod(path.parent.stat().st_mode | 0o755)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True)
+        # the control socket is for every local user: a directory mfad creates must be
+        # searchable whatever its umask (0077) (the PAM socket's own 0600 protects it).
+        # One that already exists is the administrator's, and left as it is: a private
+        # directory keeps the control socket private on purpose.
+        path.parent.chmod(0o755)
     try:
         if stat.S_ISSOCK(path.lstat().st_mode):
             path.unlink()  # a stale socket from a previous run
@@ -90,6 +93,7 @@ class Server:
         self._unstarted: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._paths: list[Path] = []
         self._streams: set[asyncio.Task[None]] = set()  # streamed control answers
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.ctx.config
@@ -102,6 +106,13 @@ class Server:
             self._servers.append(await asyncio.start_unix_server(
                 self._admit(serve), sock=sock, limit=2**17, backlog=LISTEN_BACKLOG,
             ))
+        self._flusher = asyncio.create_task(self._flush_refusals())
+
+    async def _flush_refusals(self) -> None:
+        """Write the counts of coalesced refusals soon after their window ends."""
+        while True:
+            await asyncio.sleep(ratelimit.WINDOW / 4)
+            await self.control.flush_refusals()
 
     def _admit(
         self, serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -167,7 +178,7 @@ class Server:
                 frame = await read_frame(reader)
             except ProtocolError as exc:
                 log.warning("control_protocol_error", uid=uid, reason=str(exc))
-                await self._audit_control_error(uid, str(exc))
+                await self.control.audit_protocol_error(uid, str(exc))
                 return
             if frame is None:
                 return
@@ -187,15 +198,6 @@ class Server:
                 }))
             writer.write(data)
             await writer.drain()
-
-    async def _audit_control_error(self, uid: int, reason: str) -> None:
-        try:
-            await self.ctx.audit.record(
-                "protocol_error", outcome="error", socket="control", actor_uid=uid,
-                reason=reason,
-            )
-        except MfaError as exc:
-            log.error("audit_unwritable", error=str(exc))
 
     # --- streamed control answers (audit_query, audit_follow) ---
 
@@ -235,6 +237,10 @@ class Server:
         """Stop accepting, let logins in flight finish briefly, cancel the rest."""
         for server in self._servers:
             server.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            await self.control.flush_refusals(everything=True)
         for path in self._paths:
             path.unlink(missing_ok=True)
         for task in self._streams:  # followers would wait forever; they are not logins

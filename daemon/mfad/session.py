@@ -4,10 +4,18 @@ This is the one place where exceptions become PAM outcomes: a broken peer
 ends its own connection (audited as a protocol error); a store or audit
 failure answers UNAVAILABLE, so the login fails closed.
 
-Records written per login: ``challenge`` when a code is asked for, ``attempt``
-for each wrong code with its reason, enrolment and recovery-code events, and
-one ``login`` record with the final outcome, reason and duration (the
-canonical line for this login).
+The name PAM gives is resolved through NSS first (identity.py): policy, guard,
+store and audit see the canonical name, and an account that belongs to
+another uid is never used. Every code is judged by the one verifier
+(verify.py). A change the login makes (an exemption ending, a user becoming
+pending) is recorded before it is made.
+
+Records written per login: ``challenge`` when a code is asked for, the
+verifier's ``attempt`` records for each answer not accepted, enrolment and
+recovery-code events, and one ``login`` record with the final outcome, reason
+and duration (the canonical line for this login). Whatever happens, even a bug,
+the module gets a RESULT: a silent close before the first frame is what
+``fail=open`` turns into a skip.
 """
 
 from __future__ import annotations
@@ -19,20 +27,21 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from mfad import enrolment, nss, policy, recovery, totp
+from mfad import enrolment, identity, nss, policy, recovery
 from mfad.context import Context
-from mfad.errors import AuditError, MfaError, ProtocolError
+from mfad.errors import AuditError, MfaError, ProtocolError, StaleAccount
 from mfad.framing import encode, read_frame
-from mfad.lockout import Refusal
+from mfad.identity import Identity
+from mfad.lockout import Refusal, login_source
 from mfad.protocol import Outcome, Start, T, parse_start
 from mfad.qrtext import render_qr
-from mfad.store import Account, Site, StateChange, TokenParams
+from mfad.store import Account, Site, StateChange
+from mfad.verify import Purpose, Subject, Verifier, iso
 
 log = structlog.get_logger("mfad.session")
 
@@ -49,6 +58,10 @@ MSG_ENROLMENT_EXPIRED = (
     "Multi-factor authentication is required for this account and the time to set it up "
     "has passed. Contact your administrator."
 )
+MSG_STALE = (
+    "The second factor kept for this user name belongs to an earlier account. "
+    "Contact your administrator."
+)
 MSG_ACKNOWLEDGE = "Press Enter once the recovery codes are saved: "
 MSG_CONTINUE = "Press Enter to continue: "
 MSG_ENROL_INTRO = (
@@ -64,19 +77,6 @@ class _PromptTimeout(Exception):
 
 class _PeerGone(Exception):
     """The module closed the connection mid-conversation."""
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    reason: str | None  # None: the answer was right
-    details: dict[str, Any] = field(default_factory=dict)
-    delay: float = 0.0
-    refusal: Refusal | None = None  # locked or blocked, now or already
-    method: str = "totp"
-
-
-def _iso(ts: float) -> str | None:
-    return None if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def _refusal_message(refusal: Refusal) -> str:
@@ -109,6 +109,8 @@ class LoginSession:
         self.writer = writer
         self.fields: dict[str, Any] = {"session": _next_session_id(), "peer": peer}
         self.started = time.monotonic()
+        self.verifier = Verifier(ctx)
+        self.site = Site("", "")
 
     async def run(self, on_start: Callable[[], None] = lambda: None) -> None:
         """Serve one connection; never raises for what a peer or the disk does.
@@ -127,6 +129,7 @@ class LoginSession:
                 user=start.user, service=start.service, rhost=start.rhost,
                 ruser=start.ruser, tty=start.tty,
             )
+            self.site = Site(start.service, start.rhost)
             outcome = await self._login(start)
         except (ProtocolError, TimeoutError) as exc:
             # Answer FAILURE before closing: a module with fail=open treats a silent drop
@@ -142,67 +145,85 @@ class LoginSession:
         except _PeerGone:
             await self._record_quietly("login", outcome="failure", reason="aborted")
             return
+        except StaleAccount as exc:
+            log.error("login_stale_account", error=str(exc), **self.fields)
+            await self._record_quietly("login", outcome="failure", reason="stale_account",
+                                       message=str(exc))
+            await self._send(T.ERROR, MSG_STALE)
+            outcome = Outcome.FAILURE
         except MfaError as exc:  # store, audit, or an account changed under our feet
             log.error("login_unavailable", error=str(exc), **self.fields)
             await self._record_quietly("login", outcome="error", reason="unavailable")
+            await self._send(T.ERROR, MSG_UNAVAILABLE)
+            outcome = Outcome.UNAVAILABLE
+        except Exception:  # a bug: fail closed, loudly; never a silent close (fail=open)
+            log.exception("login_internal_error", **self.fields)
+            await self._record_quietly("login", outcome="error", reason="internal_error")
             await self._send(T.ERROR, MSG_UNAVAILABLE)
             outcome = Outcome.UNAVAILABLE
         await self._send(T.RESULT, outcome.value)
 
     async def _login(self, start: Start) -> Outcome:
         ctx, config, now = self.ctx, self.config, self.ctx.clock()
-        account = await ctx.store.get_account(start.user)
+        ident = await identity.resolve(start.user)
+        user = start.user
+        account: Account | None = None
+        if ident is not None:
+            user = ident.name
+            self.fields.update(user=ident.name, uid=ident.uid)
+            if ident.name != start.user:
+                self.fields["typed_user"] = start.user
+            account = await identity.account_of(ctx.store, ident)
         if account is not None and policy.exemption_expired(account, now):
             account = await self._end_exemption(account, now)
         groups: frozenset[str] = frozenset()
-        if policy.needs_groups(config, account, now):
-            groups = await asyncio.to_thread(nss.groups_of, start.user)
+        if ident is not None and policy.needs_groups(config, account, now):
+            groups = await asyncio.to_thread(nss.groups_of, ident.name)
         decision = policy.decide(config, start.service, account, groups, now)
         if decision.action is policy.Action.SKIP:
             await self._finish("skipped", decision.reason)
             return Outcome.SKIP
         if decision.action is policy.Action.ENROL:
-            if await asyncio.to_thread(nss.user_exists, start.user):
-                return await self._must_enrol(account, decision.reason)
+            if ident is not None:
+                return await self._must_enrol(ident, account, decision.reason)
             decision = policy.Decision(policy.Action.CODE, "unknown_user")
-        refusal = await ctx.guard.refusal(start.user, start.rhost, now)
+        refusal = await ctx.guard.refusal(user, login_source(start.rhost), now)
         if refusal is not None and not config.lockout.silent:
             await self._finish("failure", refusal.reason)
             await self._send(T.ERROR, _refusal_message(refusal))
             return Outcome.FAILURE
         await ctx.audit.record("challenge", outcome="pending", method="totp", **self.fields)
         has_token = account is not None and account.sealed_secret is not None
-        return await self._ask_for_code(account if has_token else None)
+        return await self._ask_for_code(user, account if has_token else None)
 
     async def _end_exemption(self, account: Account, now: float) -> Account | None:
         """An exemption past its expiry ends here, for good: back to the kept token, or none."""
         change = StateChange("active" if account.sealed_secret is not None else "disabled")
-        await self.ctx.store.set_state(account.user, change, now)
         await self.ctx.audit.record(
             "state_changed", outcome="success", state=change.state, reason="exemption_expired",
             **self.fields,
         )
+        await self.ctx.store.set_state(account.user, change, now)
         return await self.ctx.store.get_account(account.user)
 
     # --- code prompt ---
 
-    async def _ask_for_code(self, account: Account | None) -> Outcome:
+    async def _ask_for_code(self, user: str, account: Account | None) -> Outcome:
+        subject = Subject(user, login_source(self.site.rhost), self.site, account)
         attempts = self.config.login.max_attempts
         for attempt in range(1, attempts + 1):
             answer = await self._prompt(self.config.login.prompt)
-            check = await self._check(account, answer)
-            if check.reason is None:
-                await self._finish("success", "correct_code", method=check.method,
+            verdict = await self.verifier.check(subject, answer, Purpose.LOGIN, attempt=attempt,
+                                                **self._context())
+            if verdict.ok:
+                if verdict.remaining is not None and verdict.remaining <= recovery.WARN_AT:
+                    await self._warn_low_codes(verdict.remaining)
+                await self._finish("success", "correct_code", method=verdict.method,
                                    attempts=attempt)
                 return Outcome.SUCCESS
-            await self.ctx.audit.record(
-                "attempt", outcome="failure", reason=check.reason, attempt=attempt,
-                **check.details, **self.fields,
-            )
-            await asyncio.sleep(check.delay)
-            if check.refusal is not None and not self.config.lockout.silent:
-                await self._finish("failure", check.refusal.reason, attempts=attempt)
-                await self._send(T.ERROR, _refusal_message(check.refusal))
+            if verdict.refusal is not None and not self.config.lockout.silent:
+                await self._finish("failure", verdict.refusal.reason, attempts=attempt)
+                await self._send(T.ERROR, _refusal_message(verdict.refusal))
                 return Outcome.FAILURE
             if attempt < attempts:
                 await self._send(T.ERROR, MSG_INCORRECT)
@@ -210,99 +231,33 @@ class LoginSession:
         await self._send(T.ERROR, MSG_TOO_MANY)
         return Outcome.MAXTRIES
 
-    async def _check(self, account: Account | None, answer: str) -> Check:
-        """Judge one answer under the user's guard: refused unseen, right, or counted wrong."""
-        user, rhost = self.fields["user"], self.fields["rhost"]
-        now = self.ctx.clock()
-        async with self.ctx.guard.attempt(user, rhost, now) as attempt:
-            if attempt.refusal is not None:
-                return Check(attempt.refusal.reason, refusal=attempt.refusal)
-            reason, details, method = await self._verify(account, answer, now)
-            if reason is None:
-                await attempt.succeeded()
-                return Check(None, method=method)
-            effect = await attempt.failed()
-        refusal = None
-        if effect.locked_until is not None:
-            refusal = Refusal("locked", effect.locked_until)
-            await self.ctx.audit.record(
-                "lock_set", outcome="locked", until=_iso(effect.locked_until),
-                failures=effect.failures, **self.fields,
-            )
-        elif effect.blocked_until is not None:
-            refusal = Refusal("source_blocked", effect.blocked_until)
-            await self.ctx.audit.record(
-                "source_blocked", outcome="blocked", until=_iso(effect.blocked_until),
-                **self.fields,
-            )
-        return Check(reason, details, effect.delay, refusal)
+    async def _warn_low_codes(self, left: int) -> None:
+        await self._send(
+            T.INFO,
+            f"Only {left} recovery code{'s' if left != 1 else ''} left. "
+            "Make new ones with `mfa recovery-codes --regenerate`.",
+        )
+        await self._acknowledge(MSG_CONTINUE)
 
-    async def _verify(
-        self, account: Account | None, answer: str, now: float
-    ) -> tuple[str | None, dict[str, Any], str]:
-        """(None, {}, method) for a right answer, else the reason and what the admin should see."""
-        window = self.config.totp.window
-        params = account.params if account is not None else TokenParams()
-        code = totp.normalise(answer, params.digits)
-        if code is None:
-            spare = recovery.normalise(answer)
-            if spare is None:
-                return "malformed_code", {}, ""
-            return await self._spend_recovery_code(account, spare, now)
-        if account is None or account.sealed_secret is None:
-            totp.decoy(params, code, now, window)
-            return "incorrect_code", {}, ""
-        secret = self.ctx.box.open(account.user, account.sealed_secret)
-        found = totp.match(secret, params, code, now, window)
-        if found is None:
-            far = totp.far_offset(secret, params, code, now, window)
-            if far is None:
-                return "incorrect_code", {}, ""
-            return "incorrect_code", {"suspected_clock_offset_s": far * params.period}, ""
-        used = await self.ctx.store.consume_step(
-            account.user, found.step, found.offset, now,
-            Site(self.fields["service"], self.fields["rhost"]),
-        )
-        return (None, {}, "totp") if used else ("replayed_code", {}, "")
-
-    async def _spend_recovery_code(
-        self, account: Account | None, code: str, now: float
-    ) -> tuple[str | None, dict[str, Any], str]:
-        user = self.fields["user"]
-        digest = self.ctx.box.digest(user, code)
-        if account is None:
-            return "incorrect_recovery_code", {}, ""
-        left = await self.ctx.store.use_recovery_code(
-            user, digest, now, self.fields["rhost"], self.fields["service"]
-        )
-        if left is None:
-            return "incorrect_recovery_code", {}, ""
-        await self.ctx.audit.record(
-            "recovery_code_used", outcome="success", remaining=left, **self.fields
-        )
-        if left <= recovery.WARN_AT:
-            await self._send(
-                T.INFO,
-                f"Only {left} recovery code{'s' if left != 1 else ''} left. "
-                "Make new ones with `mfa recovery-codes --regenerate`.",
-            )
-            await self._acknowledge(MSG_CONTINUE)
-        return None, {}, "recovery"
+    def _context(self) -> dict[str, Any]:
+        """The session's fields for the verifier's records, less the user it sets itself."""
+        return {k: v for k, v in self.fields.items() if k != "user"}
 
     # --- enrolment at login ---
 
-    async def _must_enrol(self, account: Account | None, reason: str) -> Outcome:
+    async def _must_enrol(self, ident: Identity, account: Account | None, reason: str) -> Outcome:
         """A user who must enrol: offer it now, or refuse with what to do."""
         ctx, config, now = self.ctx, self.config, self.ctx.clock()
         deadline = account.deadline if account is not None and account.state == "pending" else None
         if account is None or account.state != "pending":
             grace = config.enrolment.grace_days * 86400
             deadline = now + grace if grace > 0 else None
-            await ctx.store.set_state(self.fields["user"], StateChange("pending", deadline), now)
             await ctx.audit.record(
                 "state_changed", outcome="success", state="pending", reason=reason,
-                deadline=_iso(deadline) if deadline else None, **self.fields,
+                deadline=iso(deadline) if deadline else None, **self.fields,
             )
+            await ctx.store.set_state(ident.name, StateChange("pending", deadline, uid=ident.uid),
+                                      now)
         if deadline is not None and deadline <= now:
             await self._finish("failure", "enrolment_expired")
             await self._send(T.ERROR, MSG_ENROLMENT_EXPIRED)
@@ -311,11 +266,17 @@ class LoginSession:
             await self._finish("failure", "not_enrolled")
             await self._send(T.ERROR, MSG_NOT_ENROLLED)
             return Outcome.FAILURE
-        return await self._enrol()
+        # locked comes first: no new secret is shown to a guesser (silent: the verifier
+        # refuses every confirming code instead, so the two look alike)
+        refusal = await ctx.guard.refusal(ident.name, login_source(self.site.rhost), now)
+        if refusal is not None and not config.lockout.silent:
+            await self._finish("failure", refusal.reason)
+            await self._send(T.ERROR, _refusal_message(refusal))
+            return Outcome.FAILURE
+        return await self._enrol(ident)
 
-    async def _enrol(self) -> Outcome:
-        user = self.fields["user"]
-        offer = await enrolment.begin(self.ctx, user, reoffer=True)
+    async def _enrol(self, ident: Identity) -> Outcome:
+        offer = await enrolment.begin(self.ctx, ident, reoffer=True)
         await self.ctx.audit.record("enrolment_started", outcome="pending", method="login",
                                     **self.fields)
         await self._send(T.INFO, "\n".join([
@@ -323,22 +284,29 @@ class LoginSession:
             f"Key: {enrolment.key_groups(offer.secret)}",
         ]))
         attempts = self.config.login.max_attempts
+        source = login_source(self.site.rhost)
         for attempt in range(1, attempts + 1):
-            codes = await enrolment.confirm(self.ctx, user, await self._prompt(
-                self.config.login.prompt))
-            if codes is not None:
+            answer = await self._prompt(self.config.login.prompt)
+            verdict, confirmed = await enrolment.confirm(
+                self.ctx, ident, answer, source, self.site, attempt=attempt, **self._context()
+            )
+            if confirmed is not None:
                 await self.ctx.audit.record("enrolment_confirmed", outcome="success",
                                             method="login", **self.fields)
+                await enrolment.activate(self.ctx, confirmed)
                 await self._send(T.INFO, "\n".join([
                     "Enrolment complete. Your recovery codes (each works once, in place of a "
                     "code; keep them somewhere safe, they are not shown again):",
-                    *(f"  {c}" for c in codes),
+                    *(f"  {c}" for c in confirmed.codes),
                 ]))
                 await self._acknowledge(MSG_ACKNOWLEDGE)
                 await self._finish("success", "enrolled", method="enrolment", attempts=attempt)
                 return Outcome.SUCCESS
-            await self.ctx.audit.record("attempt", outcome="failure", reason="incorrect_code",
-                                        attempt=attempt, method="enrolment", **self.fields)
+            if verdict.refusal is not None and not self.config.lockout.silent:
+                await self._finish("failure", verdict.refusal.reason, method="enrolment",
+                                   attempts=attempt)
+                await self._send(T.ERROR, _refusal_message(verdict.refusal))
+                return Outcome.FAILURE
             if attempt < attempts:
                 await self._send(T.ERROR, MSG_INCORRECT)
         await self._finish("failure", "too_many_attempts", method="enrolment", attempts=attempts)

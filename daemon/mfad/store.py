@@ -56,6 +56,7 @@ class Account:
     exempt_reason: str | None = None
     exempt_until: float | None = None  # exempt: None means no expiry
     state_changed_at: float | None = None
+    uid: int | None = None  # the owner's uid when bound; None: written before uids were kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,8 @@ class PendingEnrolment:
     sealed_secret: bytes
     params: TokenParams
     created_at: float
+    uid: int | None = None  # whose it is: a re-created user with the same name gets none of it
+    expires_at: float | None = None  # after this the secret is void and enrolment starts over
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class Counter:
     failures: int = 0
     first_at: float = 0.0
     until: float = 0.0  # locked/blocked until this time; 0 = not; inf = until an admin unlocks
+    total: int = 0  # wrong codes since the last success, across automatic unlocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,7 @@ class StateChange:
     exempt_reason: str | None = None
     exempt_until: float | None = None
     erase: bool = False  # drop secret, pending enrolment and recovery codes; history stays
+    uid: int | None = None  # the owner, bound on a new row (or a row that has none yet)
 
 
 class Store(abc.ABC):
@@ -117,7 +122,8 @@ class Store(abc.ABC):
         """Keep a new secret aside until a code confirms it; replaces an older pending one."""
 
     @abc.abstractmethod
-    async def get_pending(self, user: str) -> PendingEnrolment | None: ...
+    async def get_pending(self, user: str) -> PendingEnrolment | None:
+        """The secret held aside for `user`, expired or not (the caller judges both)."""
 
     @abc.abstractmethod
     async def activate(
@@ -146,9 +152,33 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def use_recovery_code(
-        self, user: str, digest: bytes, now: float, rhost: str, service: str
+        self, user: str, digest: bytes, now: float, login: Site | None
     ) -> int | None:
-        """Atomically spend one code of an active user; the number left, or None if no match."""
+        """Atomically spend one code of an active user; the number left, or None if no match.
+
+        With `login` the use goes into the history, as for consume_step."""
+
+    @abc.abstractmethod
+    async def bind_uid(self, user: str, uid: int) -> None:
+        """Record the owner's uid on an account (and pending enrolment) that has none yet."""
+
+    @abc.abstractmethod
+    async def forget(self, user: str) -> bool:
+        """Remove every row of `user`: account, enrolment, codes, counters, history.
+
+        False if there was nothing. For an account whose owner was deleted or
+        re-created with another uid; the audit trail keeps what happened."""
+
+    @abc.abstractmethod
+    async def get_key_check(self) -> bytes | None:
+        """The check value of the key the secrets are sealed with (secretbox), if recorded."""
+
+    @abc.abstractmethod
+    async def set_key_check(self, value: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def any_sealed_secret(self) -> tuple[str, bytes] | None:
+        """One (user, sealed secret) pair, to test the key on a store from before key checks."""
 
     @abc.abstractmethod
     async def recovery_codes_left(self, user: str) -> int: ...
@@ -239,12 +269,21 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (user, source)
     );
     """,
+    # 2: accounts and pending enrolments belong to a uid; pending secrets expire; the guard
+    # counts wrong codes across automatic unlocks (the lifetime cap); a key check value.
+    """
+    ALTER TABLE accounts ADD COLUMN uid INTEGER;
+    ALTER TABLE enrolments ADD COLUMN uid INTEGER;
+    ALTER TABLE enrolments ADD COLUMN expires_at REAL;
+    ALTER TABLE guard ADD COLUMN total INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)
+    """,
 ]
 ACCOUNT_SOURCE = "*"
 _ACCOUNT_COLUMNS = (
     "accounts.user, state, secret, algorithm, digits, period, enrolled_at, last_step,"
     " last_verified_at, last_rhost, clock_offset, deadline, exempt_reason, exempt_until,"
-    " state_changed_at"
+    " state_changed_at, uid"
 )
 
 
@@ -263,11 +302,13 @@ _FOREVER = 1e308
 
 
 def _counter(row: Sequence[Any]) -> Counter:
-    """A guard row (failures, first_at, until) as a Counter; NULLs (no row) are zero."""
-    failures, first_at, until = row
+    """A guard row (failures, first_at, until, total) as a Counter; NULLs (no row) are zero."""
+    failures, first_at, until, total = row
     if until is not None and until >= _FOREVER:
         until = math.inf
-    return Counter(failures or 0, first_at or 0.0, until or 0.0)
+    return Counter(failures or 0, first_at or 0.0, until or 0.0, total or 0)
+
+
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -423,9 +464,10 @@ class SqliteStore(Store):
 
         def q(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT OR REPLACE INTO enrolments VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO enrolments (user, secret, algorithm, digits, period,"
+                " created_at, uid, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (p.user, p.sealed_secret, p.params.algorithm, p.params.digits,
-                 p.params.period, p.created_at),
+                 p.params.period, p.created_at, p.uid, p.expires_at),
             )
 
         await self._run(q)
@@ -433,13 +475,13 @@ class SqliteStore(Store):
     async def get_pending(self, user: str) -> PendingEnrolment | None:
         def q(db: sqlite3.Connection) -> PendingEnrolment | None:
             row = db.execute(
-                "SELECT secret, algorithm, digits, period, created_at FROM enrolments"
-                " WHERE user = ?",
+                "SELECT secret, algorithm, digits, period, created_at, uid, expires_at"
+                " FROM enrolments WHERE user = ?",
                 (user,),
             ).fetchone()
             if row is None:
                 return None
-            return PendingEnrolment(user, row[0], TokenParams(*row[1:4]), row[4])
+            return PendingEnrolment(user, row[0], TokenParams(*row[1:4]), *row[4:])
 
         return await self._run(q)
 
@@ -452,16 +494,17 @@ class SqliteStore(Store):
             with _transaction(db):
                 db.execute(
                     "INSERT INTO accounts (user, state, secret, algorithm, digits, period,"
-                    " enrolled_at, last_step, clock_offset, updated_at, state_changed_at)"
-                    " VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?, ?)"
+                    " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid)"
+                    " VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
                     " ON CONFLICT (user) DO UPDATE SET state = 'active', secret = excluded.secret,"
                     " algorithm = excluded.algorithm, digits = excluded.digits,"
                     " period = excluded.period, enrolled_at = excluded.enrolled_at,"
                     " last_step = excluded.last_step, clock_offset = 0,"
                     " updated_at = excluded.updated_at, deadline = NULL, exempt_reason = NULL,"
-                    " exempt_until = NULL, state_changed_at = excluded.state_changed_at",
+                    " exempt_until = NULL, state_changed_at = excluded.state_changed_at,"
+                    " uid = coalesce(excluded.uid, uid)",
                     (p.user, p.sealed_secret, p.params.algorithm, p.params.digits,
-                     p.params.period, now, step, now, now),
+                     p.params.period, now, step, now, now, p.uid),
                 )
                 db.execute("DELETE FROM enrolments WHERE user = ?", (p.user,))
                 _replace_codes(db, p.user, recovery, now)
@@ -499,12 +542,13 @@ class SqliteStore(Store):
             with _transaction(db):
                 db.execute(
                     "INSERT INTO accounts (user, state, updated_at, state_changed_at, deadline,"
-                    " exempt_reason, exempt_until) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " exempt_reason, exempt_until, uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (user) DO UPDATE SET state = excluded.state,"
                     " updated_at = excluded.updated_at, state_changed_at = excluded.updated_at,"
                     " deadline = excluded.deadline, exempt_reason = excluded.exempt_reason,"
-                    " exempt_until = excluded.exempt_until",
-                    (user, c.state, now, now, c.deadline, c.exempt_reason, c.exempt_until),
+                    " exempt_until = excluded.exempt_until, uid = coalesce(uid, excluded.uid)",
+                    (user, c.state, now, now, c.deadline, c.exempt_reason, c.exempt_until,
+                     c.uid),
                 )
                 if c.erase:
                     db.execute(
@@ -524,7 +568,7 @@ class SqliteStore(Store):
         await self._run(q)
 
     async def use_recovery_code(
-        self, user: str, digest: bytes, now: float, rhost: str, service: str
+        self, user: str, digest: bytes, now: float, login: Site | None
     ) -> int | None:
         def q(db: sqlite3.Connection) -> int | None:
             with _transaction(db):
@@ -535,14 +579,15 @@ class SqliteStore(Store):
                 ).rowcount
                 if gone != 1:
                     return None
-                db.execute(
-                    "UPDATE accounts SET last_verified_at = ?, last_rhost = ?, updated_at = ?"
-                    " WHERE user = ?", (now, rhost, now, user),
-                )
-                db.execute(
-                    "INSERT INTO logins (user, at, service, rhost, method)"
-                    " VALUES (?, ?, ?, ?, 'recovery')", (user, now, service, rhost),
-                )
+                if login is not None:
+                    db.execute(
+                        "UPDATE accounts SET last_verified_at = ?, last_rhost = ?, updated_at = ?"
+                        " WHERE user = ?", (now, login.rhost, now, user),
+                    )
+                    db.execute(
+                        "INSERT INTO logins (user, at, service, rhost, method)"
+                        " VALUES (?, ?, ?, ?, 'recovery')", (user, now, login.service, login.rhost),
+                    )
                 (left,) = db.execute(
                     "SELECT count(*) FROM recovery_codes WHERE user = ?", (user,)
                 ).fetchone()
@@ -562,7 +607,7 @@ class SqliteStore(Store):
     async def accounts(self) -> list[tuple[Account, Counter]]:
         def q(db: sqlite3.Connection) -> list[tuple[Account, Counter]]:
             rows = db.execute(
-                f"SELECT {_ACCOUNT_COLUMNS}, g.failures, g.first_at, g.until FROM accounts"  # noqa: S608
+                f"SELECT {_ACCOUNT_COLUMNS}, g.failures, g.first_at, g.until, g.total FROM accounts"  # noqa: S608
                 " LEFT JOIN guard g ON g.user = accounts.user AND g.source = ?"
                 " ORDER BY accounts.user",
                 (ACCOUNT_SOURCE,),
@@ -585,7 +630,7 @@ class SqliteStore(Store):
     async def get_guard(self, user: str, source: str) -> GuardState:
         def q(db: sqlite3.Connection) -> GuardState:
             rows = db.execute(
-                "SELECT source, failures, first_at, until FROM guard"
+                "SELECT source, failures, first_at, until, total FROM guard"
                 " WHERE user = ? AND source IN (?, ?)",
                 (user, ACCOUNT_SOURCE, source),
             ).fetchall()
@@ -602,9 +647,10 @@ class SqliteStore(Store):
                         db.execute("DELETE FROM guard WHERE user = ? AND source = ?", (user, key))
                     else:
                         db.execute(
-                            "INSERT OR REPLACE INTO guard VALUES (?, ?, ?, ?, ?)",
+                            "INSERT OR REPLACE INTO guard (user, source, failures, first_at,"
+                            " until, total) VALUES (?, ?, ?, ?, ?, ?)",
                             (user, key, counter.failures, counter.first_at,
-                             min(counter.until, _FOREVER)),
+                             min(counter.until, _FOREVER), counter.total),
                         )
 
         await self._run(q)
@@ -615,6 +661,53 @@ class SqliteStore(Store):
                 return db.execute("DELETE FROM guard WHERE user = ?", (user,)).rowcount > 0
 
         return await self._run(q)
+
+    async def bind_uid(self, user: str, uid: int) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                for table in ("accounts", "enrolments"):
+                    db.execute(
+                        f"UPDATE {table} SET uid = ? WHERE user = ? AND uid IS NULL",  # noqa: S608
+                        (uid, user),
+                    )
+
+        await self._run(q)
+
+    async def forget(self, user: str) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                gone = 0
+                for table in ("accounts", "enrolments", "recovery_codes", "guard", "logins"):
+                    gone += db.execute(
+                        f"DELETE FROM {table} WHERE user = ?", (user,)  # noqa: S608 (constant)
+                    ).rowcount
+                return gone > 0
+
+        return await self._run(q)
+
+    async def get_key_check(self) -> bytes | None:
+        def q(db: sqlite3.Connection) -> bytes | None:
+            row = db.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._scan(q)
+
+    async def set_key_check(self, value: bytes) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('key_check', ?)", (value,))
+
+        await self._scan(q)
+
+    async def any_sealed_secret(self) -> tuple[str, bytes] | None:
+        def q(db: sqlite3.Connection) -> tuple[str, bytes] | None:
+            row = db.execute(
+                "SELECT user, secret FROM accounts WHERE secret IS NOT NULL UNION ALL"
+                " SELECT user, secret FROM enrolments LIMIT 1"
+            ).fetchone()
+            return None if row is None else (row[0], bytes(row[1]))
+
+        return await self._scan(q)
 
     # --- audit review (mfa audit summary): added by the audit-trail work ---
     async def list_accounts(self) -> dict[str, str]:

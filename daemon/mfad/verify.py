@@ -1,0 +1,195 @@
+"""The one place a code is checked, for every purpose and on either socket, always under the guard.
+
+A login's code or recovery code, the code that confirms an enrolment (at login
+or by ``mfa enroll``), the code that proves the token before ``mfa
+recovery-codes --regenerate``: each goes through ``Verifier.check``. There is no
+second way to test a code, so each of them gets the same per-user lock, the
+same counting, back-off, source block, account lock and lifetime cap
+(lockout.py), and the same audit records. A locked account gets no code check
+anywhere: the answer is refused unseen, after the delay a wrong code would get.
+
+Records written here: ``attempt`` for every answer not accepted (with its
+reason, the purpose and the delay served), ``lock_set`` and
+``source_blocked`` when a failure sets one, ``recovery_code_used``, and
+``clock_anomaly`` when a code is refused because a later step was already used
+(the wall clock stepped back, or the phone's was ahead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from mfad import recovery, totp
+from mfad.lockout import FailureEffect, Refusal
+from mfad.store import Account, PendingEnrolment, Site, TokenParams
+
+if TYPE_CHECKING:
+    from mfad.context import Context
+
+
+class Purpose(enum.Enum):
+    LOGIN = "login"  # the active token or a recovery code; a success is a login
+    PROOF = "proof"  # the same, to show the token is at hand (control socket); not a login
+    ENROL = "enrol"  # the code of a secret held aside, to confirm it
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Whose code, from where. `account` None (an unknown user, or no token) gets a decoy
+    check that costs what a real one does and always fails."""
+
+    user: str  # canonical name; as typed only for a name NSS does not know
+    source: str  # the guard's source key: lockout.login_source / control_source
+    site: Site
+    account: Account | None = None
+    pending: PendingEnrolment | None = None  # Purpose.ENROL
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    reason: str | None  # None: accepted
+    method: str = ""  # "totp", "recovery" or "enrolment" when accepted
+    refusal: Refusal | None = None  # locked or blocked, before or by this answer
+    remaining: int | None = None  # recovery codes left after one was spent
+    step: int | None = None  # the time step of an accepted TOTP code
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def iso(ts: float) -> str | None:
+    return None if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+class Verifier:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def check(
+        self, subject: Subject, answer: str, purpose: Purpose, **fields: Any
+    ) -> Verdict:
+        """Judge one answer; count it, record it, serve the back-off, then return the verdict.
+
+        `fields` go into every record (the session's or the control request's context).
+        """
+        ctx, now = self.ctx, self.ctx.clock()
+        fields = {"user": subject.user, "purpose": purpose.value, **fields}
+        effect: FailureEffect | None = None
+        async with ctx.guard.attempt(subject.user, subject.source, now) as attempt:
+            if attempt.refusal is not None:
+                verdict = Verdict(attempt.refusal.reason, refusal=attempt.refusal)
+                delay = attempt.refusal.delay
+            else:
+                verdict, details = await self._judge(subject, answer, purpose, now, fields)
+                if verdict.ok:
+                    await attempt.succeeded()
+                    return verdict
+                effect = await attempt.failed()
+                delay = effect.delay
+        if effect is not None:
+            await ctx.audit.record("attempt", outcome="failure", reason=verdict.reason,
+                                   delay_s=delay, **details, **fields)
+            verdict = await self._record_effect(verdict, effect, fields)
+        else:
+            await ctx.audit.record("attempt", outcome="refused", reason=verdict.reason,
+                                   delay_s=delay, **fields)
+        await asyncio.sleep(delay)
+        return verdict
+
+    async def _record_effect(
+        self, verdict: Verdict, effect: FailureEffect, fields: dict[str, Any]
+    ) -> Verdict:
+        audit = self.ctx.audit
+        if effect.locked_until is not None:
+            await audit.record(
+                "lock_set", outcome="locked", until=iso(effect.locked_until),
+                failures=effect.failures, reason="lifetime_cap" if effect.capped else "deny",
+                **fields,
+            )
+            return Verdict(verdict.reason, refusal=Refusal("locked", effect.locked_until))
+        if effect.blocked_until is not None:
+            await audit.record(
+                "source_blocked", outcome="blocked", until=iso(effect.blocked_until), **fields
+            )
+            return Verdict(verdict.reason, refusal=Refusal("source_blocked", effect.blocked_until))
+        return verdict
+
+    async def _judge(
+        self, subject: Subject, answer: str, purpose: Purpose, now: float,
+        fields: dict[str, Any],
+    ) -> tuple[Verdict, dict[str, Any]]:
+        """The verdict on `answer`, and what an administrator should see about a wrong one."""
+        window = self.ctx.config.totp.window
+        if purpose is Purpose.ENROL:
+            return self._judge_pending(subject.pending, answer, now, window), {}
+        account = subject.account
+        params = account.params if account is not None else self._default_params()
+        code = totp.normalise(answer, params.digits)
+        if code is None:
+            spare = recovery.normalise(answer)
+            if spare is None:
+                return Verdict("malformed_code"), {}
+            login = subject.site if purpose is Purpose.LOGIN else None
+            return await self._spend_recovery_code(subject, spare, now, login, fields), {}
+        if account is None or account.sealed_secret is None:
+            totp.decoy(params, code, now, window)
+            return Verdict("incorrect_code"), {}
+        secret = self.ctx.box.open(account.user, account.sealed_secret)
+        found = totp.match(secret, params, code, now, window)
+        if found is None:
+            far = totp.far_offset(secret, params, code, now, window)
+            if far is None:
+                return Verdict("incorrect_code"), {}
+            return Verdict("incorrect_code"), {"suspected_clock_offset_s": far * params.period}
+        login = subject.site if purpose is Purpose.LOGIN else None
+        if await self.ctx.store.consume_step(account.user, found.step, found.offset, now, login):
+            return Verdict(None, "totp", step=found.step), {}
+        current = int(now // params.period)
+        if account.last_step is not None and account.last_step > current + window:
+            await self.ctx.audit.record(
+                "clock_anomaly", outcome="error", last_used_step=account.last_step,
+                current_step=current, reason="a later time step than now was already used: "
+                "this host's clock stepped back, or was ahead when that code was accepted",
+                **fields,
+            )
+        return Verdict("replayed_code"), {}
+
+    def _judge_pending(
+        self, pending: PendingEnrolment | None, answer: str, now: float, window: int
+    ) -> Verdict:
+        params = pending.params if pending is not None else self._default_params()
+        code = totp.normalise(answer, params.digits)
+        if code is None:
+            return Verdict("malformed_code")
+        if pending is None:
+            totp.decoy(params, code, now, window)
+            return Verdict("incorrect_code")
+        secret = self.ctx.box.open(pending.user, pending.sealed_secret)
+        found = totp.match(secret, params, code, now, window)
+        if found is None:
+            return Verdict("incorrect_code")
+        return Verdict(None, "enrolment", step=found.step)
+
+    async def _spend_recovery_code(
+        self, subject: Subject, code: str, now: float, login: Site | None,
+        fields: dict[str, Any],
+    ) -> Verdict:
+        digest = self.ctx.box.digest(subject.user, code)
+        if subject.account is None:
+            return Verdict("incorrect_recovery_code")
+        left = await self.ctx.store.use_recovery_code(subject.user, digest, now, login)
+        if left is None:
+            return Verdict("incorrect_recovery_code")
+        await self.ctx.audit.record("recovery_code_used", outcome="success", remaining=left,
+                                    **fields)
+        return Verdict(None, "recovery", remaining=left)
+
+    def _default_params(self) -> TokenParams:
+        cfg = self.ctx.config.totp
+        return TokenParams(cfg.algorithm, cfg.digits, cfg.period)
