@@ -8,9 +8,11 @@ the daemon authorises by the caller's kernel-reported uid.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from mfa_cli.main import cli
 from mfad.framing import Frame
 
 MFA = Path(sys.executable).with_name("mfa")
-RECOVERY_CODE = re.compile(r"^  ([2-9A-Z]{5}-[2-9A-Z]{5})$", re.MULTILINE)
+RECOVERY_CODE = re.compile(r"^  ([2-9A-Z]{5}-[2-9A-Z]{5}-[2-9A-Z]{5})$", re.MULTILINE)
 
 
 def mfa(mfad: Any, *args: str, input: str | None = None) -> Result:
@@ -86,13 +88,13 @@ def test_help_documents_exit_codes() -> None:
     assert result.exit_code == 0
     for line in ("0  success", "1  any other error", "2  usage error", "3  mfad is not reachable",
                  "4  not allowed", "5  no such user", "6  the ver", "7  mfa audit verify",
-                 "8  an account change was refused"):
+                 "8  an account change was refused", "9  locked", "10  too many requests"):
         assert line in result.output
     assert "mfa enroll alice" in result.output
     for name in cli.commands:
         assert re.search(rf"^\s+mfa {name}\b", result.output, re.MULTILINE), name
     for name in ("require", "suspend", "resume", "disable", "reset", "exempt", "unexempt",
-                 "unlock"):
+                 "unlock", "forget"):
         own = CliRunner().invoke(cli, [name, "--help"]).output
         assert re.search(rf"Example:\n\s+mfa {name} ", own), name
 
@@ -121,19 +123,20 @@ def test_enroll_shows_a_qr_code_that_scans_to_the_shown_uri(mfad: Any, make_user
     assert f"{digits} digits, every {period} s" in result.stdout
     assert result.exit_code == 1
     assert "pending, not active" in result.stderr
-    assert f"mfa enroll {user} --code CODE" in result.stderr
+    assert f"mfa enroll {user} --confirm" in result.stderr
     assert state_of(mfad, user) == "none"
 
 
 def test_wrong_code_does_not_activate_and_right_code_does(mfad: Any, make_user: Any) -> None:
-    """A wrong code is refused with exit code 6 and leaves the user not active; the right
-    code for the key in the QR code then activates the enrolment and shows the ten recovery
-    codes once, with the warning to store them. Neither verification code is printed."""
+    """A wrong code (`mfa enroll USER --confirm`, the code on stdin) is refused with exit
+    code 6 and leaves the user not active; the right code for the key in the QR code then
+    activates the enrolment and shows the ten recovery codes once, with the warning to
+    store them. Neither verification code is printed."""
     user = make_user()
     _, totp = begin(mfad, user)
     bad = wrong_code(totp)
 
-    refused = mfa(mfad, "enroll", user, "--code", bad)
+    refused = mfa(mfad, "enroll", user, "--confirm", input=f"{bad}\n")
 
     assert refused.exit_code == 6
     assert "Incorrect verification code" in refused.stderr
@@ -141,7 +144,7 @@ def test_wrong_code_does_not_activate_and_right_code_does(mfad: Any, make_user: 
     assert state_of(mfad, user) == "none"
 
     good = totp.now()
-    accepted = mfa(mfad, "enroll", user, "--code", good)
+    accepted = mfa(mfad, "enroll", user, "--confirm", input=f"{good}\n")
 
     assert accepted.exit_code == 0, accepted.output
     assert accepted.stdout.startswith(f"Enrolment of {user} is active.\n")
@@ -208,7 +211,80 @@ def test_three_wrong_codes_exit_6_and_leave_enrolment_pending(mfad: Any, make_us
     status = json.loads(mfa(mfad, "status", user, "--json").stdout)
     assert status["state"] == "none"
     assert status["enrolment_pending"] is True
-    assert mfa(mfad, "enroll", user, "--code", totp.now()).exit_code == 0
+    assert mfa(mfad, "enroll", user, "--confirm", input=f"{totp.now()}\n").exit_code == 0
+
+
+def test_a_code_on_the_command_line_is_refused(mfad: Any, make_user: Any) -> None:
+    """`--code N` is refused with a usage error (exit 2), before anything is sent to mfad:
+    a code on the command line is visible to every local user in `ps`. The message says
+    so and names what to use instead; the option is not in the help."""
+    user = make_user()
+    _, totp = begin(mfad, user)
+
+    for args, instead in ((["enroll", user, "--code", "123456"], "mfa enroll USER --confirm"),
+                          (["recovery-codes", "--regenerate", "--code", "123456"],
+                           "mfa recovery-codes --regenerate` asks for the code")):
+        result = mfa(mfad, *args)
+
+        assert result.exit_code == 2, result.output
+        assert "Usage:" in result.stderr
+        assert "visible to every local user (in `ps`" in result.stderr
+        assert instead in result.stderr
+        assert "--code" not in CliRunner().invoke(cli, [args[0], "--help"]).output
+    assert state_of(mfad, user) == "none"
+    assert mfa(mfad, "enroll", user, "--confirm", input=f"{totp.now()}\n").exit_code == 0
+
+
+def test_scripted_enrolment_gives_the_code_on_stdin(mfad: Any, make_user: Any) -> None:
+    """The enrol help's two scripted steps, run as the installed `mfa`: with nothing on
+    stdin `mfa enroll USER` prints the key and leaves the enrolment pending (exit 1);
+    `mfa enroll USER --confirm` with nothing on stdin exits 1 and leaves it pending;
+    with the code as a line on stdin it activates it and prints the recovery codes,
+    never the code."""
+    user = make_user()
+    command = [str(MFA), "--socket", str(mfad.control_socket), "enroll", user]
+    begun = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=30, check=False)
+    assert begun.returncode == 1, begun.stderr
+    assert "pending, not active" in begun.stderr
+    totp = totp_of(shown_uri(begun.stdout))
+
+    empty = subprocess.run([*command, "--confirm"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert empty.returncode == 1, empty.stderr
+    assert "No code given" in empty.stderr
+    assert state_of(mfad, user) == "none"
+
+    code = totp.now()
+    confirmed = subprocess.run([*command, "--confirm"], input=f"{code}\n", capture_output=True,
+                               text=True, timeout=30, check=False)
+
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert confirmed.stdout.startswith(f"Enrolment of {user} is active.\n")
+    assert len(set(RECOVERY_CODE.findall(confirmed.stdout))) == 10
+    assert code not in confirmed.stdout + confirmed.stderr
+    assert state_of(mfad, user) == "active"
+
+
+def test_confirm_in_a_terminal_asks_for_the_code_without_echoing_it(
+    mfad: Any, make_user: Any
+) -> None:
+    """In a terminal, `mfa enroll USER --confirm` asks "Verification code: " and does not
+    echo what is typed; the right code activates the pending enrolment."""
+    user = make_user()
+    _, totp = begin(mfad, user)
+    child = _spawn(mfad, "enroll", user, "--confirm")
+    child.logfile_read = screen = io.StringIO()
+    child.expect("Verification code: ")
+    code = totp.now()
+    child.sendline(code)
+    child.expect(f"Enrolment of {user} is active.")
+    child.expect(pexpect.EOF)
+    child.close()
+
+    assert child.exitstatus == 0
+    assert code not in screen.getvalue()
+    assert state_of(mfad, user) == "active"
 
 
 def test_enrolling_an_unknown_user_exits_5(mfad: Any) -> None:

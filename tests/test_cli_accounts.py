@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from conftest import Daemon, totp_now
 from mfa_cli.main import cli
 
 MFA = Path(sys.executable).with_name("mfa")
-RECOVERY_CODE = re.compile(r"^  ([2-9A-Z]{5}-[2-9A-Z]{5})$", re.MULTILINE)
+RECOVERY_CODE = re.compile(r"^  ([2-9A-Z]{5}-[2-9A-Z]{5}-[2-9A-Z]{5})$", re.MULTILINE)
 STORE_LINE = "Store these safely, they are not shown again."
 LOCKOUT = {"deny": 2, "source_deny": 100, "unlock_time": 0}
 """Two wrong codes lock until an administrator unlocks; one source is never blocked first."""
@@ -40,6 +41,16 @@ MakeUser = Callable[..., str]
 def mfa(mfad: Daemon, *args: str, input: str | None = None) -> Result:
     """`mfa --socket <the test daemon's control socket> ARGS`, in-process, as root."""
     return CliRunner().invoke(cli, ["--socket", str(mfad.control_socket), *args], input=input)
+
+
+def mfa_as_with_input(
+    mfad: Daemon, user: str, stdin: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """The installed `mfa` as ``user`` (like Daemon.mfa_as), ``stdin`` on its standard input."""
+    return subprocess.run(
+        ["runuser", "-u", user, "--", str(MFA), "--socket", str(mfad.control_socket), *args],
+        input=stdin, capture_output=True, text=True, timeout=30, check=False,
+    )
 
 
 def spawn_as(user: str, mfad: Daemon, *args: str) -> pexpect.spawn:
@@ -120,9 +131,9 @@ def test_user_regenerates_own_recovery_codes_only_with_a_current_code(
     mfad: Daemon, make_user: MakeUser, pam_login: Any
 ) -> None:
     """A non-root user regenerating their own recovery codes is asked for a current code
-    (hidden input); a wrong one exits 6 and the old codes still work; a right one (--code)
-    prints a new set, after which an old code no longer logs in and a new one does. Root
-    regenerates anyone's codes without a code."""
+    (hidden input); a wrong one exits 6 and the old codes still work; a right one (on
+    stdin, as a script gives it) prints a new set, after which an old code no longer
+    logs in and a new one does. Root regenerates anyone's codes without a code."""
     user = make_user()
     secret = mfad.enroll(user)
     old = mfad.request("recovery_codes", user=user, regenerate=True)["codes"]
@@ -135,7 +146,8 @@ def test_user_regenerates_own_recovery_codes_only_with_a_current_code(
     assert child.exitstatus == 6
     assert wrong_code(secret) not in child.before
 
-    mine = mfad.mfa_as(user, "recovery-codes", "--regenerate", "--code", totp_now(secret, +1))
+    mine = mfa_as_with_input(mfad, user, f"{totp_now(secret, +1)}\n",
+                             "recovery-codes", "--regenerate")
 
     assert mine.returncode == 0, mine.stderr
     new = RECOVERY_CODE.findall(mine.stdout)
@@ -471,10 +483,35 @@ def test_enroll_with_token_parameters(mfad: Daemon, make_user: MakeUser, pam_log
     assert uri, begun.stdout
     otp = pyotp.parse_uri(uri.group(1))
     assert (otp.digits, otp.interval, otp.digest().name) == (8, 60, "sha256")
-    confirmed = mfa(mfad, "enroll", user, "--code", otp.at(time.time() - 60))
+    confirmed = mfa(mfad, "enroll", user, "--confirm", input=f"{otp.at(time.time() - 60)}\n")
 
     assert confirmed.exit_code == 0, confirmed.output
     assert len(RECOVERY_CODE.findall(confirmed.stdout)) == 10
     assert "Token:            totp, SHA256, 8 digits, every 60 s" in mfa(
         mfad, "status", user).stdout
     assert pam_login(user, [otp.now()]).name == "PAM_SUCCESS"
+
+
+def test_forget_names_its_users_and_asks_before_asking_mfad(tmp_path: Path) -> None:
+    """`mfa forget` needs at least one USER (usage error, exit 2) and takes no --group or
+    --all. It asks before anything is sent: answering no exits 1 and mfad is not even
+    contacted (here there is none); --yes goes straight to mfad (none: exit 3). Its help
+    shows an example."""
+    nowhere = str(tmp_path / "no-mfad.sock")
+
+    assert CliRunner().invoke(cli, ["--socket", nowhere, "forget"]).exit_code == 2
+    assert CliRunner().invoke(cli, ["--socket", nowhere, "forget", "--all"]).exit_code == 2
+
+    declined = CliRunner().invoke(cli, ["--socket", nowhere, "forget", "alice", "bob"],
+                                  input="n\n")
+
+    assert declined.exit_code == 1, declined.output
+    assert declined.stdout.startswith("Forget alice, bob: erase their tokens, recovery codes")
+    assert "mfad is not running" not in declined.output
+
+    unasked = CliRunner().invoke(cli, ["--socket", nowhere, "forget", "--yes", "alice"])
+
+    assert unasked.exit_code == 3, unasked.output
+    assert "Forget" not in unasked.output
+    assert re.search(r"Example:\n\s+mfa forget alice",
+                     CliRunner().invoke(cli, ["forget", "--help"]).output)

@@ -2,20 +2,21 @@
 
 status and show are self-service (your own account; root and the admin group:
 anyone's); list is for root and the admin group. Times from mfad are RFC 3339
-UTC; the list's table shows them as `YYYY-MM-DD HH:MM:SS` in UTC.
+UTC; the list's table shows them as `YYYY-MM-DD HH:MM:SS` in UTC. What mfad
+answers is printed through mfa_cli.display (control characters escaped).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from mfa_cli.client import DaemonClient, pass_client
+from mfa_cli.display import clean, json_text, safe
 from mfa_cli.identity import invoking_user
 from mfa_cli.times import utc_text
 
@@ -101,12 +102,13 @@ def _status_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _print_rows(rows: list[tuple[str, Any]]) -> None:
+    """Label: value lines; the values come from an answer already made safe (``clean``)."""
     for label, value in rows:
         click.echo(f"{label + ':':<18}{value}")
 
 
 def _as_json(result: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in result.items() if k != "ok"}, indent=2)
+    return json_text({k: v for k, v in result.items() if k != "ok"}, indent=2)
 
 
 @click.command(short_help="USER's (default: your) state, token, last login, lock.")
@@ -119,7 +121,7 @@ def status(client: DaemonClient, user: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(_as_json(result))
         return
-    _print_rows(_status_rows(result))
+    _print_rows(_status_rows(clean(result)))
 
 
 @click.command(short_help="status, and the recent second-factor logins.")
@@ -134,6 +136,7 @@ def show(client: DaemonClient, user: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(_as_json(result))
         return
+    result = clean(result)
     _print_rows(_status_rows(result))
     history = result.get("history") or []
     click.echo()
@@ -186,7 +189,9 @@ def list_accounts(
     method, when enrolled, last verified code and its remote host, failed attempts, lock,
     exemption (reason and expiry) and, for pending accounts, the enrolment deadline.
 
-    Users never configured (state `none`) have no row.
+    Users never configured (state `none`) have no row. Control characters in names,
+    hosts and reasons are shown escaped (ESC as \\x1b, a backslash as \\\\), in the CSV
+    too; the JSON escapes them as \\u001b.
     """
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
@@ -203,18 +208,19 @@ def list_accounts(
     # either way. The sort is stable, so mfad's order stands otherwise.
     rows.sort(key=lambda r: r.get(sort_key) is None)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json_text(rows, indent=2))
     elif as_csv:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_KEYS)
-        writer.writerows([("" if r.get(k) is None else r[k]) for k in CSV_KEYS] for r in rows)
+        writer.writerows([("" if r.get(k) is None else safe(r[k])) for k in CSV_KEYS]
+                         for r in rows)
         click.echo(out.getvalue(), nl=False)
     elif not rows:
         click.echo("No accounts match.", err=True)
     else:
         headers = dict(COLUMNS)
         table = [tuple(headers[k] for k in TABLE_ORDER)]
-        table += [tuple(_cell(r, k) for k in TABLE_ORDER) for r in rows]
+        table += [tuple(_cell(r, k) for k in TABLE_ORDER) for r in clean(rows)]
         for line in _aligned(table):
             click.echo(line)

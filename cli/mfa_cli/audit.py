@@ -2,11 +2,13 @@
 
 The daemon reads its own log files (rotated ones too); this command only
 formats what it answers. Every subcommand is for root and the admin group.
+Records hold text from outside (user names of refused requests, remote hosts):
+tables and reports show it through mfa_cli.display.clean, JSON through
+json_text, so no control character reaches the terminal raw.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import click
 
 from mfa_cli.client import DaemonClient, pass_client
+from mfa_cli.display import clean, json_text, safe
 from mfa_cli.errors import ChainBroken, DaemonUnreachable
 from mfa_cli.times import parse_when, rfc3339, utc_text
 
@@ -74,8 +77,9 @@ class _Printer:
 
     def record(self, record: dict[str, Any]) -> None:
         if self.as_json:
-            click.echo(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+            click.echo(json_text(record, ensure_ascii=False, separators=(",", ":")))
             return
+        record = clean(record)
         self.header()
         click.echo(_row([
             _shown_time(record),
@@ -120,7 +124,9 @@ def audit(
     """List the audit trail (root and the admin group only).
 
     A table of time, event, outcome, user, service, remote host and reason,
-    oldest first; filters combine (all must match).
+    oldest first; filters combine (all must match). Control characters in the
+    records are shown escaped (ESC as \\x1b, a backslash as \\\\); --json
+    escapes them as \\u001b, and is otherwise each record as logged.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -149,8 +155,8 @@ def audit(
                 printer.header()
                 click.echo("-- following new records; Ctrl-C to stop --", err=True)
             if result.get("missed"):
-                click.echo(f"-- {result['missed']} records skipped: this terminal fell behind; "
-                           "`mfa audit` lists them --", err=True)
+                click.echo(f"-- {safe(result['missed'])} records skipped: this terminal fell "
+                           "behind; `mfa audit` lists them --", err=True)
     except KeyboardInterrupt:
         return
     except DaemonUnreachable as exc:
@@ -181,17 +187,18 @@ def verify(client: DaemonClient, as_json: bool) -> None:
     verdict.pop("ok", None)
     bad = verdict.get("first_bad")
     if as_json:
-        click.echo(json.dumps(verdict, indent=2))
+        click.echo(json_text(verdict, indent=2))
     elif bad is None:
-        _say_intact(verdict)
+        _say_intact(clean(verdict))
     else:
-        click.echo(f"Audit trail BROKEN: {bad['reason']}")
-        click.echo(f"  where:   {bad['file']} line {bad['line']}"
-                   + (f" (record {bad['seq']})" if bad.get("seq") is not None else ""))
-        click.echo(f"  why:     {bad['message']}")
-        click.echo(f"  found:   {bad.get('record') or '(nothing: the line is gone)'}")
-        click.echo(f"  records intact before it: {verdict['records']}")
-    if bad is not None:
+        shown = clean(bad)
+        click.echo(f"Audit trail BROKEN: {shown['reason']}")
+        click.echo(f"  where:   {shown['file']} line {shown['line']}"
+                   + (f" (record {shown['seq']})" if shown.get("seq") is not None else ""))
+        click.echo(f"  why:     {shown['message']}")
+        click.echo(f"  found:   {shown.get('record') or '(nothing: the line is gone)'}")
+        click.echo(f"  records intact before it: {safe(verdict['records'])}")
+    if bad is not None:  # the message is raw: CliError escapes it when shown
         at = f"record {bad['seq']}" if bad.get("seq") is not None else f"line {bad['line']}"
         raise ChainBroken(f"the audit trail is broken at {at} ({bad['reason']})")
 
@@ -223,8 +230,9 @@ def summary(client: DaemonClient, since: str, as_json: bool) -> None:
     result = client.request("audit_summary", since=since)
     result.pop("ok", None)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json_text(result, indent=2))
         return
+    result = clean(result)
     click.echo(f"Audit summary since {utc_text(result['since'])} UTC ({result['records']} records)")
     logins = result.get("logins") or {}
     click.echo("Logins: " + (", ".join(f"{k} {n}" for k, n in sorted(logins.items())) or "none"))

@@ -3,15 +3,23 @@
 Both are self-service: anyone may run them on their own account, root and the
 admin group on anyone's. Recovery codes are printed once, when they are made;
 mfad keeps only their digests and cannot show them again.
+
+A verification code is never taken from the command line, where every local
+user sees it in `ps` while `mfa` runs: it is typed at a prompt, or read from
+stdin by scripts (``read_code``). A leftover ``--code`` is a usage error that
+says so.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from mfa_cli.client import DaemonClient, pass_client
+from mfa_cli.display import clean, safe
 from mfa_cli.errors import CliError, WrongCode
 from mfa_cli.identity import invoking_user, is_root
 from mfad.qrtext import render_qr
@@ -20,6 +28,40 @@ MAX_TRIES = 3
 """Codes `mfa enroll` asks for before giving up, as many as a login allows."""
 LOW_RECOVERY_CODES = 2
 """At or below this many codes left, suggest a new set (a login warns at the same count)."""
+CODE_IN_PS = (
+    "--code is not accepted: a code on the command line is visible to every local user "
+    "(in `ps`, /proc) while mfa runs."
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def no_code_option(instead: str) -> Callable[[F], F]:
+    """A hidden ``--code CODE`` that is a usage error naming the replacement, ``instead``:
+    the option once took the code itself, and scripts may still pass it."""
+
+    def refuse(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            raise click.UsageError(f"{CODE_IN_PS} {instead}", ctx=ctx)
+
+    return click.option("--code", metavar="CODE", hidden=True, expose_value=False,
+                        callback=refuse)
+
+
+def read_code(prompt: str) -> str | None:
+    """A verification code: typed at a hidden prompt if stdin is a terminal, else the
+    first line of stdin (for scripts). None if there is none: end of input, an empty
+    line, or Ctrl-C / Ctrl-D at the prompt."""
+    stdin = sys.stdin
+    if stdin is None:
+        return None
+    if stdin.isatty():
+        try:
+            return str(click.prompt(prompt, hide_input=True))
+        except click.Abort:
+            click.echo(err=True)
+            return None
+    return stdin.readline().strip() or None
 
 
 def _grouped(secret: str) -> str:
@@ -33,12 +75,13 @@ def normalise_code(code: str) -> str:
 
 
 def show_recovery_codes(codes: list[str], heading: str) -> None:
-    """The codes, once, with the warning that this is the only time they are shown."""
+    """The codes (as mfad sent them), once, with the warning that this is the only time
+    they are shown. ``heading`` is printed as it is: escape what it quotes."""
     if not codes:
         return
     click.echo(heading)
     for code in codes:
-        click.echo(f"  {code}")
+        click.echo(f"  {safe(code)}")
     click.echo("Store these safely, they are not shown again.")
 
 
@@ -58,7 +101,7 @@ def _confirm(client: DaemonClient, user: str, code: str, digits: int | None) -> 
 
 
 def _activated(user: str, codes: list[str]) -> None:
-    click.echo(f"Enrolment of {user} is active.")
+    click.echo(f"Enrolment of {safe(user)} is active.")
     if codes:
         click.echo()
     show_recovery_codes(
@@ -70,8 +113,9 @@ def _activated(user: str, codes: list[str]) -> None:
 def _show_enrolment(begun: dict[str, Any], invert: bool) -> None:
     click.echo("Scan this QR code with an authenticator app:")
     click.echo()
-    click.echo(render_qr(begun["uri"], invert=invert))
+    click.echo(render_qr(begun["uri"], invert=invert))  # drawn in blocks; the URI as sent
     click.echo()
+    begun = clean(begun)
     if not invert:
         click.echo("Drawn for a dark terminal; if it does not scan, try --invert.")
     click.echo("Or add the key by hand:")
@@ -88,10 +132,14 @@ def _show_enrolment(begun: dict[str, Any], invert: bool) -> None:
 @click.command(short_help="Enrol USER (default: you): QR code, key, recovery codes.")
 @click.argument("user", required=False)
 @click.option(
-    "--code",
-    metavar="CODE",
-    help="Confirm the pending enrolment (started by an earlier `mfa enroll`) with CODE "
-    "instead of starting a new one; for scripts.",
+    "--confirm",
+    is_flag=True,
+    help="Confirm the pending enrolment (started by an earlier `mfa enroll`) instead of "
+    "starting a new one: asks for the code (hidden), or reads it from stdin; for scripts.",
+)
+@no_code_option(
+    "Confirm a pending enrolment with `mfa enroll USER --confirm`: it asks for the code "
+    "(hidden), or reads it from stdin (echo CODE | mfa enroll USER --confirm)."
 )
 @click.option("--digits", type=click.Choice(["6", "8"]),
               help="Digits per code, for apps or hardware tokens that need 8 (default: mfad's, "
@@ -105,7 +153,7 @@ def _show_enrolment(begun: dict[str, Any], invert: bool) -> None:
 @click.option("--invert", is_flag=True, help="Draw the QR code for a light-background terminal.")
 @pass_client
 def enroll(
-    client: DaemonClient, user: str | None, code: str | None, digits: str | None,
+    client: DaemonClient, user: str | None, confirm: bool, digits: str | None,
     algorithm: str | None, period: str | None, invert: bool,
 ) -> None:
     """Enrol USER (default: you) for authenticator codes.
@@ -113,19 +161,24 @@ def enroll(
     Shows a QR code, the otpauth:// URI and the key for an authenticator app,
     then asks for the code the app shows. Only a correct code makes the
     enrolment active; until then the user's state does not change. Then the
-    recovery codes are shown, once. Each run without --code starts over with a
-    new key.
+    recovery codes are shown, once. Each run without --confirm starts over with
+    a new key.
 
     \b
-    Scripted, in two steps:
-      mfa enroll alice < /dev/null     prints the key, leaves it pending
-      mfa enroll alice --code 123456   confirms it, prints the recovery codes
+    Scripted, in two steps (the code on stdin, never as an argument,
+    where every local user would see it in `ps`):
+      mfa enroll alice < /dev/null               prints the key, leaves it pending
+      echo 123456 | mfa enroll alice --confirm   confirms it, prints the recovery codes
     """
     user = user or invoking_user()
-    if code is not None:
+    if confirm:
         if digits or algorithm or period:
             raise click.UsageError("--digits, --algorithm and --period go with a new "
-                                   "enrolment, not with --code")
+                                   "enrolment, not with --confirm")
+        code = read_code("Verification code")
+        if code is None:
+            raise CliError(f"No code given; the enrolment of {user} is pending, not active. "
+                           "Type the code the app shows at the prompt, or give it on stdin.")
         outcome = _confirm(client, user, code, digits=None)
         if isinstance(outcome, str):
             raise WrongCode(f"{outcome} The enrolment of {user} is pending, not active.")
@@ -149,7 +202,7 @@ def enroll(
             click.echo(err=True)
             raise CliError(
                 f"No code entered; the enrolment of {user} is pending, not active. "
-                f"Confirm it with `mfa enroll {user} --code CODE`."
+                f"Confirm it with `mfa enroll {user} --confirm` (it asks for the code)."
             ) from None
         outcome = _confirm(client, user, answer, expected)
         if not isinstance(outcome, str):
@@ -159,43 +212,50 @@ def enroll(
     raise WrongCode(
         f"{MAX_TRIES} incorrect codes; the enrolment of {user} is pending, not active. "
         f"Check that the phone's clock is right, then confirm with "
-        f"`mfa enroll {user} --code CODE`, or start over with `mfa enroll {user}`."
+        f"`mfa enroll {user} --confirm`, or start over with `mfa enroll {user}`."
     )
 
 
 @click.command("recovery-codes", short_help="Recovery codes left; --regenerate a new set.")
 @click.argument("user", required=False)
 @click.option("--regenerate", is_flag=True,
-              help="Make a new set and show it; the old codes stop working.")
-@click.option("--code", metavar="CODE",
-              help="With --regenerate on your own account: a current code from your app "
-              "(asked for, hidden, if not given). Root and the admin group need none.")
+              help="Make a new set and show it; the old codes stop working. On your own "
+              "account it asks for a current code from your app (hidden), or reads it from "
+              "stdin. Root and the admin group need none for other users.")
+@no_code_option(
+    "`mfa recovery-codes --regenerate` asks for the code (hidden), or reads it from stdin "
+    "(echo CODE | mfa recovery-codes --regenerate)."
+)
 @pass_client
-def recovery_codes(
-    client: DaemonClient, user: str | None, regenerate: bool, code: str | None
-) -> None:
+def recovery_codes(client: DaemonClient, user: str | None, regenerate: bool) -> None:
     """How many recovery codes USER (default: you) has left; --regenerate makes new ones.
 
     A recovery code stands in for an authenticator code once, at the same
     prompt. The new set is shown once: keep it somewhere safe, apart from the
     phone.
+
+    \b
+    Example:
+      mfa recovery-codes --regenerate    asks for a current code, shows the new set
     """
     target = user or invoking_user()
     if not regenerate:
-        if code is not None:
-            raise click.UsageError("--code goes with --regenerate")
         left = int(client.request("recovery_codes", user=target)["remaining"])
-        click.echo(f"{target} has {left} recovery code{'' if left == 1 else 's'} left.")
+        click.echo(f"{safe(target)} has {left} recovery code{'' if left == 1 else 's'} left.")
         if left <= LOW_RECOVERY_CODES:
-            named = f" {user}" if user else ""
+            named = f" {safe(user)}" if user else ""
             click.echo(f"Make a new set with `mfa recovery-codes{named} --regenerate`.")
         return
+    fields: dict[str, Any] = {"user": target, "regenerate": True}
     # mfad wants proof of the token from anyone but an administrator acting on their own
     # account; root never needs it, and for an admin-group member a code does no harm.
-    if code is None and not is_root() and target == invoking_user():
-        code = click.prompt("Current verification code", hide_input=True)
-    fields: dict[str, Any] = {"user": target, "regenerate": True}
-    if code is not None:
+    if not is_root() and target == invoking_user():
+        code = read_code("Current verification code")
+        if code is None:
+            raise CliError("No code given: a new set of recovery codes for your own account "
+                           "needs a current code from your authenticator app, typed at the "
+                           "prompt or given on stdin.")
         fields["code"] = normalise_code(code)
     codes = list(client.request("recovery_codes", **fields).get("codes") or [])
-    show_recovery_codes(codes, f"New recovery codes for {target} (the old ones no longer work):")
+    show_recovery_codes(codes, f"New recovery codes for {safe(target)} "
+                        "(the old ones no longer work):")

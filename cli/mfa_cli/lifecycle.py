@@ -1,10 +1,12 @@
-"""`mfa require|suspend|resume|disable|reset|exempt|unexempt` and `mfa unlock`.
+"""`mfa require|suspend|resume|disable|reset|exempt|unexempt`, `mfa unlock` and `mfa forget`.
 
 Administrators only. Each names its users as arguments, as the members of one
 ``--group``, or (the state changes) as ``--all`` accounts mfad knows; mfad
 applies the change to each user on its own and answers which changed and which
 were refused (and why). This module prints both and picks the exit code:
-5 if a user named does not exist, else 8 if any change was refused.
+5 if a user named does not exist, else 8 if any change was refused. `forget`
+takes user names only (its users may no longer exist) and exits 8 if any was
+refused. Names and reasons are printed escaped (mfa_cli.display.safe).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import click
 
 from mfa_cli.client import DaemonClient, pass_client
+from mfa_cli.display import clean, safe
 from mfa_cli.errors import Forbidden, NotFound, Refused
 from mfa_cli.times import TIME_HELP, parse_when, rfc3339, utc_text
 
@@ -61,13 +64,15 @@ def _targets(
 
 
 def _note(action: str, reason: str | None, until: str | None) -> str:
-    """What a change means beyond the new state, for the actions where it is not obvious."""
+    """What a change means beyond the new state, for the actions where it is not obvious;
+    escaped for printing."""
     if action == "disable":
         return " (secret and recovery codes erased, history kept)"
     if action == "reset":
         return " (token and recovery codes erased; must enrol again)"
     if action == "exempt":
-        return f" ({reason}; {f'until {utc_text(until)} UTC' if until else 'no expiry'})"
+        return (f" ({safe(reason)}; "
+                f"{f'until {safe(utc_text(until))} UTC' if until else 'no expiry'})")
     return ""
 
 
@@ -75,12 +80,10 @@ def _report(action: str, answer: dict[str, Any], reason: str | None, until: str 
     """Print the changes, the refusals (to stderr), and exit 5 or 8 if any was refused."""
     changed = answer.get("changed") or []
     refused = answer.get("refused") or []
-    for change in changed:
+    for change in clean(changed):
         click.echo(f"{change['user']}: {change['from']} -> {change['to']}"
                    + _note(action, reason, until))
-    for refusal in refused:
-        click.echo(f"{refusal['user']}: refused: {refusal.get('message') or refusal['error']}",
-                   err=True)
+    _print_refusals(refused)
     if not refused:
         return
     total = len(changed) + len(refused)
@@ -89,6 +92,13 @@ def _report(action: str, answer: dict[str, Any], reason: str | None, until: str 
     if any(r.get("error") == "no_such_user" for r in refused):
         raise NotFound(summary)
     raise Refused(summary)
+
+
+def _print_refusals(refused: list[dict[str, Any]]) -> None:
+    """Each refusal, ``USER: refused: why``, to stderr."""
+    for refusal in clean(refused):
+        click.echo(f"{refusal['user']}: refused: {refusal.get('message') or refusal['error']}",
+                   err=True)
 
 
 _HELP = {
@@ -155,7 +165,7 @@ def _confirm(
     else:
         template = _QUESTION.get(action, f"{action.capitalize()} {{who}}?")
         question = template.format(who=_who(users, group, everyone))
-    click.confirm(question, abort=True)
+    click.confirm(safe(question), abort=True)
 
 
 def _lifecycle_command(action: str) -> click.Command:
@@ -226,9 +236,45 @@ def unlock(client: DaemonClient, users: tuple[str, ...], group: str | None) -> N
     fields = _targets(users, group, can_all=False)
     unlocked = list(client.request("unlock", **fields).get("unlocked") or [])
     for user in unlocked:
-        click.echo(f"{user}: unlocked")
+        click.echo(f"{safe(user)}: unlocked")
     for user in users:
         if user not in unlocked:
-            click.echo(f"{user}: was not locked")
+            click.echo(f"{safe(user)}: was not locked")
     if group and not any(u not in users for u in unlocked):
-        click.echo(f"No other member of group {group} was locked.")
+        click.echo(f"No other member of group {safe(group)} was locked.")
+
+
+@click.command(short_help="Drop mfad's account of deleted or re-created USERS.")
+@click.argument("users", nargs=-1, required=True, metavar="USER...")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_client
+def forget(client: DaemonClient, users: tuple[str, ...], yes: bool) -> None:
+    """Forget USERS (root and the admin group only): remove mfad's account of each,
+    its token, recovery codes, counters and login history. For a user who was
+    deleted, or re-created with another uid (a new person under an old name must
+    not inherit the old token). The audit trail keeps every record about them.
+    Asks first unless --yes.
+
+    Prints one line per user forgotten (with the state and uid mfad had) and one,
+    on stderr, per user refused and why.
+
+    \b
+    Example:
+      mfa forget alice                after `userdel alice`
+    """
+    if not yes:
+        click.confirm(safe(f"Forget {', '.join(users)}: erase their tokens, recovery codes, "
+                           "counters and login history (the audit trail keeps its records)?"),
+                      abort=True)
+    answer = client.request("forget", users=list(users))
+    forgotten = answer.get("forgotten") or []
+    refused = answer.get("refused") or []
+    for entry in clean(forgotten):
+        uid = entry.get("uid")
+        was = f"was {entry.get('state') or '?'}" + (f", uid {uid}" if uid is not None else "")
+        click.echo(f"{entry.get('user')}: forgotten ({was})")
+    _print_refusals(refused)
+    if refused:
+        total = len(forgotten) + len(refused)
+        raise Refused("not forgotten (see above)" if total == 1 else
+                      f"{len(refused)} of {total} users not forgotten (see above)")

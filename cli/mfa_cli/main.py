@@ -4,8 +4,8 @@ The group builds one DaemonClient into ``ctx.obj``; commands receive it through
 ``pass_client`` (click's examples/repo shape). Errors are mfa_cli.errors
 exceptions, each with its exit code, listed in ``mfa --help``. The commands
 live in modules named for what they do: enrol (enroll, recovery-codes),
-accounts (status, show, list), lifecycle (require ... unexempt, unlock),
-audit.
+accounts (status, show, list), lifecycle (require ... unexempt, unlock, forget),
+audit. Whatever the daemon sends is printed through mfa_cli.display.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mfa_cli.audit import audit
 from mfa_cli.client import DEFAULT_SOCKET, DaemonClient
 from mfa_cli.enrol import enroll, recovery_codes
 from mfa_cli.errors import EXIT_CODES
-from mfa_cli.lifecycle import LIFECYCLE_COMMANDS, unlock
+from mfa_cli.lifecycle import LIFECYCLE_COMMANDS, forget, unlock
 
 
 class _Ordered(click.Group):
@@ -53,6 +53,8 @@ Examples, for root and the admin group:
   mfa exempt backup --reason 'service account' --until 30d
   mfa unexempt backup            end the exemption
   mfa unlock alice               lift a lock after too many wrong codes
+  mfa forget alice               after `userdel alice`: drop mfad's account of
+                                 her (token, codes, history; the audit keeps all)
   mfa audit --since 2h           the audit trail; see `mfa audit --help`
 
 {EXIT_CODES}"""
@@ -80,7 +82,7 @@ def cli(ctx: click.Context, socket_path: Path) -> None:
 
 
 for command in (enroll, status, show, recovery_codes, list_accounts, *LIFECYCLE_COMMANDS,
-                unlock, audit):
+                unlock, forget, audit):
     cli.add_command(command)
 
 
