@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from mfad.framing import Frame, encode, recv_frame_blocking
 
@@ -76,3 +80,46 @@ class PamWire:
                 return frames
             if frame.type in "Pp":
                 self.send("A", pending.pop(0) if pending else "")
+
+
+_CONTROL_CHILD = """
+import json, socket, sys, time
+from mfad.framing import encode, recv_frame_blocking
+for line in sys.stdin:
+    began = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(60)
+        sock.connect(sys.argv[1])
+        sock.sendall(encode("Q", line.strip()))
+        answer = json.loads(recv_frame_blocking(sock).payload)
+    answer["elapsed_s"] = time.monotonic() - began
+    print(json.dumps(answer), flush=True)
+"""
+
+
+class ControlAs:
+    """Control requests sent by a process running as `user`, a real uid as SO_PEERCRED
+    reports it: what an unprivileged local user can do with the control socket."""
+
+    def __init__(self, path: Path, user: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CONTROL_CHILD, str(path)], user=user, extra_groups=[],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def __enter__(self) -> ControlAs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """The daemon's answer, with `elapsed_s`: how long it took to come."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return answer
