@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -83,8 +84,9 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class Daemon:
     """A real mfad process with its own sockets, store, key and audit log under `tmp`."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
+        self.env = env or {}
         self.tmp.chmod(0o755)
         self.config_path = tmp / "mfad.yaml"
         self.pam_socket = tmp / "run" / "pam.sock"
@@ -108,11 +110,11 @@ class Daemon:
     def write_config(self, **overrides: Any) -> None:
         self.config_path.write_text(yaml.safe_dump(_merge(self.base, overrides)))
 
-    def start(self, *, env: dict[str, str] | None = None, **overrides: Any) -> None:
+    def start(self, **overrides: Any) -> None:
         """Start mfad and return once it has said READY=1 over $NOTIFY_SOCKET.
 
-        `env` is merged into the daemon's environment (e.g. tests/nsswrap.py's
-        preload); it applies to this start only: pass it to `restart` again.
+        `self.env` is merged into the daemon's environment at every start (e.g.
+        tests/nsswrap.py's preload).
         """
         self.write_config(**overrides)
         if not self.key_path.exists():
@@ -126,7 +128,7 @@ class Daemon:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(str(notify_path))
             notify.settimeout(15)
-            env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(notify_path)}
+            env = {**os.environ, **self.env, "NOTIFY_SOCKET": str(notify_path)}
             with self.stderr_path.open("ab") as err:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "mfad", "--config", str(self.config_path)],
@@ -221,15 +223,15 @@ class Daemon:
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
 
 
-@pytest.fixture
-def mfad() -> Iterator[Daemon]:
-    """A started daemon in mode `required`, its files removed at teardown.
+@contextlib.contextmanager
+def running_daemon(env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """A started daemon in mode `required`, its files removed (logs archived) after.
 
     Its directory is under /tmp with mode 0755 (pytest's own tmp_path is 0700)
     so that tests may run `mfa` as an unprivileged user against the control socket.
     """
     tmp = Path(tempfile.mkdtemp(prefix="mfad-test-"))
-    daemon = Daemon(tmp)
+    daemon = Daemon(tmp, env)
     try:
         daemon.start()
         yield daemon
@@ -242,6 +244,13 @@ def mfad() -> Iterator[Daemon]:
             if log.is_file() and log.suffix != ".head":
                 shutil.copy(log, keep / log.name)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def mfad() -> Iterator[Daemon]:
+    """A started daemon (`running_daemon`)."""
+    with running_daemon() as daemon:
+        yield daemon
 
 
 @pytest.fixture

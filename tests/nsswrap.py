@@ -12,9 +12,7 @@ How a test uses it::
 
     from nsswrap import nss_ci_fixture  # noqa: F401  (provides the `nss_ci` fixture)
 
-    def test_something(nss_ci: NssCi) -> None:
-        daemon = Daemon(Path(tempfile.mkdtemp()))
-        daemon.start(env=nss_ci.env)
+    def test_something(ci_daemon: Daemon, nss_ci: NssCi) -> None:  # import both fixtures
         ...  # a request for "ALICE" reaches a daemon whose NSS says "alice"
         nss_ci.set_users([CiUser("alice", 200777, 200001)])  # re-created, new uid
 
@@ -68,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import Daemon, running_daemon
 
 NSS_WRAPPER = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so"
 MODULE_SOURCE = Path(__file__).with_name("nss_ci.c")
@@ -219,3 +218,10 @@ def nss_ci_fixture() -> Iterator[NssCi]:
         yield nss_ci_env(directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(name="ci_daemon")
+def ci_daemon_fixture(nss_ci: NssCi) -> Iterator[Daemon]:
+    """A started mfad (conftest.running_daemon) whose name service is the harness."""
+    with running_daemon(env=nss_ci.env) as daemon:
+        yield daemon

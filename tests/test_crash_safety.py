@@ -66,7 +66,9 @@ PERIOD = 30
 CLIENT_TIMEOUT = 5.0  # a dead daemon gives EOF at once; waiting this long is a hang
 GENESIS = "0" * 64
 # count every wrong code, but never lock, block or slow anyone down within a run
-NEVER_LOCK = {"deny": 1000, "source_deny": 1000, "fail_interval": 7 * 86400, "delay": 0}
+NEVER_LOCK = {
+    "deny": 1000, "source_deny": 1000, "fail_interval": 7 * 86400, "delay": 0, "lifetime_deny": 0,
+}
 
 
 def _step_now() -> int:

@@ -10,22 +10,20 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LOG_ARCHIVE, Daemon
+from conftest import Daemon
 from nsswrap import (
     ALICE,
     CAROL,
     CI_GROUP,
     CiUser,
     NssCi,
+    ci_daemon_fixture,  # noqa: F401  (provides the `ci_daemon` fixture)
     nss_ci_env,
     nss_ci_fixture,  # noqa: F401  (provides the `nss_ci` fixture)
 )
@@ -204,24 +202,6 @@ def test_directory_users_may_not_shadow_local_ones(tmp_path: Path) -> None:
     (nss_wrapper would answer "ROOT" from the directory but "root" from /etc/passwd)."""
     with pytest.raises(ValueError, match="clashes with the local user 'root'"):
         nss_ci_env(tmp_path, users=[CiUser("Root", 200500, 200500)], groups=[])
-
-
-@pytest.fixture
-def ci_daemon(nss_ci: NssCi) -> Iterator[Daemon]:
-    """A started mfad whose NSS is the harness; torn down like conftest's `mfad`."""
-    tmp = Path(tempfile.mkdtemp(prefix="mfad-test-"))
-    daemon = Daemon(tmp)
-    try:
-        daemon.start(env=nss_ci.env)
-        yield daemon
-    finally:
-        daemon.stop()
-        keep = LOG_ARCHIVE / tmp.name
-        keep.mkdir(parents=True, exist_ok=True)
-        for log in [daemon.stderr_path, *daemon.audit_path.parent.glob("audit.jsonl*")]:
-            if log.is_file() and log.suffix != ".head":
-                shutil.copy(log, keep / log.name)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_mfad_runs_with_the_harness_as_its_name_service(ci_daemon: Daemon) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pwd
 import socket
 import struct
 import subprocess
@@ -101,10 +102,13 @@ class ControlAs:
     """Control requests sent by a process running as `user`, a real uid as SO_PEERCRED
     reports it: what an unprivileged local user can do with the control socket."""
 
-    def __init__(self, path: Path, user: str) -> None:
+    def __init__(self, path: Path, user: str | int) -> None:
+        """`user`: a local user's name, or a bare uid (a directory user only mfad's NSS
+        knows; its primary group is taken to be the same number)."""
+        uid, gid = (user, user) if isinstance(user, int) else pwd.getpwnam(user)[2:4]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CONTROL_CHILD, str(path)], user=user, extra_groups=[],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-c", _CONTROL_CHILD, str(path)], user=uid, group=gid,
+            extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
 
     def __enter__(self) -> ControlAs:
