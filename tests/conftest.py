@@ -127,7 +127,6 @@ class Daemon:
         notify_path.unlink(missing_ok=True)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(str(notify_path))
-            notify.settimeout(15)
             env = {**os.environ, **self.env, "NOTIFY_SOCKET": str(notify_path)}
             with self.stderr_path.open("ab") as err:
                 self.proc = subprocess.Popen(
@@ -137,12 +136,16 @@ class Daemon:
                     stderr=err,
                     env=env,
                 )
-            try:
-                while notify.recv(4096) != b"READY=1":
-                    pass
-            except TimeoutError:
-                self.kill()
-                raise RuntimeError(f"mfad did not start:\n{self.stderr()}") from None
+            notify.settimeout(0.1)
+            deadline = time.monotonic() + 15
+            while True:  # READY=1, or mfad exited (a refused config or key), or 15 s
+                try:
+                    if notify.recv(4096) == b"READY=1":
+                        break
+                except TimeoutError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        self.kill()
+                        raise RuntimeError(f"mfad did not start:\n{self.stderr()}") from None
         notify_path.unlink()
 
     def stderr(self) -> str:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from urllib.parse import parse_qs, urlparse
 
 import pyotp
 import pytest
 from conftest import Daemon, totp_now
 from qrimage import decode as decode_terminal_qr
+
+from mfad import recovery
 
 CODE_RE = re.compile(r"^\s+([2-9A-Z]{5}-[2-9A-Z]{5}-[2-9A-Z]{5})$", re.M)
 
@@ -170,3 +174,30 @@ def test_group_actions_and_list(mfad: Daemon, make_user, make_group) -> None:
     assert [r["user"] for r in rows] == sorted([a, b], reverse=True)
     everyone = mfad.request("list")["accounts"]
     assert {r["user"]: r["state"] for r in everyone}[outsider] == "active"
+
+
+def test_a_key_from_mfa_enroll_expires_with_the_enrolment_deadline(
+    mfad: Daemon, make_user
+) -> None:
+    """A key `mfa enroll` showed and nobody confirmed stops working at the enrolment
+    deadline (grace_days): its code no longer activates it, and a new enrolment is needed."""
+    mfad.restart(enrolment={"grace_days": 2 / 86400})  # two seconds
+    user = make_user()
+    begun = mfad.request("enroll_begin", user=user)
+    time.sleep(2.5)
+    late = mfad.request("enroll_confirm", user=user, code=totp_now(begun["secret"]))
+    assert late["ok"] is False and late["error"] == "no_pending_enrolment", late
+    assert "expired" in late["message"]
+    assert mfad.request("status", user=user)["enrolment_pending"] is False
+
+
+def test_recovery_codes_carry_at_least_64_bits(mfad: Daemon, make_user) -> None:
+    """Each recovery code is drawn from the 30-symbol alphabet with enough symbols for 64
+    bits or more (NIST SP 800-63B's minimum for a look-up secret)."""
+    user = make_user()
+    mfad.enroll(user)
+    codes = mfad.request("recovery_codes", user=user, regenerate=True)["codes"]
+    for code in codes:
+        symbols = code.replace("-", "")
+        assert set(symbols) <= set(recovery.ALPHABET)
+        assert len(symbols) * math.log2(len(recovery.ALPHABET)) >= 64, code
