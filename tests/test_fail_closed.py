@@ -86,6 +86,8 @@ def test_a_bug_before_the_first_frame_still_answers_a_result_even_with_fail_open
     errors = [json.loads(line) for line in mfad.stderr().splitlines()
               if '"login_internal_error"' in line]
     assert errors and errors[-1]["exception"][0]["exc_type"] in ("OverflowError", "ValueError")
+    frames = errors[-1]["exception"][0]["frames"]
+    assert frames and not any("locals" in frame for frame in frames)  # they hold codes
 
 
 def test_mfad_leaves_an_existing_private_socket_directory_private(tmp_path: Path) -> None:

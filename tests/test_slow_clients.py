@@ -15,6 +15,8 @@ import resource
 import secrets
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -225,3 +227,73 @@ def test_a_burst_of_logins_while_mfad_is_busy_is_queued_not_refused(
         result, took = _timed_login(mfad, user, totp_now(secret))
         print(f"login after the burst: {result} in {took * 1000:.0f} ms")
         assert result == "S"
+
+
+def test_control_connections_never_evict_a_login(
+    mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """The control socket (open to every local user) has a pool of its own: idle control
+    connections up to the cap do not evict a login whose START has not been read yet, and
+    one user cannot hold more than a few control connections at all. On 5e2ee70 the pools
+    were one, so a local user's connections closed a login before mfad's first frame, which
+    pam_mfa.so with fail=open takes for "daemon down" and skips."""
+    mfad.restart(max_connections=16)
+    user, secret = _seeded_user(mfad, make_user)
+    login = _connect(mfad.pam_socket)  # accepted, START not yet sent: evictable
+    time.sleep(0.3)
+    idle = [_connect(mfad.control_socket) for _ in range(20)]  # root: no per-uid cap
+    time.sleep(0.3)
+    try:
+        login.settimeout(10)
+        login.sendall(encode("S", start_payload(user, service="sshd")))
+        frame = recv_frame_blocking(login)
+        assert frame.type == "P", frame
+        login.sendall(encode("A", totp_now(secret)))
+        assert recv_frame_blocking(login).payload == "S"
+    finally:
+        login.close()
+        for sock in idle:
+            sock.close()
+    flooder = make_user()
+    held = _held_control_connections(mfad, flooder)
+    assert held == 16
+
+
+def _held_control_connections(mfad: Daemon, user: str) -> int:
+    """How many of 40 idle control connections from `user` mfad keeps open after a second."""
+    child = (
+        "import socket, sys, time\n"
+        "socks = []\n"
+        "for _ in range(40):\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    s.connect(sys.argv[1])\n"
+        "    socks.append(s)\n"
+        "time.sleep(1)\n"
+        "def open_(s):\n"
+        "    try:\n"
+        "        return s.recv(1, socket.MSG_DONTWAIT) != b''\n"
+        "    except BlockingIOError:\n"
+        "        return True\n"
+        "    except ConnectionResetError:\n"
+        "        return False\n"
+        "print(sum(open_(s) for s in socks))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", child, str(mfad.control_socket)], user=user,
+                         capture_output=True, text=True, timeout=30, check=True)
+    return int(out.stdout)
+
+
+def test_an_evicted_login_connection_is_answered_unavailable(mfad: Daemon) -> None:
+    """At the cap, the oldest login connection that has sent nothing is turned away with
+    RESULT U (so pam_mfa.so fails closed even with fail=open), not closed silently."""
+    mfad.restart(max_connections=16)
+    first = _connect(mfad.pam_socket)
+    time.sleep(0.3)
+    rest = [_connect(mfad.pam_socket) for _ in range(16)]
+    try:
+        first.settimeout(10)
+        frame = recv_frame_blocking(first)
+        assert (frame.type, frame.payload) == ("R", "U")
+    finally:
+        for sock in [first, *rest]:
+            sock.close()

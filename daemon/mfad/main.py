@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import structlog
+import structlog.tracebacks
 import uvloop
 
 from mfad import __version__, config
@@ -35,8 +36,11 @@ def _configure_logging() -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
             # log.exception's traceback as structured data: without it a caught bug
-            # leaves only its event name behind
-            structlog.processors.dict_tracebacks,
+            # leaves only its event name behind. Never with the frames' local variables
+            # (structlog's default): they hold codes, keys and recovery codes.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),

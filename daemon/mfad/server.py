@@ -4,10 +4,15 @@ The PAM socket is 0600 root (only root processes such as sshd's monitor, login
 and su may start a login check); the control socket is 0666 and every request
 on it is authorised by the caller's SO_PEERCRED uid in control.py.
 
-Each connection gets a hard deadline and the daemon holds at most
-``max_connections`` at once. At the cap a new connection evicts the oldest one
-that has not yet sent its START frame: clients that connect and say nothing
-(or trickle) cannot starve real logins, and no conversation under way is cut.
+Each connection gets a hard deadline. Each socket has its own pool of at most
+``max_connections``: the control socket is open to every local user, so
+nothing done there may touch a login. In a pool at its cap a new connection
+evicts the oldest one that has not yet sent its first frame: clients that
+connect and say nothing (or trickle) cannot starve real logins, and no
+conversation under way is cut. A user other than root holds at most
+``CONTROL_PER_UID`` control connections at once. A PAM connection turned away
+or evicted is answered ``R U`` first: a silent close before the first frame
+is what ``fail=open`` turns into a skip.
 
 A control op may answer with a stream of frames (``mfa audit --follow``): such
 a connection is exempt from the control deadline and lasts until its client
@@ -17,12 +22,14 @@ closes it; at shutdown it is ended at once instead of holding the grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import stat
 import struct
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,7 @@ from mfad.context import Context
 from mfad.control import ControlHandler
 from mfad.errors import MfaError, ProtocolError
 from mfad.framing import encode, read_frame
-from mfad.protocol import T
+from mfad.protocol import Outcome, T
 from mfad.session import START_TIMEOUT, LoginSession
 
 log = structlog.get_logger("mfad.server")
@@ -48,6 +55,19 @@ SHUTDOWN_GRACE = 5.0
 # net.core.somaxconn (4096 by default).
 LISTEN_BACKLOG = 1024
 _PEERCRED = struct.Struct("3i")
+CONTROL_PER_UID = 16
+"""Control connections one user (not root) may hold open at once: enough for any script."""
+
+
+@dataclass(slots=True)
+class _Pool:
+    """The connections of one socket."""
+
+    kind: str  # "pam" | "control"
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # connections that have not finished their first frame, oldest first
+    unstarted: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
+    per_uid: dict[int, int] = field(default_factory=dict)  # open control connections by uid
 
 
 def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
@@ -83,28 +103,47 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
     return sock
 
 
+def _turn_away(pool: _Pool, writer: asyncio.StreamWriter) -> None:
+    """Close a connection we will not serve; a login is told UNAVAILABLE, never nothing."""
+    if pool.kind == "pam":
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write(encode(T.RESULT, Outcome.UNAVAILABLE.value))
+        writer.close()
+    else:
+        writer.transport.abort()
+
+
+def _evict_one(pool: _Pool) -> bool:
+    """Turn away the oldest connection of `pool` still waiting for its first frame, if any."""
+    for task, writer in pool.unstarted.items():
+        del pool.unstarted[task]
+        _turn_away(pool, writer)
+        log.warning("connection_evicted", socket=pool.kind,
+                    reason="max_connections reached; idle client")
+        return True
+    return False
+
+
 class Server:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.control = ControlHandler(ctx)
         self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        # connections that have not finished their first frame, oldest first
-        self._unstarted: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._pools = (_Pool("pam"), _Pool("control"))
         self._paths: list[Path] = []
         self._streams: set[asyncio.Task[None]] = set()  # streamed control answers
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.ctx.config
-        for path, mode, serve in (
-            (cfg.pam_socket, 0o600, self._serve_pam),
-            (cfg.control_socket, 0o666, self._serve_control),
+        for path, mode, serve, pool in (
+            (cfg.pam_socket, 0o600, self._serve_pam, self._pools[0]),
+            (cfg.control_socket, 0o666, self._serve_control, self._pools[1]),
         ):
             sock = bind_unix(path, mode)
             self._paths.append(path)
             self._servers.append(await asyncio.start_unix_server(
-                self._admit(serve), sock=sock, limit=2**17, backlog=LISTEN_BACKLOG,
+                self._admit(serve, pool), sock=sock, limit=2**17, backlog=LISTEN_BACKLOG,
             ))
         self._flusher = asyncio.create_task(self._flush_refusals())
 
@@ -115,19 +154,29 @@ class Server:
             await self.control.flush_refusals()
 
     def _admit(
-        self, serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+        self, serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        pool: _Pool,
     ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-        """Wrap a handler: connection cap, task tracking, and the writer always closed."""
+        """Wrap a handler: connection caps, task tracking, and the writer always closed."""
 
         async def admitted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if len(self._tasks) >= self.ctx.config.max_connections and not self._evict_one():
-                log.warning("connection_refused", reason="max_connections reached")
-                writer.close()
+            uid = peer_credentials(writer)[1] if pool.kind == "control" else 0
+            if uid and pool.per_uid.get(uid, 0) >= CONTROL_PER_UID:
+                log.warning("connection_refused", uid=uid,
+                            reason=f"{CONTROL_PER_UID} control connections open for this uid")
+                writer.transport.abort()
+                return
+            if len(pool.tasks) >= self.ctx.config.max_connections and not _evict_one(pool):
+                log.warning("connection_refused", socket=pool.kind,
+                            reason="max_connections reached")
+                _turn_away(pool, writer)
                 return
             task = asyncio.current_task()
             assert task is not None
-            self._tasks.add(task)
-            self._unstarted[task] = writer
+            pool.tasks.add(task)
+            pool.unstarted[task] = writer
+            if uid:
+                pool.per_uid[uid] = pool.per_uid.get(uid, 0) + 1
             try:
                 await serve(reader, writer)
             except TimeoutError:
@@ -137,26 +186,22 @@ class Server:
             except Exception:  # a bug: log it now, not when the task is collected
                 log.exception("connection_internal_error")
             finally:
-                self._tasks.discard(task)
-                self._unstarted.pop(task, None)
+                pool.tasks.discard(task)
+                pool.unstarted.pop(task, None)
+                if uid:
+                    left = pool.per_uid.pop(uid) - 1
+                    if left:
+                        pool.per_uid[uid] = left
                 writer.close()
 
         return admitted
-
-    def _evict_one(self) -> bool:
-        """Close the oldest connection still waiting for its first frame, if any."""
-        for task, writer in self._unstarted.items():
-            del self._unstarted[task]
-            writer.transport.abort()
-            log.warning("connection_evicted", reason="max_connections reached; idle client")
-            return True
-        return False
 
     def _started(self) -> None:
         """Called once a connection's first frame is in: it may no longer be evicted."""
         task = asyncio.current_task()
         if task is not None:
-            self._unstarted.pop(task, None)
+            for pool in self._pools:
+                pool.unstarted.pop(task, None)
 
     async def _serve_pam(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pid, uid, _ = peer_credentials(writer)
@@ -232,6 +277,10 @@ class Server:
             error = sending.exception()
             if not isinstance(error, ConnectionError):
                 log.error("control_stream_failed", error=repr(error))
+
+    @property
+    def _tasks(self) -> set[asyncio.Task[None]]:
+        return self._pools[0].tasks | self._pools[1].tasks
 
     async def stop(self) -> None:
         """Stop accepting, let logins in flight finish briefly, cancel the rest."""

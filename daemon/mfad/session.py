@@ -142,7 +142,7 @@ class LoginSession:
             await self._finish("failure", "timeout")
             await self._send(T.ERROR, MSG_TIMEOUT)
             outcome = Outcome.FAILURE
-        except _PeerGone:
+        except (_PeerGone, ConnectionError):  # the module went away (EOF or a reset)
             await self._record_quietly("login", outcome="failure", reason="aborted")
             return
         except StaleAccount as exc:
@@ -357,6 +357,8 @@ class LoginSession:
             log.error("audit_unwritable", error=str(exc), **self.fields)
 
     async def _send(self, ftype: str, payload: str) -> None:
+        if self.writer.is_closing():
+            return  # the module went away; its login is over either way
         try:
             self.writer.write(encode(ftype, payload))
             await self.writer.drain()
