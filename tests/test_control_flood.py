@@ -87,3 +87,26 @@ def test_a_flood_of_refused_requests_leaves_logins_working_and_the_log_bounded(
     assert sum(r.get("repeated", 0) for r in mine) + len(
         [r for r in mine if r["event"] == "control"]) == sum(answered.values())
     assert growth < 256 * 1024
+
+
+def test_refusals_of_made_up_ops_are_coalesced_and_short(
+    mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """A new, huge operation name in every request neither starts a new audit record each
+    time nor gets written out: the log grows by a few hundred bytes, not megabytes."""
+    user = make_user()
+    child = (
+        "import json, socket, sys\n"
+        "from mfad.framing import encode, recv_frame_blocking\n"
+        "for i in range(20):\n"
+        "    with socket.socket(socket.AF_UNIX) as s:\n"
+        "        s.connect(sys.argv[1])\n"
+        "        op = str(i) + '\\x7f' * 60000\n"
+        "        s.sendall(encode('Q', json.dumps({'op': op}, ensure_ascii=False)))\n"
+        "        recv_frame_blocking(s)\n"
+    )
+    before = mfad.audit_path.stat().st_size
+    subprocess.run([sys.executable, "-c", child, str(mfad.control_socket)], user=user,
+                   check=True, timeout=60)
+    mfad.stop()
+    assert mfad.audit_path.stat().st_size - before < 4096

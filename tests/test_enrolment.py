@@ -201,3 +201,38 @@ def test_recovery_codes_carry_at_least_64_bits(mfad: Daemon, make_user) -> None:
         symbols = code.replace("-", "")
         assert set(symbols) <= set(recovery.ALPHABET)
         assert len(symbols) * math.log2(len(recovery.ALPHABET)) >= 64, code
+
+
+def _key_shown(pam_login, user: str, rhost: str) -> str:
+    info = "\n".join(pam_login(user, [], rhost=rhost).texts("info"))
+    return info.split("Key: ", 1)[1].split("\n", 1)[0]
+
+
+def test_an_unconfirmed_key_is_shown_again_only_where_it_was_shown(
+    mfad: Daemon, pam_login, make_user
+) -> None:
+    """A key shown at login is shown again to the same host (the user was cut off), never to
+    another one, and a key made by `mfa enroll` is never shown at login: whoever next gets
+    past the password must not learn a key the owner is about to confirm."""
+    user = make_user()
+    mfad.request("require", user=user)
+    first = _key_shown(pam_login, user, "192.0.2.1")
+    assert _key_shown(pam_login, user, "192.0.2.1") == first
+    assert _key_shown(pam_login, user, "192.0.2.2") != first
+    begun = mfad.request("enroll_begin", user=user)["secret"]
+    shown = _key_shown(pam_login, user, "192.0.2.1").replace(" ", "")
+    assert shown != begun
+
+
+def test_an_enrolment_is_not_confirmed_once_an_administrator_suspended_the_account(
+    mfad: Daemon, make_user
+) -> None:
+    """A key begun before an administrator suspends the account does not make it active
+    afterwards: the confirmation is refused and the account stays suspended."""
+    user = make_user()
+    mfad.request("require", user=user)
+    begun = mfad.request("enroll_begin", user=user)
+    assert mfad.request("suspend", user=user)["changed"]
+    late = mfad.request("enroll_confirm", user=user, code=totp_now(begun["secret"]))
+    assert late["ok"] is False and "suspended" in late["message"]
+    assert mfad.request("status", user=user)["state"] == "suspended"

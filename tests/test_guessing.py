@@ -155,3 +155,38 @@ def test_with_silent_lockout_a_locked_answer_takes_as_long_as_a_wrong_one(
     refused = _attempts(mfad, user)[-1]
     assert refused["outcome"] == "refused" and refused["reason"] == "locked"
     assert refused["delay_s"] == 1.6
+
+
+def test_with_silent_lockout_every_answer_of_a_conversation_slows_down_alike(
+    mfad: Daemon, make_user: MakeUser
+) -> None:
+    """`lockout.silent`, three answers in one conversation from a fresh host: to a locked
+    account they wait 0.2, 0.4, 0.8 s, as wrong codes to an unlocked one do (refused
+    answers advance the host's back-off too), so the lock does not show in the timing."""
+    mfad.restart(lockout={"silent": True, "deny": 2, "delay": 0.2, "source_deny": 100})
+    user = make_user()
+    secret = mfad.enroll(user)
+    with PamWire(mfad.pam_socket) as wire:  # lock it from elsewhere
+        wire.login(user, [_wrong(secret)] * 2, service="sshd", rhost="192.0.2.60")
+    with PamWire(mfad.pam_socket) as wire:
+        assert wire.login(user, [_wrong(secret)] * 3, service="sshd",
+                          rhost="192.0.2.61")[-1].payload == "M"
+    refused = [r for r in _attempts(mfad, user) if r.get("rhost") == "192.0.2.61"]
+    assert [(r["outcome"], r["delay_s"]) for r in refused] == [
+        ("refused", 0.2), ("refused", 0.4), ("refused", 0.8)]
+
+
+def test_the_lifetime_cap_locks_root_too(mfad: Daemon) -> None:
+    """Root is spared the account lock (even_deny_root false) but not the lifetime cap:
+    from many hosts, `lifetime_deny` wrong codes lock root until an administrator unlocks."""
+    mfad.restart(login={"max_attempts": 1}, lockout={"lifetime_deny": 6, "source_deny": 2})
+    secret = mfad.enroll("root")
+    for host in range(6):
+        with PamWire(mfad.pam_socket) as wire:
+            wire.login("root", [_wrong(secret)], service="sshd", rhost=f"198.51.100.{host}")
+    with PamWire(mfad.pam_socket) as wire:
+        frames = wire.login("root", [totp_now(secret)], service="sshd", rhost="198.51.100.99")
+    assert frames[-1].payload == "F" and "until an administrator unlocks it" in frames[-2].payload
+    locks = [r for r in mfad.audit() if r["event"] == "lock_set" and r["user"] == "root"]
+    assert [r["reason"] for r in locks] == ["lifetime_cap"]
+    mfad.request("unlock", user="root")

@@ -10,6 +10,7 @@ token.
 from __future__ import annotations
 
 import pwd
+import secrets
 import subprocess
 from collections.abc import Callable
 
@@ -104,3 +105,38 @@ def test_a_local_user_recreated_with_another_uid_is_refused_until_forgotten(
     assert refused["forgotten"] == [] and "still exists" in refused["refused"][0]["message"]
     assert mfad.request("status", user=keeper)["state"] == "active"
     assert mfad.request("forget", users=[user])["forgotten"][0]["user"] == user
+
+
+def test_a_name_nss_cannot_resolve_but_mfad_has_an_account_for_fails_closed(
+    ci_daemon: Daemon, nss_ci: NssCi
+) -> None:
+    """NSS stops resolving alice (a directory out of reach, or alice deleted) while mfad
+    holds her account: with mode optional her login is refused as unavailable, never
+    skipped, and the trail says why."""
+    ci_daemon.restart(mode="optional")
+    ci_daemon.enroll("alice")
+    nss_ci.set_users([CAROL])
+    assert _login(ci_daemon, "alice", [])[-1] == "U"
+    assert _login(ci_daemon, "Alice", [])[-1] == "U"
+    record = [r for r in ci_daemon.audit() if r["event"] == "login"][-1]
+    assert record["outcome"] == "error" and record["reason"] == "name_unresolved"
+
+
+def test_an_account_stored_under_another_spelling_is_never_passed_over(
+    ci_daemon: Daemon,
+) -> None:
+    """An account written before names were resolved, under `Alice`, is alice's: a login as
+    alice (mode optional) is refused, not skipped, until the administrator forgets `Alice`
+    (which `forget` allows: the stored spelling is not the canonical one)."""
+    ci_daemon.restart(mode="optional")
+    ci_daemon.seed("Alice", secrets.token_bytes(20))
+    frames = _login(ci_daemon, "alice", [])
+    assert frames[-1] == "F" and "earlier account" in frames[-2]
+    assert "'Alice'" in ci_daemon.request("status", user="alice")["stale"]
+    assert ci_daemon.request("forget", users=["Alice"])["forgotten"][0]["user"] == "Alice"
+    assert _login(ci_daemon, "alice", [])[-1] == "K"
+
+
+def test_forget_takes_names_only(mfad: Daemon) -> None:
+    """`forget` refuses a group or `all`: during an NSS outage every user would look deleted."""
+    assert mfad.request("forget", all=True)["error"] == "bad_request"

@@ -200,15 +200,16 @@ class AccountOps:
 
     async def _account_row(self, ident: Identity) -> dict[str, Any]:
         try:
-            account = await identity.account_of(self.ctx.store, ident)
+            account = await identity.account_of(self.ctx, ident)
             stale = None
         except StaleAccount as exc:
             account, stale = await self.ctx.store.get_account(ident.name), str(exc)
         if account is None:
-            return {"user": ident.name, "uid": ident.uid, "state": "none", "method": None,
-                    "enrolled_at": None, "last_verified_at": None, "last_rhost": None,
-                    "failed_attempts": 0, "failures_since_success": 0, "locked_until": None,
-                    "clock_offset_steps": 0}
+            row = {"user": ident.name, "uid": ident.uid, "state": "none", "method": None,
+                   "enrolled_at": None, "last_verified_at": None, "last_rhost": None,
+                   "failed_attempts": 0, "failures_since_success": 0, "locked_until": None,
+                   "clock_offset_steps": 0}
+            return row if stale is None else {**row, "stale": stale}
         guard = await self.ctx.store.get_guard(ident.name, "*")
         row = _row(account, guard.account, self.ctx.clock())
         if stale is not None:
@@ -268,7 +269,7 @@ class AccountOps:
     async def enroll_begin(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         ident = await self.target(caller, request)
         user = ident.name
-        account = await identity.account_of(self.ctx.store, ident)
+        account = await identity.account_of(self.ctx, ident)
         state = account.state if account is not None else "none"
         if state == "active":
             raise AlreadyEnrolled(
@@ -278,10 +279,16 @@ class AccountOps:
             raise lifecycle.TransitionRefused(
                 f"{user} is {state}; an administrator must resume or unexempt it first"
             )
+        deadline = account.deadline if account is not None and state == "pending" else None
+        if not caller.is_admin and deadline is not None and deadline <= self.ctx.clock():
+            raise lifecycle.TransitionRefused(
+                f"the time to enrol {user} has passed; an administrator must `mfa reset {user}`"
+            )
         params = _params(self.ctx, request)
+        origin = f"control:{control_source(caller.uid)}"
         offer = await self._audited(
-            caller, "enroll_begin", user, lambda: enrolment.begin(self.ctx, ident, params),
-            state="pending",
+            caller, "enroll_begin", user,
+            lambda: enrolment.begin(self.ctx, ident, origin, params), state="pending",
         )
         return {
             "user": user, "secret": offer.secret, "uri": offer.uri,
@@ -309,7 +316,7 @@ class AccountOps:
         """How many are left; with `regenerate`, a new set (a user must give a current code)."""
         ident = await self.target(caller, request)
         user = ident.name
-        account = await identity.account_of(self.ctx.store, ident)
+        account = await identity.account_of(self.ctx, ident)
         if account is None or account.state != "active" or account.sealed_secret is None:
             raise NotEnrolled(f"{user} has no active token, so no recovery codes")
         if not request.get("regenerate"):
@@ -359,21 +366,24 @@ class AccountOps:
         Names are taken as stored (their owner may no longer exist). An account that
         still belongs to its user is refused: `mfa disable` or `mfa reset` that instead.
         """
+        if request.get("group") is not None or request.get("all") is not None:
+            # during an NSS outage every user would look deleted: name each one
+            raise RequestError("`forget` takes user names only, not a group or all")
         forgotten, refused = [], []
         for name in await lifecycle.targets(self.ctx, _with_user(request)):
             account = await self.ctx.store.get_account(name)
             pending = await self.ctx.store.get_pending(name)
             owner = account or pending
-            uids = await identity.current_uids([name])
-            current = uids[name]
+            ident = await identity.resolve(name)
+            current = ident.uid if ident is not None else None
             if owner is None:
                 exc: RequestError = NoSuchUser(f"mfad has no account {name!r}")
-            elif current is not None and owner.uid in (None, current):
+            elif ident is not None and ident.name == name and owner.uid in (None, ident.uid):
                 exc = lifecycle.TransitionRefused(
                     f"cannot forget {name}: the account belongs to {name} (uid {current}), who "
                     f"still exists; use `mfa disable {name}` or `mfa reset {name}`"
                 )
-            else:
+            else:  # deleted, re-created with another uid, or stored under another spelling
                 state = account.state if account is not None else "pending"
                 await self._audited(caller, "forget", name,
                                     partial(self.ctx.store.forget, name),

@@ -76,8 +76,8 @@ class ControlHandler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         accounts = AccountOps(ctx)
-        self._budget = Budget(ctx.clock)
-        self._coalescer = Coalescer(ctx.clock)
+        self._budget = Budget()
+        self._coalescer = Coalescer()
         self._callers: dict[int, tuple[Caller, float]] = {}
         self._self_service = set(accounts.self_service)
         self._ops: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[Response]]] = {
@@ -95,9 +95,14 @@ class ControlHandler:
         The single error boundary: every refusal or failure becomes an
         ``{"ok": false}`` response here or, inside a stream, in ``_guarded``.
         """
-        caller = await self._identify(uid)
         op = "?"
         request: dict[str, Any] = {}
+        try:
+            caller = await self._identify(uid)
+        except Exception:  # NSS failed for the caller itself: no answer can be authorised
+            log.exception("control_internal_error", op=op, uid=uid)
+            return {"ok": False, "error": "unavailable",
+                    "message": "mfad cannot tell who is asking (NSS failed); its log says why"}
         try:
             if not caller.is_admin and not self._budget.allow(uid):
                 raise RateLimited(
@@ -112,10 +117,12 @@ class ControlHandler:
             if not isinstance(parsed, dict):
                 raise RequestError("the request must be a JSON object")
             request = parsed
-            op = str(request.get("op"))
-            handler = self._ops.get(op)
+            name = request.get("op")
+            handler = self._ops.get(name) if isinstance(name, str) else None
             if handler is None:
-                raise RequestError(f"unknown operation {op!r}")
+                # the name is the peer's text: it goes into no record and no answer
+                raise RequestError("unknown operation; see docs/protocol.md for the ops")
+            op = str(request["op"])
             # self-service ops authorise their target themselves (AccountOps.target)
             if op not in self._self_service and not caller.is_admin:
                 what = "read the audit trail" if op in AUDIT_OPS else f"use `mfa {op}`"
@@ -175,7 +182,8 @@ class ControlHandler:
         try:
             await self.ctx.audit.record(
                 "control", outcome="refused", op=op, reason=type(exc).__name__,
-                actor_uid=caller.uid, actor=caller.name, user=target, message=str(exc),
+                actor_uid=caller.uid, actor=caller.name, user=target,
+                message=_bounded(str(exc)),
             )
         except AuditError as err:
             log.error("audit_unwritable", error=str(err))
@@ -310,6 +318,14 @@ def _audit_filter(request: dict[str, Any]) -> tuple[auditread.Filter, int | None
         fields, _request_time(request, "since"), _request_time(request, "until")
     )
     return flt, limit or None
+
+
+MAX_MESSAGE = 512
+"""Characters of a refusal's message kept in its record: it may quote the peer's text."""
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
 
 
 def _targets_named(request: dict[str, Any]) -> str | None:

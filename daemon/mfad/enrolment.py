@@ -8,7 +8,11 @@ the one verifier, under the guard, like any other code.
 
 A secret held aside belongs to its user's uid and expires with the enrolment
 deadline (``enrolment.grace_days``; a day when there is none): a key shown on a
-screen and never confirmed does not stay usable for ever.
+screen and never confirmed does not stay usable for ever. At login it is shown
+again only to the same source it was first shown to at login (`origin`): a key
+made by `mfa enroll`, or shown to another host, is never handed to whoever next
+gets past the password, who could otherwise read it, let the owner confirm it,
+and hold the owner's token from then on.
 
 Callers write their audit record between `confirm` and `activate`, so a
 change is never in force without its record. The recovery codes exist in
@@ -21,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from mfad import identity, recovery, totp
 from mfad.context import Context
-from mfad.errors import NoPendingEnrolment
+from mfad.errors import AlreadyEnrolled, EnrolmentRefused, NoPendingEnrolment
 from mfad.identity import Identity
 from mfad.store import PendingEnrolment, Site, TokenParams
 from mfad.verify import Purpose, Subject, Verdict, Verifier
@@ -65,12 +69,16 @@ def _expiry(ctx: Context, now: float) -> float:
 
 
 async def begin(
-    ctx: Context, ident: Identity, params: TokenParams | None = None, *, reoffer: bool = False
+    ctx: Context, ident: Identity, origin: str, params: TokenParams | None = None, *,
+    reoffer: bool = False,
 ) -> Offer:
-    """Keep aside a new secret (replacing an unconfirmed one), or with `reoffer` a recent one."""
+    """Keep aside a new secret (replacing an unconfirmed one), or with `reoffer` a recent one
+    first shown to the same `origin`."""
     now = ctx.clock()
     pending = await identity.pending_of(ctx.store, ident, now) if reoffer else None
-    if pending is not None and now - pending.created_at < REOFFER_WITHIN:
+    if pending is not None and pending.origin == origin and now - pending.created_at < (
+        REOFFER_WITHIN
+    ):
         secret = ctx.box.open(ident.name, pending.sealed_secret)
         params = pending.params
     else:
@@ -78,28 +86,50 @@ async def begin(
         secret = totp.new_secret(params)
         await ctx.store.begin_enrolment(PendingEnrolment(
             ident.name, ctx.box.seal(ident.name, secret), params, now, ident.uid,
-            _expiry(ctx, now),
+            _expiry(ctx, now), origin,
         ))
+    return _offer(ctx, ident, secret, params)
+
+
+def decoy(ctx: Context, ident: Identity) -> Offer:
+    """A key that is never stored, for a locked account under `lockout.silent`: the
+    conversation looks as usual, and no real key is shown to a guesser."""
+    params = default_params(ctx)
+    return _offer(ctx, ident, totp.new_secret(params), params)
+
+
+def _offer(ctx: Context, ident: Identity, secret: bytes, params: TokenParams) -> Offer:
     uri = totp.provisioning_uri(secret, params, ident.name, ctx.config.totp.issuer)
     return Offer(ident.name, totp.b32(secret), uri, params)
 
 
 async def confirm(
-    ctx: Context, ident: Identity, answer: str, source: str, site: Site, **fields: object
+    ctx: Context, ident: Identity, answer: str, source: str, site: Site, *,
+    must_exist: bool = True, **fields: object,
 ) -> tuple[Verdict, Confirmed | None]:
     """Check `answer` against the secret held aside; on success, what `activate` commits.
 
-    Raises NoPendingEnrolment when there is none (or it expired). `fields` go into
-    the verifier's records.
+    Raises NoPendingEnrolment when there is none (or it expired) and `must_exist`; without
+    it, an answer with no secret held aside is checked like any and fails. StaleAccount or
+    AlreadyEnrolled or EnrolmentRefused when the account is not the user's to enrol now
+    (an administrator suspended or exempted it meanwhile). `fields` go into the
+    verifier's records.
     """
+    account = await identity.account_of(ctx, ident)
+    state = account.state if account is not None else "none"
+    if state == "active":
+        raise AlreadyEnrolled(f"{ident.name} is already enrolled")
+    if state not in ("none", "pending", "disabled"):
+        raise EnrolmentRefused(f"{ident.name} is {state}; an administrator must resume or "
+                               "unexempt it first")
     pending = await identity.pending_of(ctx.store, ident, ctx.clock())
-    if pending is None:
+    if pending is None and must_exist:  # at login (a decoy key) it is checked and fails
         raise NoPendingEnrolment(
             f"{ident.name} has no enrolment waiting (or it expired); run `mfa enroll {ident.name}`"
         )
     subject = Subject(ident.name, source, site, pending=pending)
     verdict = await Verifier(ctx).check(subject, answer, Purpose.ENROL, **fields)
-    if not verdict.ok or verdict.step is None:
+    if not verdict.ok or verdict.step is None or pending is None:
         return verdict, None
     codes = recovery.generate(ctx.config.enrolment.recovery_codes)
     return verdict, Confirmed(replace(pending, uid=ident.uid), verdict.step, codes)

@@ -15,6 +15,7 @@
         ├── Locked             the guard refuses to check a code now (lock or source block)
         ├── RateLimited        too many control requests from one uid
         ├── StaleAccount       the account under a name belongs to a uid that no longer has it
+        ├── EnrolmentRefused   the account's state does not allow enrolling now
         └── NoPendingEnrolment
 
 Exceptions become protocol outcomes in exactly one place per socket
@@ -85,6 +86,10 @@ class RateLimited(RequestError):
 
 class StaleAccount(RequestError):
     code = "stale_account"
+
+
+class EnrolmentRefused(RequestError):
+    code = "bad_request"
 
 
 class NoPendingEnrolment(RequestError):

@@ -22,9 +22,13 @@ from __future__ import annotations
 import asyncio
 import pwd
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from mfad.errors import StaleAccount
 from mfad.store import Account, PendingEnrolment, Store
+
+if TYPE_CHECKING:
+    from mfad.context import Context
 
 MAX_USER = 256  # bytes of UTF-8, as the PAM module allows
 
@@ -85,23 +89,48 @@ def owns(ident: Identity, account: Account | PendingEnrolment) -> bool:
     return account.uid is None or account.uid == ident.uid
 
 
-async def account_of(store: Store, ident: Identity) -> Account | None:
-    """`ident`'s account, bound to their uid if it was not yet; StaleAccount if not theirs."""
-    account = await store.get_account(ident.name)
+async def has_rows(store: Store, typed: str) -> bool:
+    """Whether the store has an account or enrolment under `typed`, in any spelling: for
+    a name NSS cannot resolve, a reason to fail closed rather than treat it as unknown
+    (NSS down, or a directory mfad cannot reach, must not skip anybody's second factor)."""
+    return bool(await store.spellings(typed))
+
+
+async def account_of(ctx: Context, ident: Identity) -> Account | None:
+    """`ident`'s account, bound to their uid if it was not yet (audited first).
+
+    StaleAccount if the account under this name is another uid's, or if this user's
+    account was stored under another spelling of the name (before names were
+    resolved): a second factor is never passed over because of how a name is spelt.
+    """
+    account = await ctx.store.get_account(ident.name)
     if account is None:
+        await _no_other_spelling(ctx.store, ident)
         return None
     if not owns(ident, account):
         raise StaleAccount(stale_message(ident.name, account.uid, ident.uid))
     if account.uid is None:
-        await store.bind_uid(ident.name, ident.uid)
+        await ctx.audit.record("uid_bound", outcome="success", user=ident.name, uid=ident.uid,
+                               reason="an account written before uids were kept")
+        await ctx.store.bind_uid(ident.name, ident.uid)
         account = replace(account, uid=ident.uid)
     return account
+
+
+async def _no_other_spelling(store: Store, ident: Identity) -> None:
+    for name in await store.spellings(ident.name):
+        other = await resolve(name) if name != ident.name else ident
+        if other is not None and other.uid == ident.uid and name != ident.name:
+            raise StaleAccount(
+                f"mfad keeps {ident.name}'s account under the spelling {name!r} (written "
+                f"before names were resolved); `mfa forget {name}`, then enrol again"
+            )
 
 
 async def pending_of(store: Store, ident: Identity, now: float) -> PendingEnrolment | None:
     """`ident`'s enrolment waiting for confirmation, unless it expired or is not theirs."""
     pending = await store.get_pending(ident.name)
-    if pending is None or not owns(ident, pending):
+    if pending is None or pending.uid != ident.uid:  # one from before uids: nobody's
         return None
     if pending.expires_at is not None and pending.expires_at <= now:
         return None

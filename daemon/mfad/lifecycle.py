@@ -77,7 +77,7 @@ async def plan(
     until: float | None = None,
 ) -> Plan:
     """What `action` would do to one user; TransitionRefused if it does not fit the state."""
-    account = await identity.account_of(ctx.store, ident)
+    account = await identity.account_of(ctx, ident)
     user = ident.name
     before = _state(account)
     if before not in _FROM[action]:

@@ -17,15 +17,17 @@ Stages, for each wrong code (pam_faillock semantics for the account lock):
    would allow ``deny`` guesses every ``unlock_time`` forever (a 6-digit code
    with a ±1 window falls in about a year). ``lifetime_deny`` wrong codes with
    no success in between (NIST SP 800-63B §5.2.2 caps them at 100) lock the
-   account until an administrator unlocks it, whatever ``unlock_time`` says.
+   account until an administrator unlocks it, whatever ``unlock_time`` says,
+   root's too.
 
 A correct code clears the account counter and that source's. Counters live in
 the store, so they survive restarts. All checks for one user run under one
 asyncio lock, so with 200 parallel guesses exactly ``deny`` are checked
 against the secret; the rest are refused unseen.
 
-A refused answer is delayed as a wrong one from that source would be, so that
-with ``silent`` a locked account cannot be told from a wrong code by timing.
+A refused answer is delayed as a wrong one from that source would be, and
+advances that source's back-off as a wrong one does, so that with ``silent`` a
+locked account cannot be told from wrong codes by timing.
 
 The source is whatever the caller names: ``host:<rhost>`` or ``local`` for a
 login, ``uid:<n>`` for a code given over the control socket.
@@ -138,14 +140,23 @@ class Attempt:
         if source.failures >= cfg.source_deny:
             source = replace(source, until=now + cfg.source_block_time)
             effect = replace(effect, blocked_until=source.until)
-        if user != "root" or cfg.even_deny_root:
-            capped = 0 < cfg.lifetime_deny <= account.total
-            if capped or account.failures >= cfg.deny:
-                until = now + cfg.unlock_time if cfg.unlock_time > 0 and not capped else math.inf
-                account = replace(account, until=until)
-                effect = replace(effect, locked_until=until, capped=capped)
+        # root is spared the account lock (pam_faillock's even_deny_root), never the cap:
+        # from enough addresses the per-source block alone would allow guessing for ever
+        capped = 0 < cfg.lifetime_deny <= account.total
+        denied = account.failures >= cfg.deny and (user != "root" or cfg.even_deny_root)
+        if capped or denied:
+            until = now + cfg.unlock_time if cfg.unlock_time > 0 and not capped else math.inf
+            account = replace(account, until=until)
+            effect = replace(effect, locked_until=until, capped=capped)
         await self._store.put_guard(user, self._key, GuardState(account, source))
         return effect
+
+    async def refused(self) -> None:
+        """An answer refused unseen still advances this source's back-off (not the account's
+        count): with ``silent``, answers to a locked account slow down like wrong ones."""
+        was = self._state.source
+        source = replace(was, failures=was.failures + 1, first_at=was.first_at or self._now)
+        await self._store.put_guard(self._user, self._key, GuardState(self._state.account, source))
 
     async def succeeded(self) -> None:
         """A correct code clears the account counter and this source's (if there is any)."""

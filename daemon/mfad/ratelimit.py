@@ -20,16 +20,18 @@ by ``max_connections`` and eviction (server.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 BURST = 20
 RATE = 0.5  # requests a second, sustained
 WINDOW = 60.0  # seconds over which repeated refusals become one record
+MAX_RUNS = 10_000  # runs kept at once; past it, further ones per uid share one
 
 
 class Budget:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: dict[int, tuple[float, float]] = {}  # uid -> (tokens, at)
 
@@ -58,7 +60,10 @@ Key = tuple[int, str, str]  # (uid, op, error)
 
 
 class Coalescer:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    """Runs are timed on `clock` (monotonic: a wall clock stepping back must not hold
+    counts back); `due` reports when each run began on the wall clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._runs: dict[Key, _Run] = {}
 
@@ -69,18 +74,24 @@ class Coalescer:
         """
         run = self._runs.get(key)
         if run is None:
+            if len(self._runs) >= MAX_RUNS:  # keys are (uid, op, error): bounded anyway
+                key = (key[0], "*", "*")
+                if key in self._runs:
+                    self._runs[key].repeated += 1
+                    return False
             self._runs[key] = _Run(self._clock())
             return True
         run.repeated += 1
         return False
 
     def due(self, *, everything: bool = False) -> list[tuple[Key, int, float]]:
-        """Runs whose window ended with repeats to report: (key, count, first_at); removed."""
+        """Runs whose window ended with repeats to report: (key, count, wall-clock start);
+        removed."""
         now = self._clock()
         found = []
         for key, run in list(self._runs.items()):
             if everything or now - run.first_at >= WINDOW:
                 del self._runs[key]
                 if run.repeated:
-                    found.append((key, run.repeated, run.first_at))
+                    found.append((key, run.repeated, time.time() - (now - run.first_at)))
         return found

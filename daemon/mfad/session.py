@@ -173,7 +173,15 @@ class LoginSession:
             self.fields.update(user=ident.name, uid=ident.uid)
             if ident.name != start.user:
                 self.fields["typed_user"] = start.user
-            account = await identity.account_of(ctx.store, ident)
+            account = await identity.account_of(ctx, ident)
+        elif await identity.has_rows(ctx.store, start.user):
+            # NSS does not know a name mfad has an account for: NSS is down or cannot be
+            # reached from here, or the user was deleted. Never a skip: fail closed.
+            log.error("login_name_unresolved", **self.fields,
+                      reason="NSS does not resolve a name that has an account")
+            await self._finish("error", "name_unresolved")
+            await self._send(T.ERROR, MSG_UNAVAILABLE)
+            return Outcome.UNAVAILABLE
         if account is not None and policy.exemption_expired(account, now):
             account = await self._end_exemption(account, now)
         groups: frozenset[str] = frozenset()
@@ -266,19 +274,23 @@ class LoginSession:
             await self._finish("failure", "not_enrolled")
             await self._send(T.ERROR, MSG_NOT_ENROLLED)
             return Outcome.FAILURE
-        # locked comes first: no new secret is shown to a guesser (silent: the verifier
-        # refuses every confirming code instead, so the two look alike)
+        # locked comes first: no real secret is shown to a guesser. Silent: a key that is
+        # never stored, and the verifier refuses every confirming code, so it looks alike.
         refusal = await ctx.guard.refusal(ident.name, login_source(self.site.rhost), now)
         if refusal is not None and not config.lockout.silent:
             await self._finish("failure", refusal.reason)
             await self._send(T.ERROR, _refusal_message(refusal))
             return Outcome.FAILURE
-        return await self._enrol(ident)
+        return await self._enrol(ident, decoy=refusal is not None)
 
-    async def _enrol(self, ident: Identity) -> Outcome:
-        offer = await enrolment.begin(self.ctx, ident, reoffer=True)
+    async def _enrol(self, ident: Identity, *, decoy: bool) -> Outcome:
         await self.ctx.audit.record("enrolment_started", outcome="pending", method="login",
                                     **self.fields)
+        if decoy:
+            offer = enrolment.decoy(self.ctx, ident)
+        else:
+            origin = f"login:{login_source(self.site.rhost)}"
+            offer = await enrolment.begin(self.ctx, ident, origin, reoffer=True)
         await self._send(T.INFO, "\n".join([
             MSG_ENROL_INTRO, render_qr(offer.uri), offer.uri,
             f"Key: {enrolment.key_groups(offer.secret)}",
@@ -288,7 +300,8 @@ class LoginSession:
         for attempt in range(1, attempts + 1):
             answer = await self._prompt(self.config.login.prompt)
             verdict, confirmed = await enrolment.confirm(
-                self.ctx, ident, answer, source, self.site, attempt=attempt, **self._context()
+                self.ctx, ident, answer, source, self.site, must_exist=False, attempt=attempt,
+                **self._context(),
             )
             if confirmed is not None:
                 await self.ctx.audit.record("enrolment_confirmed", outcome="success",

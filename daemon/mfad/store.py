@@ -83,6 +83,7 @@ class PendingEnrolment:
     created_at: float
     uid: int | None = None  # whose it is: a re-created user with the same name gets none of it
     expires_at: float | None = None  # after this the secret is void and enrolment starts over
+    origin: str | None = None  # where it was shown: "login:<guard source>" or "control:<uid>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,11 @@ class Store(abc.ABC):
         """Atomically spend one code of an active user; the number left, or None if no match.
 
         With `login` the use goes into the history, as for consume_step."""
+
+    @abc.abstractmethod
+    async def spellings(self, user: str) -> list[str]:
+        """Names of accounts or pending enrolments equal to `user` but for (ASCII) case,
+        `user` itself included if it has one: rows written under another spelling."""
 
     @abc.abstractmethod
     async def bind_uid(self, user: str, uid: int) -> None:
@@ -275,8 +281,11 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE accounts ADD COLUMN uid INTEGER;
     ALTER TABLE enrolments ADD COLUMN uid INTEGER;
     ALTER TABLE enrolments ADD COLUMN expires_at REAL;
+    ALTER TABLE enrolments ADD COLUMN origin TEXT;
     ALTER TABLE guard ADD COLUMN total INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE INDEX accounts_user_lower ON accounts (lower(user));
+    CREATE INDEX enrolments_user_lower ON enrolments (lower(user))
     """,
 ]
 ACCOUNT_SOURCE = "*"
@@ -465,9 +474,9 @@ class SqliteStore(Store):
         def q(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT OR REPLACE INTO enrolments (user, secret, algorithm, digits, period,"
-                " created_at, uid, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, uid, expires_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (p.user, p.sealed_secret, p.params.algorithm, p.params.digits,
-                 p.params.period, p.created_at, p.uid, p.expires_at),
+                 p.params.period, p.created_at, p.uid, p.expires_at, p.origin),
             )
 
         await self._run(q)
@@ -475,7 +484,7 @@ class SqliteStore(Store):
     async def get_pending(self, user: str) -> PendingEnrolment | None:
         def q(db: sqlite3.Connection) -> PendingEnrolment | None:
             row = db.execute(
-                "SELECT secret, algorithm, digits, period, created_at, uid, expires_at"
+                "SELECT secret, algorithm, digits, period, created_at, uid, expires_at, origin"
                 " FROM enrolments WHERE user = ?",
                 (user,),
             ).fetchone()
@@ -659,6 +668,16 @@ class SqliteStore(Store):
         def q(db: sqlite3.Connection) -> bool:
             with _transaction(db):
                 return db.execute("DELETE FROM guard WHERE user = ?", (user,)).rowcount > 0
+
+        return await self._run(q)
+
+    async def spellings(self, user: str) -> list[str]:
+        def q(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT user FROM accounts WHERE lower(user) = lower(?) UNION"
+                " SELECT user FROM enrolments WHERE lower(user) = lower(?)", (user, user),
+            ).fetchall()
+            return sorted(r[0] for r in rows)
 
         return await self._run(q)
 

@@ -85,6 +85,7 @@ class Verifier:
             if attempt.refusal is not None:
                 verdict = Verdict(attempt.refusal.reason, refusal=attempt.refusal)
                 delay = attempt.refusal.delay
+                await attempt.refused()
             else:
                 verdict, details = await self._judge(subject, answer, purpose, now, fields)
                 if verdict.ok:
