@@ -236,3 +236,13 @@ def test_an_enrolment_is_not_confirmed_once_an_administrator_suspended_the_accou
     late = mfad.request("enroll_confirm", user=user, code=totp_now(begun["secret"]))
     assert late["ok"] is False and "suspended" in late["message"]
     assert mfad.request("status", user=user)["state"] == "suspended"
+
+
+@pytest.mark.parametrize("params", [{"algorithm": []}, {"digits": 6.0}, {"period": "30"}])
+def test_token_parameters_of_the_wrong_type_are_a_bad_request(
+    mfad: Daemon, make_user, params: dict
+) -> None:
+    """Token parameters of the wrong JSON type are refused as a bad request, not taken
+    for a fault in mfad (`unavailable`)."""
+    answer = mfad.request("enroll_begin", user=make_user(), **params)
+    assert answer["ok"] is False and answer["error"] == "bad_request", answer

@@ -444,8 +444,10 @@ def _params(ctx: Context, request: dict[str, Any]) -> TokenParams:
         request.get("digits") or base.digits,
         request.get("period") or base.period,
     )
-    if params.algorithm not in totp.SECRET_BYTES or params.digits not in (6, 8) or (
-        params.period not in (30, 60)
+    if (
+        not isinstance(params.algorithm, str) or params.algorithm not in totp.SECRET_BYTES
+        or type(params.digits) is not int or params.digits not in (6, 8)
+        or type(params.period) is not int or params.period not in (30, 60)
     ):
         raise RequestError("token parameters: algorithm SHA1/SHA256/SHA512, digits 6 or 8, "
                            "period 30 or 60")
