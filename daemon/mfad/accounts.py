@@ -439,11 +439,8 @@ def _with_user(request: dict[str, Any]) -> dict[str, Any]:
 def _params(ctx: Context, request: dict[str, Any]) -> TokenParams:
     """Token parameters for apps and hardware that need them; the config's by default."""
     base = enrolment.default_params(ctx)
-    params = TokenParams(
-        request.get("algorithm") or base.algorithm,
-        request.get("digits") or base.digits,
-        request.get("period") or base.period,
-    )
+    given = {k: request.get(k) for k in ("algorithm", "digits", "period")}
+    params = TokenParams(**{k: getattr(base, k) if v is None else v for k, v in given.items()})
     if (
         not isinstance(params.algorithm, str) or params.algorithm not in totp.SECRET_BYTES
         or type(params.digits) is not int or params.digits not in (6, 8)
