@@ -4,7 +4,9 @@
 
 DIR holds an `mfad` package (a patched copy of daemon/mfad, say); `base=daemon`
 is this tree's own. Each round starts every tree in turn on a fresh copy of
-one seeded store, in the config bench/run.py uses for its libpam runs, and
+one store seeded by that tree's own code (same users and uids), in the config
+bench/run.py uses for its libpam runs, with the users in NSS for mfad only
+(bench/run.py's nss_env: nss_wrapper, --nss indexed by default, or files), and
 measures: one client and 64 clients on the PAM socket (mfad_load), and
 pam_authenticate through libpam with pam_mfa.so (pam_bench). The order rotates
 each round so that other work on the machine lands on every tree alike; the
@@ -32,8 +34,8 @@ from conftest import Daemon  # run.py put tests/ on sys.path
 
 
 def measure(tmp: Path, bins: dict[str, Path], template: Daemon, users: Path, tree: Path,
-            tag: str) -> dict[str, float]:
-    daemon = run.new_daemon(tmp, tag)
+            tag: str, env: dict[str, str]) -> dict[str, float]:
+    daemon = run.new_daemon(tmp, tag, env)
     for src, dst in ((template.db_path, daemon.db_path), (template.key_path, daemon.key_path)):
         dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         shutil.copy2(src, dst)
@@ -55,8 +57,12 @@ def measure(tmp: Path, bins: dict[str, Path], template: Daemon, users: Path, tre
         pam_cpu = run.proc_status(pid)["cpu_s"] - cpu0
         wrong = run.pam_run(bins, svc, "mfa", users, tmp / f"{tag}.lat", first=17600, count=800,
                             warmup=10, wrong=True, expect=run.PAM_MAXTRIES)
+    # a name NSS did not know fails whatever the code: a wrong-code login would not show it
+    # (trees from before names were resolved record no uid at all)
+    resolves = (tree / "mfad" / "identity.py").exists()
+    unresolved = run.audit_logins(daemon).get("unresolved", 0) if resolves else 0
     shutil.rmtree(tmp / tag)
-    failed = one["logins"] - one["ok"] + many["logins"] - many["ok"] + pam["errors"]
+    failed = one["logins"] - one["ok"] + many["logins"] - many["ok"] + pam["errors"] + unresolved
     return {
         "c1_ok_s": one["ok_per_s"], "c1_p50_ms": one["p50_us"] / 1000,
         "c1_cpu_us": one["server_cpu_us_per_login"],
@@ -83,6 +89,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("trees", nargs="+", metavar="NAME=DIR")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nss", choices=run.NSS_KINDS, default="indexed",
+                        help="how mfad finds the users (see bench/run.py; default: %(default)s)")
     args = parser.parse_args()
     trees: dict[str, Path] = {}
     for spec in args.trees:
@@ -97,22 +105,31 @@ def main() -> int:
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     try:
         bins = run.build(tmp)
-        template = run.new_daemon(tmp, "template")
-        users = run.write_users(tmp / "users", run.seed_mfad(
-            template, [f"cmp{i:06d}" for i in range(20000)]))
+        uids = run.bench_uids([f"cmp{i:06d}" for i in range(20000)])
+        env = run.nss_env(tmp / "nss", uids, args.nss, bins)
+        nss = run.nss_probe(env, uids)
+        templates: dict[str, tuple[Daemon, Path]] = {}
+        for name, tree in trees.items():  # each store in its own tree's schema
+            os.environ["PYTHONPATH"] = str(tree.resolve())
+            template = run.new_daemon(tmp, f"template-{name}")
+            users = run.write_users(tmp / f"users-{name}", run.seed_mfad(template, uids))
+            templates[name] = template, users
         names = list(trees)
         probe = run.speed_probe()
         with run.OtherWork() as other:
             for r in range(args.rounds):
                 for name in names[r % len(names):] + names[: r % len(names)]:
                     run.log(f"round {r + 1}/{args.rounds}: {name}")
+                    template, users = templates[name]
                     rows[name].append(
-                        measure(tmp, bins, template, users, trees[name], f"{name}-{r}"))
+                        measure(tmp, bins, template, users, trees[name], f"{name}-{r}", env))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"Medians of {args.rounds} interleaved rounds; cores {100 * busy:.0f} % busy with "
           f"other work at the start; other processes used {other.others_pct} % of the CPU "
-          f"during the rounds; speed probe {probe} ms before, {run.speed_probe()} ms after.\n")
+          f"during the rounds; speed probe {probe} ms before, {run.speed_probe()} ms after. "
+          f"NSS: {args.nss} ({nss['lines']:,} passwd lines), getpwnam {nss['sample_us']} µs "
+          f"mean, resolve() {nss['resolve_us']} µs.\n")
     print("| tree | " + " | ".join(title for _, title, _ in COLUMNS) + " |")
     print("|---|" + "---:|" * len(COLUMNS))
     for name, results in rows.items():

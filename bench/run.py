@@ -5,14 +5,32 @@
 1. Per-authentication cost through the real libpam (bench/pam_bench.c under
    pam_wrapper): pam_permit, pam_google_authenticator.so with and without
    DISALLOW_REUSE + RATE_LIMIT (secrets made by its own CLI), and pam_mfa.so
-   with a real mfad. Every user authenticates once, so replay protection is
-   exercised, not bypassed.
+   with a real mfad, under each of the two name services below. Every user
+   authenticates once, so replay protection is exercised, not bypassed.
 2. mfad's capacity (bench/mfad_load.c: concurrent C clients on the PAM socket)
-   with 10,000 and 100,000 users seeded through mfad's own store code:
-   logins/s, latency, errors, RSS, CPU and startup time to READY=1; and the
-   same load against bench/ceiling.py, a server that speaks the protocol and
-   does nothing else, for the asyncio ceiling of this machine.
+   with 10,000 and 100,000 users seeded through mfad's own store code, under
+   each name service: logins/s, latency, errors, RSS, CPU and startup time to
+   READY=1; and the same load against bench/ceiling.py, a server that speaks
+   the protocol and does nothing else, for the asyncio ceiling of this machine.
 3. py-spy profiles of mfad under load at 1 and 64 clients (skip: --no-profile).
+
+mfad resolves every name through NSS before anything else, so its benchmark
+users must exist for it, and only for it: every mfad started here runs under
+nss_wrapper (LD_PRELOAD, in the daemon's environment only; /etc/passwd is not
+touched), in one of two settings (NSS_KINDS):
+
+- "files": NSS_WRAPPER_PASSWD is /etc/passwd plus one line per benchmark user,
+  in random order. nss_wrapper's files backend scans it linearly on every
+  lookup (as glibc's does), so the lookup costs ~30 ns per line before the
+  user's: this setting measures the lookup as much as mfad.
+- "indexed": NSS_WRAPPER_PASSWD is /etc/passwd alone and the users come from
+  bench/nss_index.c, a module that keeps them sorted (a binary search, a few
+  µs), as a fleet's caching name service answers (sssd's memory cache, nscd).
+
+The cost of one lookup in each setting is measured on its own (`nss_probe`).
+Every run checks its own outcomes: right codes must succeed, wrong codes must
+fail, and every mfad login in the audit log must be of a user NSS resolved
+(has a uid); otherwise the report says CHECK FAILED and the exit status is 1.
 
 Everything runs in one temporary directory that is removed at the end, with
 every daemon stopped. The report (Markdown) and raw numbers (JSON) go to
@@ -22,15 +40,17 @@ bench/out/. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import collections
 import concurrent.futures
 import contextlib
 import datetime
+import grp
 import json
 import os
 import platform
+import pwd
+import random
 import secrets
 import shutil
 import signal
@@ -50,10 +70,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Daemon  # noqa: E402  (the test harness's real-daemon helper)
 from pamtest import SyslogUnavailable, syslog_sink  # noqa: E402  (and its /dev/log sink)
 
-from mfad.secretbox import SecretBox  # noqa: E402
-from mfad.store import PendingEnrolment, SqliteStore, TokenParams  # noqa: E402
-
 PAM_WRAPPER = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so"
+NSS_WRAPPER = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so"
+NSS_KINDS = ("indexed", "files")  # see the docstring; "indexed" first: it is what mfad costs
+NSS_LABEL = {"indexed": "indexed NSS", "files": "files NSS"}
+UID_BASE = 3_000_000  # benchmark users' uids start here (or above every uid of /etc/passwd)
 PAM_SUCCESS, PAM_AUTH_ERR, PAM_MAXTRIES = 0, 7, 11
 LEVELS = [1, 16, 64, 256]
 CAPACITY_TARGET = 5000.0  # successful verifications/s at 64 clients
@@ -121,6 +142,14 @@ def build(tmp: Path) -> dict[str, Path]:
              str(BENCH / f"{name}.c"), *libs],
             check=True,
         )
+    bins["nss_index"] = tmp / "libnss_benchidx.so"
+    subprocess.run(
+        ["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-o",
+         str(bins["nss_index"]), str(BENCH / "nss_index.c")],
+        check=True,
+    )
+    if not Path(NSS_WRAPPER).exists():
+        raise SystemExit(f"{NSS_WRAPPER} is missing: apt-get install libnss-wrapper")
     return bins
 
 
@@ -152,38 +181,230 @@ def ga_users(directory: Path, names: list[str], protected: bool) -> list[tuple[s
         return list(pool.map(make, names))
 
 
-def seed_mfad(daemon: Daemon, names: list[str]) -> list[tuple[str, str]]:
+def bench_uids(names: list[str]) -> dict[str, int]:
+    """A uid for each benchmark user, above every uid the machine's /etc/passwd has."""
+    base = max(UID_BASE, *(entry.pw_uid + 1 for entry in pwd.getpwall()))
+    return {name: base + i for i, name in enumerate(names)}
+
+
+# Runs with the daemon's PYTHONPATH, so that the store is written by the code of the
+# mfad that will read it (--daemon-path, compare.py's older trees), in its schema.
+SEED = r"""
+import asyncio, base64, dataclasses, json, sys, time
+from pathlib import Path
+from mfad.secretbox import SecretBox
+from mfad.store import SqliteStore
+try:
+    from mfad.model import PendingEnrolment, TokenParams
+except ImportError:  # trees from before mfad/model.py (compare.py's older ones)
+    from mfad.store import PendingEnrolment, TokenParams
+
+spec = json.loads(open(sys.argv[1]).read())
+with_uid = "uid" in {f.name for f in dataclasses.fields(PendingEnrolment)}
+
+async def write():
+    store = await SqliteStore.open(Path(spec["db"]))
+    box = SecretBox.from_file(Path(spec["key"]))
+    now = time.time()
+
+    async def one(name, key, uid):
+        sealed = box.seal(name, base64.b32decode(key))
+        extra = {"uid": uid} if with_uid else {}
+        pending = PendingEnrolment(name, sealed, TokenParams(), now, **extra)
+        await store.begin_enrolment(pending)
+        await store.activate(pending, step=0, now=now)
+
+    users = spec["users"]
+    for i in range(0, len(users), 1000):
+        await asyncio.gather(*(one(*user) for user in users[i : i + 1000]))
+    await store.close()
+
+asyncio.run(write())
+"""
+
+
+def seed_mfad(daemon: Daemon, uids: dict[str, int]) -> list[tuple[str, str]]:
     """Active tokens with no step used yet, written through mfad's own store and secret box.
 
-    The same rows an enrolment leaves, without creating thousands of system
-    users (only enrolment over the control socket asks NSS).
+    The rows an enrolment over the control socket leaves, owner's uid included
+    (a row without one would be bound to its uid on first use: one more write,
+    which every benchmark login would pay and a real login pays once). The
+    users exist only in the NSS files `nss_env` writes for mfad. Written by
+    the mfad on PYTHONPATH (--daemon-path's, or this tree's), in a subprocess.
     """
     if not daemon.key_path.exists():
         subprocess.run([sys.executable, "-m", "mfad", "--generate-key", str(daemon.key_path)],
                        check=True, capture_output=True)
-    keys = {name: secrets.token_bytes(20) for name in names}
-
-    async def write() -> None:
-        store = await SqliteStore.open(daemon.db_path)
-        box = SecretBox.from_file(daemon.key_path)
-        now = time.time()
-
-        async def one(name: str) -> None:
-            pending = PendingEnrolment(name, box.seal(name, keys[name]), TokenParams(), now)
-            await store.begin_enrolment(pending)
-            await store.activate(pending, step=0, now=now)
-
-        for i in range(0, len(names), 1000):
-            await asyncio.gather(*(one(name) for name in names[i : i + 1000]))
-        await store.close()
-
-    asyncio.run(write())
-    return [(name, base64.b32encode(keys[name]).decode()) for name in names]
+    users = [(name, base64.b32encode(secrets.token_bytes(20)).decode(), uid)
+             for name, uid in uids.items()]
+    spec = daemon.tmp / "seed.json"
+    spec.write_text(json.dumps({"db": str(daemon.db_path), "key": str(daemon.key_path),
+                                "users": users}))
+    subprocess.run([sys.executable, "-c", SEED, str(spec)], check=True)
+    spec.unlink()
+    return [(name, key) for name, key, _ in users]
 
 
-def new_daemon(tmp: Path, name: str) -> Daemon:
+def new_daemon(tmp: Path, name: str, env: dict[str, str] | None = None) -> Daemon:
     (tmp / name).mkdir()
-    return Daemon(tmp / name)
+    return Daemon(tmp / name, env=env)
+
+
+# ------------------------------------------------------------------ the daemon's name service
+
+
+def nss_env(directory: Path, uids: dict[str, int], kind: str, bins: dict[str, Path]
+            ) -> dict[str, str]:
+    """Files and environment that make a process (mfad, and no other) know `uids`' users.
+
+    nss_wrapper 1.1.12 is on only with both NSS_WRAPPER_PASSWD and
+    NSS_WRAPPER_GROUP set, and then never asks glibc's NSS: the machine's own
+    users come from a copy of /etc/passwd, its groups from a copy of
+    /etc/group. "files": the benchmark users are appended to that copy, in
+    random order (so every share of users costs the same mean scan);
+    "indexed": they come from bench/nss_index.c's sorted table instead.
+    """
+    directory.mkdir(mode=0o755)
+    try:
+        gid = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        gid = 65534
+    lines = [f"{name}:x:{uid}:{gid}::/nonexistent:/usr/sbin/nologin\n"
+             for name, uid in uids.items()]
+    random.Random(len(lines)).shuffle(lines)
+    etc = Path("/etc/passwd").read_text()
+    etc += "" if etc.endswith("\n") else "\n"
+    passwd, group, users = directory / "passwd", directory / "group", directory / "users"
+    group.write_text(Path("/etc/group").read_text())
+    env = {
+        "LD_PRELOAD": " ".join(filter(None, [NSS_WRAPPER, os.environ.get("LD_PRELOAD")])),
+        "NSS_WRAPPER_PASSWD": str(passwd),
+        "NSS_WRAPPER_GROUP": str(group),
+    }
+    if kind == "files":
+        passwd.write_text(etc + "".join(lines))
+    elif kind == "indexed":
+        passwd.write_text(etc)
+        users.write_text("".join(lines))
+        env.update(NSS_WRAPPER_MODULE_SO_PATH=str(bins["nss_index"]),
+                   NSS_WRAPPER_MODULE_FN_PREFIX="benchidx", NSS_BENCH_PASSWD=str(users))
+    else:
+        raise ValueError(kind)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    return env
+
+
+# Runs under the daemon's environment: pwd.getpwnam alone (the first, middle and
+# last benchmark user of the passwd file, and a random sample), then mfad's own
+# identity.resolve (a worker thread per lookup, as a login does) on the loop mfad uses.
+PROBE = r"""
+import asyncio, json, pwd, random, sys, time
+spec = json.loads(sys.argv[1])
+uids = spec["uids"]
+
+def check(name):
+    entry = pwd.getpwnam(name)
+    if entry.pw_uid != uids[name]:
+        raise SystemExit(f"{name}: uid {entry.pw_uid}, not {uids[name]}")
+
+def timed(name, n=21):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        check(name)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return round(1e6 * times[n // 2], 1)
+
+out = {where: timed(spec[where]) for where in ("first", "middle", "last")}
+sample = spec["sample"]
+c0, t0 = time.process_time(), time.perf_counter()
+for name in sample:
+    check(name)
+out["sample_us"] = round(1e6 * (time.perf_counter() - t0) / len(sample), 1)
+out["sample_cpu_us"] = round(1e6 * (time.process_time() - c0) / len(sample), 1)
+try:
+    from mfad.identity import resolve
+    out["resolve"] = "mfad.identity.resolve"
+except ImportError:  # a tree from before names were resolved: the same hop to a thread
+    async def resolve(name):
+        return await asyncio.to_thread(pwd.getpwnam, name)
+    out["resolve"] = "asyncio.to_thread(pwd.getpwnam)"
+try:
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+except ImportError:
+    pass
+
+async def main():
+    for name in sample[:20]:
+        await resolve(name)
+    c0, t0 = time.process_time(), time.perf_counter()
+    for name in sample:
+        assert await resolve(name) is not None, name
+    return (time.perf_counter() - t0) / len(sample), (time.process_time() - c0) / len(sample)
+
+wall, cpu = asyncio.run(main())
+out["resolve_us"], out["resolve_cpu_us"] = round(1e6 * wall, 1), round(1e6 * cpu, 1)
+try:
+    pwd.getpwnam("no-such-user-here")
+    raise SystemExit("an unknown name resolved")
+except KeyError:
+    pass
+print(json.dumps(out))
+"""
+
+
+def nss_probe(env: dict[str, str], uids: dict[str, int]) -> dict[str, Any]:
+    """What one name lookup costs mfad under `env`; fails if a user does not resolve right."""
+    in_file = [line.split(":", 1)[0] for line in _passwd_lines(env)]
+    order = [name for name in in_file if name in uids]  # "indexed": the module's table
+    if len(order) != len(uids):
+        raise RuntimeError(f"NSS files hold {len(order)} of {len(uids)} benchmark users")
+    sample = random.Random(1).sample(order, min(500, len(order)))
+    spec: dict[str, Any] = {"first": order[0], "middle": order[len(order) // 2], "last": order[-1],
+            "sample": sample}
+    spec["uids"] = {n: uids[n] for n in {*sample, spec["first"], spec["middle"], spec["last"]}}
+    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(spec)],
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"NSS under the daemon's environment is wrong:\n{out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout)
+    result["lines"] = len(in_file)
+    return result
+
+
+def _passwd_lines(env: dict[str, str]) -> list[str]:
+    """The benchmark's passwd lines as NSS sees them: the files, then the module's table."""
+    paths = [env["NSS_WRAPPER_PASSWD"], env.get("NSS_BENCH_PASSWD")]
+    return [line for path in paths if path for line in Path(path).read_text().splitlines()]
+
+
+def audit_logins(daemon: Daemon, offset: int = 0) -> dict[str, int]:
+    """The daemon's `login` records from byte `offset` on, by outcome and reason.
+
+    `unresolved` counts those without a uid: a name NSS did not know, which
+    fails whatever the code (a right-code row would show it; a wrong-code row
+    would not, hence this count).
+    """
+    counts: collections.Counter[str] = collections.Counter()
+    with daemon.audit_path.open("rb") as f:
+        f.seek(offset)
+        for line in f:
+            if b'"login"' not in line:
+                continue
+            record = json.loads(line)
+            if record.get("event") != "login":
+                continue
+            counts[f"{record.get('outcome')}/{record.get('reason')}"] += 1
+            if "uid" not in record:
+                counts["unresolved"] += 1
+    return dict(counts)
+
+
+def audit_size(daemon: Daemon) -> int:
+    return daemon.audit_path.stat().st_size if daemon.audit_path.exists() else 0
 
 
 # ------------------------------------------------------------------ process helpers
@@ -339,6 +560,11 @@ def summarise(latencies_ns: list[int]) -> dict[str, float]:
             "p99_us": pct(0.99), "max_us": xs[-1] / 1000}
 
 
+def mfa_service(kind: str) -> str:
+    """The PAM service (and stack key) of pam_mfa with the mfad of NSS setting `kind`."""
+    return "mfa" if kind == "indexed" else f"mfa_{kind}"
+
+
 def write_service(service_dir: Path, name: str, line: str) -> None:
     service_dir.mkdir(exist_ok=True)
     (service_dir / name).write_text(f"auth required {line}\naccount required pam_permit.so\n")
@@ -353,11 +579,13 @@ def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int,
     """Every stack, right and wrong codes, `count` each over disjoint users.
 
     The work is cut into `rounds` rounds, each running every stack in turn, so
-    that a burst of other work on the machine lands on all stacks alike.
+    that a burst of other work on the machine lands on all stacks alike. mfad
+    runs twice, one daemon per name service (NSS_KINDS), with the same users.
     """
     chunk = count // rounds
     per_run = rounds * (warmup + chunk)
     names = [f"bu{i:06d}" for i in range(2 * per_run)]  # right codes, then wrong codes
+    uids = bench_uids(names)
     svc = tmp / "pam.d"
 
     log(f"google-authenticator CLI: {2 * len(names)} secret files (two sets)")
@@ -374,33 +602,53 @@ def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int,
                       f"secret={tmp / name}/${{USER}} user=root")
     write_service(svc, "permit", "pam_permit.so")
 
-    daemon = new_daemon(tmp, "mfad-pam")
-    log(f"mfad: seeding {len(names)} users")
-    mfa_users = write_users(tmp / "mfa.users", seed_mfad(daemon, names))
-    write_service(svc, "mfa", f"{bins['pam_mfa']} socket={daemon.pam_socket}")
+    daemons: dict[str, Daemon] = {}
+    mfa_users: dict[str, Path] = {}
+    nss: dict[str, dict[str, Any]] = {}
+    for kind in NSS_KINDS:
+        service = mfa_service(kind)
+        env = nss_env(tmp / f"nss-pam-{kind}", uids, kind, bins)
+        nss[kind] = nss_probe(env, uids)
+        log(f"NSS ({kind}, {nss[kind]['lines']:,} lines): getpwnam {nss[kind]['sample_us']} µs "
+            f"mean, resolve() {nss[kind]['resolve_us']} µs")
+        daemons[service] = daemon = new_daemon(tmp, f"mfad-pam-{kind}", env)
+        log(f"mfad ({kind} NSS): seeding {len(names)} users")
+        mfa_users[service] = write_users(tmp / f"{service}.users", seed_mfad(daemon, uids))
+        write_service(svc, service, f"{bins['pam_mfa']} socket={daemon.pam_socket}")
 
     stacks = [
-        ("permit", "pam_permit (floor)", mfa_users, PAM_AUTH_ERR),
+        ("permit", "pam_permit (floor)", mfa_users["mfa"], PAM_AUTH_ERR),
         ("ga_open", "GA, reuse allowed, no rate limit", ga["ga_open"], PAM_AUTH_ERR),
         ("ga_protected", "GA, DISALLOW_REUSE + RATE_LIMIT 3/30s", ga["ga_protected"],
          PAM_AUTH_ERR),
-        ("mfa", "pam_mfa + mfad", mfa_users, PAM_MAXTRIES),
+        *((mfa_service(kind), f"pam_mfa + mfad, {NSS_LABEL[kind]}", mfa_users[mfa_service(kind)],
+           PAM_MAXTRIES) for kind in NSS_KINDS),
     ]
     runs = [(stack, wrong) for stack in stacks for wrong in (False, True)
             if not (stack[0] == "permit" and wrong)]  # pam_permit asks nothing
     acc: dict[tuple[str, bool], dict[str, Any]] = {}
-    with running(daemon):
-        daemon.start(**PAM_DAEMON_CONFIG)
-        pid = daemon_pid(daemon)
+    with contextlib.ExitStack() as stack:
+        pids = {}
+        for service, daemon in daemons.items():
+            stack.enter_context(running(daemon))
+            daemon.start(**PAM_DAEMON_CONFIG)
+            pids[service] = daemon_pid(daemon)
         for r in range(rounds):
             log(f"pam: round {r + 1}/{rounds}, {chunk} logins per stack and code")
             for (service, label, users, wrong_expect), wrong in runs:
-                cpu0 = proc_status(pid)["cpu_s"]
+                pid = pids.get(service)
+                cpu0 = proc_status(pid)["cpu_s"] if pid else 0.0
+                expect = wrong_expect if wrong else PAM_SUCCESS
                 one = pam_run(
                     bins, svc, service, users, tmp / "latencies",
                     first=(per_run if wrong else 0) + r * (warmup + chunk), count=chunk,
-                    warmup=warmup, wrong=wrong, expect=wrong_expect if wrong else PAM_SUCCESS,
+                    warmup=warmup, wrong=wrong, expect=expect,
                 )
+                if one["errors"] == one["count"]:  # nothing as expected: the set-up is broken
+                    tail = daemons[service].stderr()[-3000:] if service in daemons else ""
+                    raise RuntimeError(f"{label}, {'wrong' if wrong else 'right'} codes: none of "
+                                       f"{one['count']} gave PAM code {expect}: {one['codes']}"
+                                       f"\n{tail}")
                 row = acc.setdefault((service, wrong), {
                     "stack": service, "label": label, "wrong": wrong, "count": 0, "errors": 0,
                     "elapsed_s": 0.0, "codes": collections.Counter(), "latencies_ns": [],
@@ -411,20 +659,21 @@ def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int,
                 row["elapsed_s"] += one["elapsed_s"]
                 row["codes"].update(one["codes"])
                 row["latencies_ns"] += one["latencies_ns"]
-                if service == "mfa":  # warm-up logins included: a slight overestimate
+                if pid:  # warm-up logins included: a slight overestimate
                     row["mfad_cpu_s"] += proc_status(pid)["cpu_s"] - cpu0
     rows = []
     for row in acc.values():
         row.update(summarise(row.pop("latencies_ns")))
         row["auths_per_s"] = row["count"] / row["elapsed_s"]
         row["codes"] = dict(row["codes"])
-        if row["stack"] == "mfa":
+        if row["stack"] in daemons:
             row["mfad_cpu_us_per_auth"] = round(
                 1e6 * row["mfad_cpu_s"] / (row["count"] + rounds * warmup))
         rows.append(row)
-    audit_lines = len(daemon.audit_path.read_bytes().splitlines())
+    audit = {service: audit_logins(daemon) for service, daemon in daemons.items()}
     return {"rows": rows, "count": count, "warmup": warmup, "rounds": rounds,
-            "mfad_audit_lines": audit_lines, "mfad_config": PAM_DAEMON_CONFIG}
+            "mfad_audit_logins": audit, "expected_logins": per_run, "nss": nss,
+            "mfad_config": PAM_DAEMON_CONFIG}
 
 
 # ------------------------------------------------------------------ 2. capacity
@@ -463,43 +712,65 @@ def run_load(bins: dict[str, Path], socket_path: Path, pid: int, users: Path, le
 
 def bench_capacity(tmp: Path, bins: dict[str, Path], populations: list[int], seconds: float,
                    profile_seconds: float) -> dict[str, Any]:
+    """Each population seeded once, then loaded under each NSS setting in turn.
+
+    The second setting's pass waits for the next time step, so that the same
+    users can log in again (each once per step, as in the first pass).
+    """
     out: list[dict[str, Any]] = []
     profiles: list[dict[str, Any]] = []
     for population in populations:
         daemon = new_daemon(tmp, f"mfad-{population}")
         log(f"capacity: seeding {population:,} users through mfad's store")
         t0 = time.monotonic()
-        users = write_users(tmp / f"cap-{population}.users",
-                            seed_mfad(daemon, [f"cu{i:07d}" for i in range(population)]))
+        uids = bench_uids([f"cu{i:07d}" for i in range(population)])
+        users = write_users(tmp / f"cap-{population}.users", seed_mfad(daemon, uids))
         seed_s = time.monotonic() - t0
         db_mb = sum(p.stat().st_size for p in daemon.db_path.parent.iterdir()) / 2**20
-        with running(daemon):
-            ready, idle = [], []
-            for _ in range(3):
-                t0 = time.monotonic()
+        for n, kind in enumerate(NSS_KINDS):
+            daemon.env = nss_env(tmp / f"nss-{population}-{kind}", uids, kind, bins)
+            probe = nss_probe(daemon.env, uids)
+            log(f"  NSS ({kind}, {probe['lines']:,} lines): getpwnam {probe['sample_us']} µs "
+                f"mean, {probe['last']} µs for the last line, resolve() {probe['resolve_us']} µs")
+            if n > 0:
+                log("  waiting for the next time step (the same users log in again)")
+                sleep_to_next_step()
+            audit0 = audit_size(daemon)
+            with running(daemon):
+                ready, idle = [], []
+                for _ in range(3):
+                    t0 = time.monotonic()
+                    daemon.start()
+                    ready.append(time.monotonic() - t0)
+                    time.sleep(0.2)
+                    idle.append(proc_status(daemon_pid(daemon))["VmRSS"])
+                    daemon.stop()
                 daemon.start()
-                ready.append(time.monotonic() - t0)
-                time.sleep(0.2)
-                idle.append(proc_status(daemon_pid(daemon))["VmRSS"])
-                daemon.stop()
-            daemon.start()
-            pid = daemon_pid(daemon)
-            log(f"  READY in {min(ready):.3f}..{max(ready):.3f} s, idle RSS {max(idle):.1f} MB")
-            # Each level gets its own share of the users, so no user logs in twice
-            # within one time step even across levels.
-            share = population // len(LEVELS)
-            levels = run_load(bins, daemon.pam_socket, pid, users, LEVELS, seconds=seconds,
-                              max_logins=share)
-            used = sum(level["logins"] for level in levels)
-            if population == max(populations) and profile_seconds > 0:
-                profiles = profile_daemon(tmp, bins, daemon, users, population, used,
-                                          profile_seconds)
-            final = proc_status(pid)
-        out.append({
-            "users": population, "seed_s": round(seed_s, 1), "store_mb": round(db_mb, 1),
-            "ready_s": [round(r, 3) for r in ready], "idle_rss_mb": round(max(idle), 1),
-            "peak_rss_mb": round(final["VmHWM"], 1), "levels": levels,
-        })
+                pid = daemon_pid(daemon)
+                log(f"  {kind} NSS: READY in {min(ready):.3f}..{max(ready):.3f} s, "
+                    f"idle RSS {max(idle):.1f} MB")
+                # Each level gets its own share of the users, so no user logs in twice
+                # within one time step even across levels.
+                share = population // len(LEVELS)
+                levels = run_load(bins, daemon.pam_socket, pid, users, LEVELS, seconds=seconds,
+                                  max_logins=share)
+                if sum(level["ok"] for level in levels) == 0:
+                    raise RuntimeError(f"no mfad login succeeded ({kind} NSS):\n"
+                                       f"{daemon.stderr()[-3000:]}")
+                used = sum(level["logins"] for level in levels)
+                succeeded = sum(level["ok"] for level in levels)
+                if population == max(populations) and profile_seconds > 0 and kind == "indexed":
+                    profiles = profile_daemon(tmp, bins, daemon, users, population, used,
+                                              profile_seconds)
+                    succeeded += sum(p["load"]["ok"] for p in profiles if "load" in p)
+                final = proc_status(pid)
+            out.append({
+                "users": population, "nss": kind, "nss_probe": probe, "seed_s": round(seed_s, 1),
+                "store_mb": round(db_mb, 1), "ready_s": [round(r, 3) for r in ready],
+                "idle_rss_mb": round(max(idle), 1), "peak_rss_mb": round(final["VmHWM"], 1),
+                "levels": levels, "audit_logins": audit_logins(daemon, audit0),
+                "succeeded": succeeded,
+            })
     return {"populations": out, "profiles": profiles}
 
 
@@ -661,6 +932,15 @@ def report(results: dict[str, Any]) -> str:
     ]
     if results.get("daemon_path"):
         lines += [f"mfad from **{results['daemon_path']}** (not this tree's daemon/).", ""]
+    failed = results.get("check_failures", [])
+    if failed:
+        lines += ["**CHECK FAILED**: this run did not measure what it says:", "",
+                  *[f"- {f}" for f in failed], ""]
+    else:
+        lines += ["Checks passed: every right code succeeded and every wrong code failed as "
+                  "expected, and every mfad login in the audit logs was of a user NSS "
+                  "resolved (the record has a uid).", ""]
+    lines += nss_table(results)
     if "pam" in results:
         lines += pam_table(results["pam"])
     if "capacity" in results:
@@ -670,6 +950,59 @@ def report(results: dict[str, Any]) -> str:
     if results.get("targets"):
         lines += ["### Targets", "", *[f"- {t}" for t in results["targets"]], ""]
     return "\n".join(lines)
+
+
+def nss_table(results: dict[str, Any]) -> list[str]:
+    """One name lookup under each daemon environment, measured on its own (`nss_probe`)."""
+    probes = [("part 1", kind, probe) for kind, probe in results.get("pam", {}).get("nss", {})
+              .items()]
+    probes += [(f"{pop['users']:,} users", pop["nss"], pop["nss_probe"])
+               for pop in results.get("capacity", {}).get("populations", [])]
+    if not probes:
+        return []
+    lines = [
+        "### NSS: one name lookup in mfad's environment (nss_wrapper), measured apart",
+        "",
+        "getpwnam of the first, middle and last benchmark user in the passwd file's order "
+        "(median of 21), the mean over 500 random users (wall and CPU), and mfad's "
+        "`identity.resolve` (the lookup in a worker thread, awaited on uvloop as a login does).",
+        "",
+        "| users | NSS | passwd lines | first µs | middle µs | last µs | random mean µs "
+        "| random CPU µs | resolve() µs | resolve() CPU µs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for where, kind, p in probes:
+        lines.append(f"| {where} | {kind} | {p['lines']:,} | {p['first']} | {p['middle']} "
+                     f"| {p['last']} | {p['sample_us']} | {p['sample_cpu_us']} "
+                     f"| {p['resolve_us']} | {p['resolve_cpu_us']} |")
+    return [*lines, ""]
+
+
+def checks(results: dict[str, Any]) -> list[str]:
+    """Everything that says the run did not measure real logins; empty when all is well."""
+    bad: list[str] = []
+    pam = results.get("pam")
+    if pam:
+        for r in pam["rows"]:
+            if r["errors"]:
+                bad.append(f"{r['label']}, {'wrong' if r['wrong'] else 'right'} codes: "
+                           f"{r['errors']} of {r['count']} not as expected ({r['codes']})")
+        n = pam["expected_logins"]
+        for service, got in pam["mfad_audit_logins"].items():
+            want = {"success/correct_code": n, "failure/too_many_attempts": n}
+            if got != want:
+                bad.append(f"{service}: audit has logins {got}, expected {want}")
+    for pop in results.get("capacity", {}).get("populations", []):
+        where = f"{pop['users']:,} users, {pop['nss']} NSS"
+        for lv in pop["levels"]:
+            if lv["ok"] != lv["logins"]:
+                bad.append(f"{where}, {lv['clients']} clients: {lv['logins'] - lv['ok']} of "
+                           f"{lv['logins']} logins failed")
+        got = pop["audit_logins"]
+        if got.get("unresolved") or got.get("success/correct_code") != pop["succeeded"]:
+            bad.append(f"{where}: audit has logins {got}, expected "
+                       f"{pop['succeeded']} successes, all resolved")
+    return bad
 
 
 def speed(part: dict[str, Any]) -> str:
@@ -713,27 +1046,27 @@ def capacity_tables(cap: dict[str, Any], ceiling: list[dict[str, Any]]) -> list[
         f"Default config. Other processes used {cap['other_work_pct']} % of the machine's CPU "
         f"while this part ran; {speed(cap)}.",
         "",
-        "| users | clients | logins | ok/s | p50 ms | p99 ms | max ms | failed | mfad CPU % "
+        "| users | NSS | clients | logins | ok/s | p50 ms | p99 ms | max ms | failed | mfad CPU % "
         "| mfad CPU µs/login | mfad RSS MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for pop in cap["populations"]:
         for lv in pop["levels"]:
             lines.append(
-                f"| {pop['users']:,} | {lv['clients']} | {lv['logins']:,} "
+                f"| {pop['users']:,} | {pop['nss']} | {lv['clients']} | {lv['logins']:,} "
                 f"| {lv['ok_per_s']:,.0f} | {ms(lv['p50_us'])} | {ms(lv['p99_us'])} "
                 f"| {ms(lv['max_us'])} | {lv['logins'] - lv['ok']} | {lv['server_cpu_pct']} "
                 f"| {lv['server_cpu_us_per_login']} | {lv['server_rss_mb']} |"
             )
     lines += [
         "",
-        "| users | seeding s | store MB | spawn to READY=1 s (3 starts) | idle RSS MB "
+        "| users | NSS | seeding s | store MB | spawn to READY=1 s (3 starts) | idle RSS MB "
         "| peak RSS MB |",
-        "|---:|---:|---:|---|---:|---:|",
+        "|---:|---|---:|---:|---|---:|---:|",
     ]
     for pop in cap["populations"]:
         lines.append(
-            f"| {pop['users']:,} | {pop['seed_s']} | {pop['store_mb']} "
+            f"| {pop['users']:,} | {pop['nss']} | {pop['seed_s']} | {pop['store_mb']} "
             f"| {', '.join(f'{r:.3f}' for r in pop['ready_s'])} | {pop['idle_rss_mb']} "
             f"| {pop['peak_rss_mb']} |"
         )
@@ -784,8 +1117,12 @@ def targets(results: dict[str, Any]) -> list[str]:
         by = {(r["stack"], r["wrong"]): r for r in results["pam"]["rows"]}
         mfa, prot, open_ = by[("mfa", False)], by[("ga_protected", False)], by[("ga_open", False)]
         half = prot["mean_us"] / 2
-        out.append(f"pam_mfa right code, mean {mfa['mean_us']:,.0f} µs ≤ half of protected GA's "
-                   f"({half:,.0f} µs): {verdict(mfa['mean_us'] <= half)}")
+        out.append(f"pam_mfa right code ({NSS_LABEL['indexed']}), mean {mfa['mean_us']:,.0f} µs "
+                   f"≤ half of protected GA's ({half:,.0f} µs): {verdict(mfa['mean_us'] <= half)}")
+        files = by.get((mfa_service("files"), False))
+        if files:
+            out.append(f"the same with {NSS_LABEL['files']}: mean {files['mean_us']:,.0f} µs: "
+                       f"{verdict(files['mean_us'] <= half)}")
         out.append(f"stretch, ≤ unprotected GA's {open_['mean_us']:,.0f} µs: "
                    f"{verdict(mfa['mean_us'] <= open_['mean_us'])}")
         mw, gw, gow = by[("mfa", True)], by[("ga_protected", True)], by[("ga_open", True)]
@@ -797,11 +1134,13 @@ def targets(results: dict[str, Any]) -> list[str]:
             if lv["clients"] == 64:
                 p99 = lv["p99_us"] / 1000
                 ok = lv["ok_per_s"] >= CAPACITY_TARGET and p99 <= P99_TARGET_MS
-                out.append(f"{pop['users']:,} users, 64 clients: {lv['ok_per_s']:,.0f}/s "
+                out.append(f"{pop['users']:,} users ({pop['nss']} NSS), 64 clients: "
+                           f"{lv['ok_per_s']:,.0f}/s "
                            f"(≥ {CAPACITY_TARGET:,.0f}), p99 {p99:.1f} ms (≤ {P99_TARGET_MS:g}): "
                            f"{verdict(ok)}")
         peak = max(pop["peak_rss_mb"], pop["idle_rss_mb"])
-        out.append(f"{pop['users']:,} users: peak RSS {peak} MB (≤ {RSS_TARGET_MB:g}): "
+        out.append(f"{pop['users']:,} users ({pop['nss']} NSS): peak RSS {peak} MB "
+                   f"(≤ {RSS_TARGET_MB:g}): "
                    f"{verdict(peak <= RSS_TARGET_MB)}; READY in at most "
                    f"{max(pop['ready_s']):.3f} s (< {READY_TARGET_S:g}): "
                    f"{verdict(max(pop['ready_s']) < READY_TARGET_S)}")
@@ -872,6 +1211,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_end"] = os.getloadavg()[0]
     results["busy_end"] = cpu_busy()
     results["targets"] = targets(results)
+    results["check_failures"] = checks(results)
     OUT.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (OUT / f"results-{stamp}.json").write_text(json.dumps(results, indent=1))
@@ -879,6 +1219,9 @@ def main(argv: list[str] | None = None) -> int:
     (OUT / f"report-{stamp}.md").write_text(text + "\n")
     print(text)
     log(f"written to {OUT}/report-{stamp}.md and results-{stamp}.json")
+    if results["check_failures"]:
+        log("CHECK FAILED: " + "; ".join(results["check_failures"]))
+        return 1
     return 0
 
 

@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mfad.store import PendingEnrolment, Site, SqliteStore, TokenParams
+from mfad.model import PendingEnrolment, Site, TokenParams
+from mfad.store import SqliteStore
 
 
 async def fill(store: SqliteStore, users: int) -> None:
