@@ -27,7 +27,9 @@
  * PAM_IGNORE with fail=open, always logged. fail=open covers only a daemon
  * that has not yet sent a valid frame: once the conversation has begun, a
  * user can provoke a break (a back-off longer than timeout=), so it fails
- * closed.
+ * closed. The user's side failing is no break and has no fail mode: the PAM
+ * conversation failing is PAM_CONV_ERR, an answer mfad could not take
+ * PAM_AUTH_ERR, and this module's own allocation failing PAM_BUF_ERR.
  *
  * Module arguments (never environment variables: the user may set those):
  *   socket=PATH          daemon socket, default /run/mfad/pam.sock
@@ -316,6 +318,8 @@ static int connect_daemon(struct relay *r)
 	/* The path could have been swapped after lstat; the peer's uid cannot. */
 	if (getsockopt(r->fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0)
 		return fail(r, "SO_PEERCRED: %m");
+	if (clen != sizeof(cred)) /* a short answer would leave cred.uid unset */
+		return fail(r, "SO_PEERCRED returned %u bytes, not %zu", clen, sizeof(cred));
 	if (cred.uid != 0)
 		return fail(r, "peer on %s runs as uid %u, not root", r->socket_path, cred.uid);
 	return 0;
@@ -369,6 +373,19 @@ static void parse_args(struct relay *r, int argc, const char **argv)
 	}
 }
 
+static int unreachable(struct relay *r)
+{
+	if (r->spoken) {
+		pam_syslog(r->pamh, LOG_ERR,
+			   "mfad broke off the conversation on %s: %s; failing closed%s",
+			   r->socket_path, r->why, r->fail_open ? " despite fail=open" : "");
+		return PAM_AUTHINFO_UNAVAIL;
+	}
+	pam_syslog(r->pamh, LOG_ERR, "mfad unreachable on %s: %s; %s", r->socket_path, r->why,
+		   r->fail_open ? "fail=open, ignoring this module" : "failing closed");
+	return r->fail_open ? PAM_IGNORE : PAM_AUTHINFO_UNAVAIL;
+}
+
 /* Shows the daemon's current frame as INFO or ERROR text (unless PAM_SILENT). */
 static int show_text(struct relay *r, int style)
 {
@@ -381,11 +398,13 @@ static int show_text(struct relay *r, int style)
 		return PAM_BUF_ERR;
 	rc = pam_prompt(r->pamh, style, NULL, "%s", text);
 	wipe_free(text, r->len);
-	return rc;
+	/* Whatever code the conversation failed with (PAM_BUF_ERR too: its memory, not
+	 * ours), it is a conversation error. */
+	return rc == PAM_SUCCESS ? PAM_SUCCESS : PAM_CONV_ERR;
 }
 
 /* Asks the user the daemon's prompt and sends the answer; the answer is wiped either way. */
-static int ask(struct relay *r, int style, int *peer_gone)
+static int ask(struct relay *r, int style)
 {
 	char *text, *answer = NULL;
 	size_t n;
@@ -409,16 +428,15 @@ static int ask(struct relay *r, int style, int *peer_gone)
 		rc = PAM_AUTH_ERR;
 		goto out;
 	}
+	rc = PAM_SUCCESS;
 	/* If mfad closed during the conversation (its prompt timeout), the frames it
 	 * sent before closing are still ours to read: the caller keeps reading. */
 	if (send_frame(r, T_ANSWER, answer != NULL ? answer : "", n) < 0) {
-		if (errno != EPIPE && errno != ECONNRESET) {
-			rc = PAM_AUTHINFO_UNAVAIL;
-			goto out;
-		}
-		*peer_gone = 1;
+		if (errno != EPIPE && errno != ECONNRESET)
+			rc = unreachable(r);
+		else if (r->debug)
+			pam_syslog(r->pamh, LOG_DEBUG, "mfad closed during the prompt");
 	}
-	rc = PAM_SUCCESS;
 out:
 	if (answer != NULL) {
 		explicit_bzero(answer, strlen(answer));
@@ -427,17 +445,68 @@ out:
 	return rc;
 }
 
-static int unreachable(struct relay *r)
+/* Allocates r->buf, the one frame buffer, and writes the START payload into it. */
+static int build_start(struct relay *r)
 {
-	if (r->spoken) {
-		pam_syslog(r->pamh, LOG_ERR,
-			   "mfad broke off the conversation on %s: %s; failing closed%s",
-			   r->socket_path, r->why, r->fail_open ? " despite fail=open" : "");
-		return PAM_AUTHINFO_UNAVAIL;
+	if ((r->buf = malloc(MAX_FRAME)) == NULL)
+		return PAM_BUF_ERR;
+	/* MAX_USER + 4 * MAX_VALUE plus keys fits MAX_FRAME with room to spare. */
+	memcpy(r->buf, "v=1", 4);
+	r->len = 4;
+	if (add_field(r, "user", PAM_USER, MAX_USER) < 0 ||
+	    add_field(r, "service", PAM_SERVICE, MAX_VALUE) < 0 ||
+	    add_field(r, "rhost", PAM_RHOST, MAX_VALUE) < 0 ||
+	    add_field(r, "ruser", PAM_RUSER, MAX_VALUE) < 0 ||
+	    add_field(r, "tty", PAM_TTY, MAX_VALUE) < 0)
+		return PAM_AUTH_ERR; /* as mfad would answer it: never "unreachable" */
+	return PAM_SUCCESS;
+}
+
+/* Obeys mfad frame by frame until its RESULT or a break; returns the PAM code. */
+static int converse_with_mfad(struct relay *r, const char *user)
+{
+	int rv = PAM_AUTH_ERR;
+
+	for (;;) {
+		if (read_frame(r) < 0)
+			return unreachable(r);
+		if (r->debug)
+			pam_syslog(r->pamh, LOG_DEBUG, "frame 0x%02x, %zu bytes", r->buf[0],
+				   r->len);
+		switch (r->buf[0]) {
+		case T_PROMPT_OFF:
+		case T_PROMPT_ON:
+			r->spoken = 1;
+			rv = ask(r, r->buf[0] == T_PROMPT_OFF ? PAM_PROMPT_ECHO_OFF
+							      : PAM_PROMPT_ECHO_ON);
+			break;
+		case T_INFO:
+		case T_ERROR:
+			r->spoken = 1;
+			rv = show_text(r, r->buf[0] == T_INFO ? PAM_TEXT_INFO : PAM_ERROR_MSG);
+			break;
+		case T_RESULT:
+			rv = r->len == 2 ? outcome_to_pam(r->buf[1]) : -1;
+			if (rv < 0) {
+				if (r->len == 2)
+					fail(r, "unknown RESULT outcome 0x%02x", r->buf[1]);
+				else
+					fail(r, "RESULT payload of %zu bytes, not 1", r->len - 1);
+				return unreachable(r);
+			}
+			if (r->debug)
+				pam_syslog(r->pamh, LOG_DEBUG, "mfad says '%c' for %s", r->buf[1],
+					   user);
+			return rv;
+		default:
+			fail(r, "unknown frame type 0x%02x", r->buf[0]);
+			return unreachable(r);
+		}
+		/* The user's side failed or memory ran out (not mfad's doing: no fail mode),
+		 * or ask() found mfad gone and has logged the break. */
+		if (rv != PAM_SUCCESS)
+			return rv;
 	}
-	pam_syslog(r->pamh, LOG_ERR, "mfad unreachable on %s: %s; %s", r->socket_path, r->why,
-		   r->fail_open ? "fail=open, ignoring this module" : "failing closed");
-	return r->fail_open ? PAM_IGNORE : PAM_AUTHINFO_UNAVAIL;
 }
 
 static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
@@ -448,25 +517,15 @@ static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **ar
 			  .silent = ((unsigned int)flags & PAM_SILENT) != 0,
 			  .fd = -1};
 	const char *user = NULL;
-	int rv = PAM_AUTH_ERR, rc, peer_gone = 0;
+	int rv = PAM_AUTH_ERR;
 
 	parse_args(&r, argc, argv);
 	if (pam_get_user(pamh, &user, NULL) != PAM_SUCCESS || user == NULL || *user == '\0') {
 		pam_syslog(pamh, LOG_ERR, "no user name");
 		goto out;
 	}
-	if ((r.buf = malloc(MAX_FRAME)) == NULL) {
-		rv = PAM_BUF_ERR;
-		goto out;
-	}
-	/* START: MAX_USER + 4 * MAX_VALUE plus keys fits MAX_FRAME with room to spare. */
-	memcpy(r.buf, "v=1", 4);
-	r.len = 4;
-	if (add_field(&r, "user", PAM_USER, MAX_USER) < 0 ||
-	    add_field(&r, "service", PAM_SERVICE, MAX_VALUE) < 0 ||
-	    add_field(&r, "rhost", PAM_RHOST, MAX_VALUE) < 0 ||
-	    add_field(&r, "ruser", PAM_RUSER, MAX_VALUE) < 0 ||
-	    add_field(&r, "tty", PAM_TTY, MAX_VALUE) < 0)
+	rv = build_start(&r);
+	if (rv != PAM_SUCCESS)
 		goto out;
 	if (connect_daemon(&r) < 0 || send_frame(&r, T_START, r.buf, r.len) < 0) {
 		rv = unreachable(&r);
@@ -474,62 +533,7 @@ static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **ar
 	}
 	if (r.debug)
 		pam_syslog(pamh, LOG_DEBUG, "asked mfad on %s about %s", r.socket_path, user);
-	for (;;) {
-		if (read_frame(&r) < 0) {
-			rv = unreachable(&r);
-			goto out;
-		}
-		if (r.debug)
-			pam_syslog(pamh, LOG_DEBUG, "frame 0x%02x, %zu bytes", r.buf[0], r.len);
-		switch (r.buf[0]) {
-		case T_PROMPT_OFF:
-		case T_PROMPT_ON:
-			r.spoken = 1;
-			rc = ask(
-			    &r, r.buf[0] == T_PROMPT_OFF ? PAM_PROMPT_ECHO_OFF : PAM_PROMPT_ECHO_ON,
-			    &peer_gone);
-			if (rc == PAM_AUTHINFO_UNAVAIL) {
-				rv = unreachable(&r);
-				goto out;
-			}
-			if (rc != PAM_SUCCESS) {
-				/* The user's side broke, not the daemon: no fail mode here. */
-				rv = rc == PAM_AUTH_ERR ? PAM_AUTH_ERR : PAM_CONV_ERR;
-				goto out;
-			}
-			if (peer_gone && r.debug)
-				pam_syslog(pamh, LOG_DEBUG, "mfad closed during the prompt");
-			break;
-		case T_INFO:
-		case T_ERROR:
-			r.spoken = 1;
-			if (show_text(&r, r.buf[0] == T_INFO ? PAM_TEXT_INFO : PAM_ERROR_MSG) !=
-			    PAM_SUCCESS) {
-				rv = PAM_CONV_ERR;
-				goto out;
-			}
-			break;
-		case T_RESULT:
-			rc = r.len == 2 ? outcome_to_pam(r.buf[1]) : -1;
-			if (rc < 0) {
-				if (r.len == 2)
-					fail(&r, "unknown RESULT outcome 0x%02x", r.buf[1]);
-				else
-					fail(&r, "RESULT payload of %zu bytes, not 1", r.len - 1);
-				rv = unreachable(&r);
-				goto out;
-			}
-			rv = rc;
-			if (r.debug)
-				pam_syslog(pamh, LOG_DEBUG, "mfad says '%c' for %s", r.buf[1],
-					   user);
-			goto out;
-		default:
-			fail(&r, "unknown frame type 0x%02x", r.buf[0]);
-			rv = unreachable(&r);
-			goto out;
-		}
-	}
+	rv = converse_with_mfad(&r, user);
 out:
 	if (r.fd >= 0)
 		close(r.fd);

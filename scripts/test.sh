@@ -34,6 +34,8 @@ apt_packages=(
                                               # sqlite3 shell, google-authenticator's module
     libclang-rt-14-dev                        # clang's libFuzzer, for pam_module/fuzz (only
                                               # recommended by clang, so not pulled in)
+    clang-format                              # the lint step's check of the C against
+                                              # pam_module/.clang-format
 )
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh  # the working directory is the repository root (cd above)
@@ -56,8 +58,9 @@ fi
 echo "== building pam_module"
 make -s -C pam_module
 
-echo "== ruff + mypy"
+echo "== ruff + mypy + clang-format"
 make -s lint
+make -s -C pam_module format-check
 
 echo "== pytest"
 rc=0

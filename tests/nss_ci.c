@@ -51,8 +51,7 @@ static FILE *open_db(enum nss_status *status, int *errnop)
  * ERANGE when the caller's buffer is too small: fgetpwent_r has then put the
  * stream back before the entry, and the caller retries with a larger buffer.
  */
-static enum nss_status next_entry(FILE *f, struct passwd *pw, char *buf, size_t buflen,
-				  int *errnop)
+static enum nss_status next_entry(FILE *f, struct passwd *pw, char *buf, size_t buflen, int *errnop)
 {
 	struct passwd *got = NULL;
 	int rc = fgetpwent_r(f, pw, buf, buflen, &got);
@@ -72,8 +71,8 @@ static enum nss_status next_entry(FILE *f, struct passwd *pw, char *buf, size_t 
 	return NSS_STATUS_UNAVAIL;
 }
 
-enum nss_status _nss_ci_getpwnam_r(const char *name, struct passwd *pw, char *buf,
-				   size_t buflen, int *errnop)
+enum nss_status _nss_ci_getpwnam_r(const char *name, struct passwd *pw, char *buf, size_t buflen,
+				   int *errnop)
 {
 	enum nss_status status;
 	FILE *f = open_db(&status, errnop);

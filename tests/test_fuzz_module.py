@@ -193,7 +193,7 @@ PLANTED = {
     ),
     # fail=open stays in force after mfad has prompted: a break then skips the module.
     "spoken-never-set": (
-        "r.spoken = 1;",
+        "r->spoken = 1;",
         "",
         2,
         "docs/protocol.md says",

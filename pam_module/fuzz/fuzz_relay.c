@@ -34,7 +34,8 @@
  *              that starts with 0x01 makes the conversation fail with code (2nd byte % 31) + 1
  *              (PAM_CONV_ERR if absent), handing back the rest of the line as a response when
  *              there is any. A prompt with no line left fails the conversation, like a user
- *              who closed the terminal.
+ *              who closed the terminal. With F_TEXT_FAIL, INFO and ERROR text fails with code
+ *              (the frame's first payload byte % 31) + 1 (PAM_CONV_ERR if it has none).
  *   the rest   what the daemon sends, verbatim
  *
  * The one seam: syslog is swallowed (__syslog_chk below) after formatting, so a long run does
@@ -48,8 +49,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <security/pam_appl.h>
+#include <semaphore.h>
 #include <sys/types.h>
 
 #define SERVICE "pam-mfa-fuzz"
@@ -265,9 +266,10 @@ static void predict(struct plan *pl, const unsigned char *s, size_t n, unsigned 
 				pl->rv = PAM_CONV_ERR;
 				return;
 			}
-			/* An answer too long for a frame or not UTF-8 is the module's own refusal. */
-			if (e->act == ACT_ANSWER &&
-			    (e->answer_len + 1 > SPEC_MAX_FRAME || !utf8_ok(e->answer, e->answer_len))) {
+			/* An answer too long for a frame or not UTF-8 is the module's own
+			 * refusal. */
+			if (e->act == ACT_ANSWER && (e->answer_len + 1 > SPEC_MAX_FRAME ||
+						     !utf8_ok(e->answer, e->answer_len))) {
 				pl->rv = PAM_AUTH_ERR;
 				return;
 			}
@@ -284,7 +286,9 @@ static void predict(struct plan *pl, const unsigned char *s, size_t n, unsigned 
 			e->text_len = text_len(body + 1, len - 1);
 			e->act = flags & F_TEXT_FAIL ? ACT_FAIL : ACT_ANSWER;
 			if (flags & F_TEXT_FAIL) {
-				e->fail_code = PAM_CONV_ERR;
+				/* With code (first payload byte % 31) + 1: any code,
+				 * PAM_BUF_ERR too, is the application's failure. */
+				e->fail_code = len > 1 ? body[1] % 31 + 1 : PAM_CONV_ERR;
 				pl->rv = PAM_CONV_ERR;
 				return;
 			}
@@ -330,8 +334,7 @@ static char *dup_bytes(const unsigned char *p, size_t n)
 	return s;
 }
 
-static int converse(int num, const struct pam_message **msg, struct pam_response **resp,
-		    void *data)
+static int converse(int num, const struct pam_message **msg, struct pam_response **resp, void *data)
 {
 	struct plan *pl = data;
 	struct event *e;
@@ -344,8 +347,8 @@ static int converse(int num, const struct pam_message **msg, struct pam_response
 	/* ASan checks each byte read here lies inside the message's allocation. */
 	len = strnlen(text, SPEC_MAX_FRAME);
 	CHECK(len < SPEC_MAX_FRAME, "a message not NUL-terminated within a frame");
-	CHECK(pl->next < pl->n_ev, "an unexpected message, style %d: \"%.60s\"",
-	      msg[0]->msg_style, text);
+	CHECK(pl->next < pl->n_ev, "an unexpected message, style %d: \"%.60s\"", msg[0]->msg_style,
+	      text);
 	e = &pl->ev[pl->next++];
 	CHECK(msg[0]->msg_style == e->style, "message %zu has style %d, the frame says %d",
 	      pl->next, msg[0]->msg_style, e->style);
@@ -354,7 +357,8 @@ static int converse(int num, const struct pam_message **msg, struct pam_response
 	      e->text_len);
 
 	if (e->act == ACT_FAIL) {
-		if (e->answer != NULL) { /* libpam hands a failed call's response on; it must be freed */
+		/* libpam hands a failed call's response on; it must be freed */
+		if (e->answer != NULL) {
 			*resp = calloc(1, sizeof(**resp));
 			CHECK(*resp != NULL, "out of memory");
 			(*resp)->resp = dup_bytes(e->answer, e->answer_len);
@@ -429,7 +433,8 @@ static void serve(int fd)
 			continue;
 		}
 		if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
-			CHECK(peer.got_len < PEER_BUF, "the module sent more than %u bytes", PEER_BUF);
+			CHECK(peer.got_len < PEER_BUF, "the module sent more than %u bytes",
+			      PEER_BUF);
 			k = recv(fd, peer.got + peer.got_len, PEER_BUF - peer.got_len, 0);
 			if (k > 0)
 				peer.got_len += (size_t)k;
