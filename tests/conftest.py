@@ -29,9 +29,10 @@ import pyotp
 import pytest
 import yaml
 
-from mfad.framing import encode, recv_frame_blocking
+from mfa_cli.client import DaemonClient
+from mfad.model import PendingEnrolment, TokenParams
 from mfad.secretbox import SecretBox
-from mfad.store import PendingEnrolment, SqliteStore, TokenParams
+from mfad.store import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "pam_module"
@@ -169,14 +170,10 @@ class Daemon:
         self.start(**overrides)
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        """One control request over the control socket, as the test's own uid (root)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(30)
-            sock.connect(str(self.control_socket))
-            sock.sendall(encode("Q", json.dumps({"op": op, **fields})))
-            frame = recv_frame_blocking(sock)
-        assert frame.type == "J"
-        response: dict[str, Any] = json.loads(frame.payload)
+        """One control request over the control socket, as the test's own uid (root): the
+        daemon's first answer as it came, ``ok`` false too (`mfa`'s own client,
+        DaemonClient.call)."""
+        response = DaemonClient(self.control_socket, timeout=30).call(op, **fields)
         _remember(response)
         return response
 

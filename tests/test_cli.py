@@ -31,7 +31,7 @@ from wire import PamWire
 from mfa_cli.client import DaemonClient
 from mfa_cli.errors import DaemonUnreachable
 from mfa_cli.main import cli
-from mfad.framing import Frame
+from mfa_wire.framing import Frame
 
 MFA = Path(sys.executable).with_name("mfa")
 RECOVERY_CODE = re.compile(r"^  ([2-9A-Z]{5}-[2-9A-Z]{5}-[2-9A-Z]{5})$", re.MULTILINE)

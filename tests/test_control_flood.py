@@ -26,7 +26,7 @@ FLOODERS = 4
 # how many answers of each kind it got.
 _FLOOD = """
 import collections, json, socket, sys, time
-from mfad.framing import encode, recv_frame_blocking
+from mfa_wire.framing import encode, recv_frame_blocking
 path, until = sys.argv[1], time.monotonic() + float(sys.argv[2])
 request = encode("Q", json.dumps({"op": "status", "user": "root"}))
 seen = collections.Counter()
@@ -97,7 +97,7 @@ def test_refusals_of_made_up_ops_are_coalesced_and_short(
     user = make_user()
     child = (
         "import json, socket, sys\n"
-        "from mfad.framing import encode, recv_frame_blocking\n"
+        "from mfa_wire.framing import encode, recv_frame_blocking\n"
         "for i in range(20):\n"
         "    with socket.socket(socket.AF_UNIX) as s:\n"
         "        s.connect(sys.argv[1])\n"

@@ -51,8 +51,8 @@ import pyotp
 from conftest import Daemon, totp_now
 from wire import PamWire, start_payload
 
+from mfa_wire.framing import encode, recv_frame_blocking
 from mfad.errors import ProtocolError
-from mfad.framing import encode, recv_frame_blocking
 from mfad.lockout import login_source
 from mfad.store import ACCOUNT_SOURCE
 

@@ -42,9 +42,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from wire import PamWire
 
+from mfa_wire.framing import MAX_FRAME, Frame, decode_body, encode, read_frame
 from mfad import config
 from mfad.errors import ConfigError, ProtocolError
-from mfad.framing import MAX_FRAME, Frame, decode_body, encode, read_frame
 from mfad.protocol import MAX_USER, parse_start
 
 SCALE = float(os.environ.get("MFA_FUZZ_SCALE", "1"))

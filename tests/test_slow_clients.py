@@ -26,7 +26,7 @@ import pytest
 from conftest import Daemon, totp_now
 from wire import PamWire, start_payload
 
-from mfad.framing import encode, recv_frame_blocking
+from mfa_wire.framing import encode, recv_frame_blocking
 from mfad.session import START_TIMEOUT
 
 IDLE = 1000

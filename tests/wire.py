@@ -1,4 +1,9 @@
-"""A raw PAM-socket client for the daemon's own tests: frames in, frames out, no PAM."""
+"""A raw PAM-socket client for the daemon's own tests: frames in, frames out, no PAM.
+
+The PAM socket is spoken frame by frame on purpose (the tests send what
+pam_mfa.so would, and what it must not); the frames are the wire package's.
+Control requests as another uid (ControlAs) go through `mfa`'s own client.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mfad.framing import Frame, encode, recv_frame_blocking
+from mfa_wire.framing import Frame, encode, recv_frame_blocking
 
 
 def start_payload(user: str, **items: str) -> str:
@@ -84,15 +89,14 @@ class PamWire:
 
 
 _CONTROL_CHILD = """
-import json, socket, sys, time
-from mfad.framing import encode, recv_frame_blocking
+import json, sys, time
+from pathlib import Path
+from mfa_cli.client import DaemonClient
+client = DaemonClient(Path(sys.argv[1]), timeout=60)
 for line in sys.stdin:
     began = time.monotonic()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(60)
-        sock.connect(sys.argv[1])
-        sock.sendall(encode("Q", line.strip()))
-        answer = json.loads(recv_frame_blocking(sock).payload)
+    request = json.loads(line)
+    answer = client.call(request.pop("op"), **request)
     answer["elapsed_s"] = time.monotonic() - began
     print(json.dumps(answer), flush=True)
 """

@@ -1,14 +1,15 @@
 """A blocking client for mfad's control socket: one connection per request.
 
-The wire format (docs/protocol.md, "Control socket") is one REQUEST frame ``Q``
-carrying a JSON object, answered by one RESPONSE frame ``J`` (or, for the
-streamed audit ops, by several; see ``stream``). Framing is mfad.framing's,
-shared with the daemon, so the two cannot drift apart.
+The wire format (docs/protocol.md, "Control socket") is one REQUEST frame
+carrying a JSON object, answered by one RESPONSE frame (or, for the streamed
+ops, by several; see ``stream``). Frames and the codec are the wire package's
+(mfa_wire.framing, mfa_wire.control), shared with the daemon, so the two cannot
+drift apart; this module adds the connection, its time limit, and what `mfa`
+says when either fails. `mfa` imports nothing from mfad (tests/test_layering.py).
 """
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Any
 import click
 
 from mfa_cli.errors import CliError, DaemonUnreachable, from_response
-from mfad.errors import ProtocolError
-from mfad.framing import encode, recv_frame_blocking
+from mfa_wire.control import decode_response, encode_request
+from mfa_wire.errors import BadMessage, ProtocolError
+from mfa_wire.framing import recv_frame_blocking
 
 DEFAULT_SOCKET = Path("/run/mfad/control.sock")
 DEFAULT_TIMEOUT = 30.0
@@ -39,6 +41,13 @@ class DaemonClient:
 
         A refusal (``ok`` false) raises the matching CliError with the daemon's message.
         """
+        return _accepted(self.call(op, **fields))
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send ``{"op": op, **fields}`` and return the daemon's first answer as it came,
+        ``ok`` true or false; raise only if there is none (DaemonUnreachable) or it is
+        malformed (CliError). ``request`` is this with a refusal raised; the tests'
+        control client is this."""
         with self._connect(op, fields) as sock:
             return self._receive(sock, op)
 
@@ -48,7 +57,7 @@ class DaemonClient:
         next one has no time limit: new records come when they come."""
         with self._connect(op, fields) as sock:
             while True:
-                result = self._receive(sock, op)
+                result = _accepted(self._receive(sock, op))
                 if result.get("following"):
                     sock.settimeout(None)
                 yield result
@@ -57,7 +66,7 @@ class DaemonClient:
 
     def _connect(self, op: str, fields: dict[str, Any]) -> socket.socket:
         try:
-            request = encode("Q", json.dumps({"op": op, **fields}, ensure_ascii=False))
+            request = encode_request(op, fields)
         except ProtocolError as exc:
             raise CliError(f"the {op!r} request is too large to send") from exc
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -94,13 +103,19 @@ class DaemonClient:
             raise self._hung_up() from exc
 
     def _receive(self, sock: socket.socket, op: str) -> dict[str, Any]:
+        """The next answer, ``ok`` true or false."""
         try:
             frame = recv_frame_blocking(sock)
         except TimeoutError as exc:
             raise DaemonUnreachable(self._no_answer()) from exc
         except (ConnectionError, ProtocolError) as exc:
             raise self._hung_up() from exc
-        return self._result(op, frame.type, frame.payload)
+        try:
+            return decode_response(frame)
+        except BadMessage:
+            raise CliError(
+                f"mfad sent a malformed answer to {op!r}; is it the same version?"
+            ) from None
 
     def _hung_up(self) -> DaemonUnreachable:
         return DaemonUnreachable(
@@ -111,16 +126,12 @@ class DaemonClient:
     def _no_answer(self) -> str:
         return f"mfad at {self.socket_path} did not answer within {self.timeout:g} s"
 
-    def _result(self, op: str, ftype: str, payload: str) -> dict[str, Any]:
-        try:
-            response = json.loads(payload) if ftype == "J" else None
-        except ValueError:
-            response = None
-        if not isinstance(response, dict) or not isinstance(response.get("ok"), bool):
-            raise CliError(f"mfad sent a malformed answer to {op!r}; is it the same version?")
-        if not response["ok"]:
-            raise from_response(str(response.get("error")), str(response.get("message") or ""))
-        return response
+
+def _accepted(response: dict[str, Any]) -> dict[str, Any]:
+    """``response`` if ``ok`` is true; a refusal raises the CliError for its error code."""
+    if not response["ok"]:
+        raise from_response(str(response.get("error")), str(response.get("message") or ""))
+    return response
 
 
 pass_client = click.make_pass_decorator(DaemonClient)

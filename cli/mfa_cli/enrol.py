@@ -22,7 +22,6 @@ from mfa_cli.client import DaemonClient, pass_client
 from mfa_cli.display import clean, safe
 from mfa_cli.errors import CliError, WrongCode
 from mfa_cli.identity import invoking_user, is_root
-from mfad.qrtext import render_qr
 
 MAX_TRIES = 3
 """Codes `mfa enroll` asks for before giving up, as many as a login allows."""
@@ -111,13 +110,18 @@ def _activated(user: str, codes: list[str]) -> None:
 
 
 def _show_enrolment(begun: dict[str, Any], invert: bool) -> None:
-    click.echo("Scan this QR code with an authenticator app:")
-    click.echo()
-    click.echo(render_qr(begun["uri"], invert=invert))  # drawn in blocks; the URI as sent
-    click.echo()
+    qr = begun.get("qr")
+    if isinstance(qr, str):
+        # drawn by mfad (as at a login) in blocks and spaces, one line each; escaped all the same
+        click.echo("Scan this QR code with an authenticator app:")
+        click.echo()
+        click.echo("\n".join(safe(line) for line in qr.split("\n")))
+        click.echo()
+        if not invert:
+            click.echo("Drawn for a dark terminal; if it does not scan, try --invert.")
+    else:
+        click.echo("mfad sent no QR code (is it the same version as mfa?).")
     begun = clean(begun)
-    if not invert:
-        click.echo("Drawn for a dark terminal; if it does not scan, try --invert.")
     click.echo("Or add the key by hand:")
     click.echo(f"  Account: {begun['user']}")
     click.echo(f"  Key:     {_grouped(begun['secret'])}")
@@ -192,7 +196,7 @@ def enroll(
         params["digits"] = int(digits)
     if period:
         params["period"] = int(period)
-    begun = client.request("enroll_begin", user=user, **params)
+    begun = client.request("enroll_begin", user=user, invert=invert, **params)
     _show_enrolment(begun, invert)
     expected = int(begun["digits"])
     for _ in range(MAX_TRIES):

@@ -11,7 +11,8 @@
     └── RateLimited (10)         too many requests from this user for now
 
 Exit code 2 is click's own, for a usage error. The daemon's wire error codes
-(docs/protocol.md) map to these in `from_response`, the one place that does.
+(mfa_wire.errors.ErrorCode, docs/protocol.md) map to these in `from_response`,
+the one place that does.
 A message is shown with its control characters escaped (mfa_cli.display.safe):
 it often quotes the daemon, and a user name there may hold terminal escapes.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import click
 
 from mfa_cli.display import safe
+from mfa_wire.errors import ErrorCode
 
 EXIT_CODES = """\b
 Exit codes:
@@ -89,12 +91,12 @@ class RateLimited(CliError):
 
 
 _BY_WIRE_CODE: dict[str, type[CliError]] = {
-    "forbidden": Forbidden,
-    "no_such_user": NotFound,
-    "not_enrolled": NotFound,
-    "wrong_code": WrongCode,
-    "locked": Locked,
-    "rate_limited": RateLimited,
+    ErrorCode.FORBIDDEN: Forbidden,
+    ErrorCode.NO_SUCH_USER: NotFound,
+    ErrorCode.NOT_ENROLLED: NotFound,
+    ErrorCode.WRONG_CODE: WrongCode,
+    ErrorCode.LOCKED: Locked,
+    ErrorCode.RATE_LIMITED: RateLimited,
 }
 
 

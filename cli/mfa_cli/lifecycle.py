@@ -21,6 +21,7 @@ from mfa_cli.client import DaemonClient, pass_client
 from mfa_cli.display import clean, safe
 from mfa_cli.errors import Forbidden, NotFound, Refused
 from mfa_cli.times import TIME_HELP, parse_when, rfc3339, utc_text
+from mfa_wire.errors import ErrorCode
 
 
 def _until_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -89,7 +90,7 @@ def _report(action: str, answer: dict[str, Any], reason: str | None, until: str 
     total = len(changed) + len(refused)
     summary = ("not changed (see above)" if total == 1 else
                f"{len(refused)} of {total} users not changed (see above)")
-    if any(r.get("error") == "no_such_user" for r in refused):
+    if any(r.get("error") == ErrorCode.NO_SUCH_USER for r in refused):
         raise NotFound(summary)
     raise Refused(summary)
 

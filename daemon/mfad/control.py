@@ -12,6 +12,11 @@ Most ops answer with one response object. The audit ops ``audit_query`` and
 ``audit_follow`` answer with a stream of them (an async iterator): the server
 writes each as its own frame, and errors inside the stream still pass through
 this module's one boundary (``_guarded``).
+
+The codec (request and response objects to and from frames, and the one frame
+budget by which a streamed answer is chunked) is mfa_wire.control's, shared with
+`mfa`. ``enroll_begin`` is AccountOps's with the QR code added here, drawn by
+mfad (qrtext) as at a login, so that `mfa` draws nothing itself.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from typing import Any
 
 import structlog
 
+from mfa_wire.control import decode_request, failure, json_chunks
+from mfa_wire.errors import BadMessage, ErrorCode
+from mfa_wire.framing import Frame
 from mfad import auditread
 from mfad.accounts import AccountOps, Caller
 from mfad.context import Context
@@ -39,8 +47,7 @@ from mfad.errors import (
     RequestError,
     StoreError,
 )
-from mfad.framing import Frame, json_chunks
-from mfad.protocol import T
+from mfad.qrtext import render_qr
 from mfad.ratelimit import Budget, Coalescer
 
 log = structlog.get_logger("mfad.control")
@@ -76,6 +83,7 @@ class ControlHandler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         accounts = AccountOps(ctx)
+        self._accounts = accounts
         self._budget = Budget()
         self._coalescer = Coalescer()
         self._callers: dict[int, tuple[Caller, float]] = {}
@@ -83,6 +91,7 @@ class ControlHandler:
         self._ops: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[Response]]] = {
             **accounts.self_service,
             **accounts.admin,
+            "enroll_begin": self.enroll_begin,
             "audit_query": self.audit_query,
             "audit_follow": self.audit_follow,
             "audit_verify": self.audit_verify,
@@ -101,22 +110,17 @@ class ControlHandler:
             caller = await self._identify(uid)
         except Exception:  # NSS failed for the caller itself: no answer can be authorised
             log.exception("control_internal_error", op=op, uid=uid)
-            return {"ok": False, "error": "unavailable",
-                    "message": "mfad cannot tell who is asking (NSS failed); its log says why"}
+            return failure(ErrorCode.UNAVAILABLE,
+                           "mfad cannot tell who is asking (NSS failed); its log says why")
         try:
             if not caller.is_admin and not self._budget.allow(uid):
                 raise RateLimited(
                     "too many requests from this user; wait a minute and try again"
                 )
-            if frame.type != T.REQUEST:
-                raise RequestError(f"expected a REQUEST frame, got {frame.type!r}")
             try:
-                parsed = json.loads(frame.payload)
-            except (ValueError, RecursionError):
-                raise RequestError("the request is not JSON (or nested too deeply)") from None
-            if not isinstance(parsed, dict):
-                raise RequestError("the request must be a JSON object")
-            request = parsed
+                request = decode_request(frame)
+            except BadMessage as exc:
+                raise RequestError(str(exc)) from None
             name = request.get("op")
             handler = self._ops.get(name) if isinstance(name, str) else None
             if handler is None:
@@ -135,8 +139,7 @@ class ControlHandler:
             return await self._failure(caller, op, exc, _targets_named(request))
         except Exception:  # a bug: say so in the log, answer the client, keep serving
             log.exception("control_internal_error", op=op, uid=uid)
-            return {"ok": False, "error": "unavailable",
-                    "message": "mfad failed on this request; its log says why"}
+            return failure(ErrorCode.UNAVAILABLE, "mfad failed on this request; its log says why")
 
     async def _failure(
         self, caller: Caller, op: str, exc: MfaError, target: str | None = None
@@ -144,10 +147,10 @@ class ControlHandler:
         """The response for a refused or failed request; refusals are audited."""
         if isinstance(exc, RequestError):
             await self._audit_refusal(caller, op, exc, target)
-            return {"ok": False, "error": exc.code, "message": str(exc)}
+            return failure(exc.code, str(exc))
         log.error("control_unavailable", op=op, error=str(exc))
-        return {"ok": False, "error": "unavailable", "message": "mfad cannot reach its store "
-                "or audit log; see the daemon's log"}
+        return failure(ErrorCode.UNAVAILABLE,
+                       "mfad cannot reach its store or audit log; see the daemon's log")
 
     async def _guarded(
         self, caller: Caller, op: str, frames: AsyncIterator[dict[str, Any]]
@@ -216,6 +219,16 @@ class ControlHandler:
 
     # --- operations ---
 
+    async def enroll_begin(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        """AccountOps.enroll_begin's offer, with its URI drawn as a QR code for `mfa enroll`
+        (``qr``; ``invert: true`` for a light terminal): the one drawing, qrtext's, that a
+        login at the PAM socket shows too, so the CLI needs no QR code library of its own."""
+        invert = request.get("invert", False)
+        if not isinstance(invert, bool):
+            raise RequestError("`invert` must be true or false")
+        offer = await self._accounts.enroll_begin(caller, request)
+        return {**offer, "qr": render_qr(offer["uri"], invert=invert)}
+
     # --- audit trail (mfa audit): read-only, administrators only ---
     # The files are read by auditread in a worker thread, never on the event loop.
 
@@ -283,10 +296,6 @@ class ControlHandler:
         return summary
 
 
-_FRAME_BUDGET = 60_000
-"""Bytes of records per response frame, under MAX_FRAME with room for the envelope."""
-
-
 def _request_time(request: dict[str, Any], name: str) -> datetime | None:
     value = request.get(name)
     if value is None:
@@ -339,14 +348,13 @@ def _targets_named(request: dict[str, Any]) -> str | None:
 
 
 def _chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    """Records in groups that each fit one frame; a record too large alone is summarised."""
-    return json_chunks((_fitting(record) for record in records), _FRAME_BUDGET)
+    """Records in groups that each fit one frame (mfa_wire.control.FRAME_BUDGET); a record
+    too large alone is summarised."""
+    return json_chunks(records, oversize=_summary)
 
 
-def _fitting(record: dict[str, Any]) -> dict[str, Any]:
-    length = len(json.dumps(record)) + 1
-    if length <= _FRAME_BUDGET:
-        return record
+def _summary(record: dict[str, Any], length: int) -> dict[str, Any]:
+    """What is sent of a record too large for a frame: what it was, and its size."""
     short = {k: record.get(k) for k in ("seq", "time", "event", "outcome", "user")}
     short["oversize"] = length
     return short

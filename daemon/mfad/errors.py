@@ -2,7 +2,6 @@
 
     MfaError
     ├── ConfigError            the config file is unusable (names file, line and key)
-    ├── ProtocolError          a peer broke the framing or the conversation order
     ├── StoreError             the store cannot be read or written
     │   └── KeyFileError       the secret key file is missing, unreadable or malformed
     ├── AuditError             the audit log cannot be written
@@ -18,12 +17,30 @@
         ├── EnrolmentRefused   the account's state does not allow enrolling now
         └── NoPendingEnrolment
 
+    ProtocolError              a peer broke the framing or the conversation order
+
+ProtocolError is mfa_wire.errors.ProtocolError, re-exported here: the framing
+(mfa_wire.framing) raises it and the wire package imports nothing from mfad, so
+it stands beside MfaError, not under it. Every handler names it on its own
+(session.run, server.py); none expects ``except MfaError`` to catch it. A
+RequestError's ``code`` is an mfa_wire.errors.ErrorCode, the one list of the
+control socket's error codes.
+
 Exceptions become protocol outcomes in exactly one place per socket
 (session.run for PAM, control.handle for the control socket); a peer never
 sees exception text other than a RequestError's message.
 """
 
 from __future__ import annotations
+
+from mfa_wire.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "AlreadyEnrolled", "AuditError", "ConfigError", "EnrolmentRefused", "ErrorCode",
+    "Forbidden", "KeyFileError", "Locked", "MfaError", "NoPendingEnrolment", "NoSuchUser",
+    "NotEnrolled", "ProtocolError", "RateLimited", "RequestError", "StaleAccount",
+    "StoreError", "WrongCode",
+]
 
 
 class MfaError(Exception):
@@ -32,10 +49,6 @@ class MfaError(Exception):
 
 class ConfigError(MfaError):
     """The configuration cannot be used; the message names where and why."""
-
-
-class ProtocolError(MfaError):
-    """A peer sent something the protocol does not allow."""
 
 
 class StoreError(MfaError):
@@ -53,44 +66,44 @@ class AuditError(MfaError):
 class RequestError(MfaError):
     """A control request that is refused, with a code the client can switch on."""
 
-    code = "bad_request"
+    code: ErrorCode = ErrorCode.BAD_REQUEST
 
 
 class Forbidden(RequestError):
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class NoSuchUser(RequestError):
-    code = "no_such_user"
+    code = ErrorCode.NO_SUCH_USER
 
 
 class NotEnrolled(RequestError):
-    code = "not_enrolled"
+    code = ErrorCode.NOT_ENROLLED
 
 
 class AlreadyEnrolled(RequestError):
-    code = "already_enrolled"
+    code = ErrorCode.ALREADY_ENROLLED
 
 
 class WrongCode(RequestError):
-    code = "wrong_code"
+    code = ErrorCode.WRONG_CODE
 
 
 class Locked(RequestError):
-    code = "locked"
+    code = ErrorCode.LOCKED
 
 
 class RateLimited(RequestError):
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
 
 
 class StaleAccount(RequestError):
-    code = "stale_account"
+    code = ErrorCode.STALE_ACCOUNT
 
 
 class EnrolmentRefused(RequestError):
-    code = "bad_request"
+    code = ErrorCode.BAD_REQUEST
 
 
 class NoPendingEnrolment(RequestError):
-    code = "no_pending_enrolment"
+    code = ErrorCode.NO_PENDING_ENROLMENT

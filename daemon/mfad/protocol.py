@@ -1,41 +1,23 @@
-"""The PAM socket's frames and the START record (docs/protocol.md, version 1)."""
+"""The PAM socket's START record (docs/protocol.md, version 1).
+
+The frames themselves, their type letters (T) and the RESULT outcomes (Outcome)
+are the wire package's (mfa_wire.framing, mfa_wire.frametypes), shared with the
+CLI; what stays here is the daemon's reading of START, which needs mfad's one
+user-name rule (identity.valid_user_name).
+"""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
-from mfad.errors import ProtocolError
-from mfad.framing import Frame
+from mfa_wire.errors import ProtocolError
+from mfa_wire.frametypes import T
+from mfa_wire.framing import Frame
 from mfad.identity import MAX_USER, valid_user_name
 
 VERSION = "1"
 MAX_VALUE = 1024
-__all__ = ["MAX_USER", "MAX_VALUE", "VERSION", "Outcome", "Start", "T", "parse_start"]
-
-
-class T:
-    """Frame type bytes."""
-
-    START = "S"
-    ANSWER = "A"
-    PROMPT_OFF = "P"
-    PROMPT_ON = "p"
-    INFO = "I"
-    ERROR = "E"
-    RESULT = "R"
-    REQUEST = "Q"
-    RESPONSE = "J"
-
-
-class Outcome(enum.Enum):
-    """RESULT payloads; the module maps each to one PAM code."""
-
-    SUCCESS = "S"  # PAM_SUCCESS
-    FAILURE = "F"  # PAM_AUTH_ERR
-    MAXTRIES = "M"  # PAM_MAXTRIES
-    SKIP = "K"  # PAM_IGNORE
-    UNAVAILABLE = "U"  # PAM_AUTHINFO_UNAVAIL
+__all__ = ["MAX_USER", "MAX_VALUE", "VERSION", "Start", "parse_start"]
 
 
 @dataclass(frozen=True, slots=True)

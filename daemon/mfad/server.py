@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import stat
@@ -35,12 +34,14 @@ from typing import Any
 
 import structlog
 
+from mfa_wire.control import encode_response, failure
+from mfa_wire.errors import ErrorCode, ProtocolError
+from mfa_wire.frametypes import Outcome, T
+from mfa_wire.framing import encode, read_frame
 from mfad import ratelimit
 from mfad.context import Context
 from mfad.control import ControlHandler
-from mfad.errors import MfaError, ProtocolError
-from mfad.framing import encode, read_frame
-from mfad.protocol import Outcome, T
+from mfad.errors import MfaError
 from mfad.session import START_TIMEOUT, LoginSession
 
 log = structlog.get_logger("mfad.server")
@@ -234,13 +235,13 @@ class Server:
                 await self._stream(response, reader, writer)
                 return
             try:
-                data = encode(T.RESPONSE, json.dumps(response))
+                data = encode_response(response)
             except ProtocolError as exc:  # too large for one frame: say so, never go silent
                 log.error("control_response_too_large", uid=uid, error=str(exc))
-                data = encode(T.RESPONSE, json.dumps({
-                    "ok": False, "error": "unavailable",
-                    "message": "the answer is too large for one frame; narrow the request",
-                }))
+                data = encode_response(failure(
+                    ErrorCode.UNAVAILABLE,
+                    "the answer is too large for one frame; narrow the request",
+                ))
             writer.write(data)
             await writer.drain()
 
@@ -257,7 +258,7 @@ class Server:
 
         async def pump() -> None:
             async for response in frames:
-                writer.write(encode(T.RESPONSE, json.dumps(response)))
+                writer.write(encode_response(response))
                 await writer.drain()
 
         task = asyncio.current_task()

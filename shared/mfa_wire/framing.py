@@ -7,14 +7,11 @@ payload, 1 <= N <= MAX_FRAME. docs/protocol.md is the normative description.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import struct
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from mfad.errors import ProtocolError
+from mfa_wire.errors import ProtocolError
 
 MAX_FRAME = 64 * 1024
 _HEADER = struct.Struct("!I")
@@ -24,24 +21,6 @@ _HEADER = struct.Struct("!I")
 class Frame:
     type: str
     payload: str
-
-
-JSON_BUDGET = MAX_FRAME - 4096  # room for a response's own fields around a chunk of items
-
-
-def json_chunks(items: Iterable[Any], budget: int = JSON_BUDGET) -> Iterator[list[Any]]:
-    """Consecutive groups of items whose JSON fits in one frame (an oversized item alone)."""
-    chunk: list[Any] = []
-    size = 0
-    for item in items:
-        length = len(json.dumps(item)) + 1
-        if chunk and size + length > budget:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += length
-    if chunk:
-        yield chunk
 
 
 def encode(ftype: str, payload: str = "") -> bytes:
