@@ -358,3 +358,33 @@ def test_every_record_is_copied_to_stderr_for_journald(mfad: Daemon) -> None:
         time.sleep(0.05)
     assert copied == lines
     assert [json.loads(line)["event"] for line in copied][-3:] == ["challenge", "attempt", "login"]
+
+
+def test_verify_reads_where_the_log_was_cut_from_fields_not_from_the_sentence(
+    mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """The `audit_tampered` record's `reason` is a sentence for people: reworded (and the
+    chain recomputed, as a later wording would leave it), verify still reports the log
+    truncated at the first record that is gone, from the record's log_seq and head_seq."""
+    make_log(mfad, make_user)
+    mfad.stop()
+    lines = lines_of(mfad.audit_path)
+    last_seq = json.loads(lines[-1])["seq"]
+    mfad.audit_path.write_bytes(b"".join(lines[:-3]))
+    mfad.start()
+    mfad.stop()
+    records = [json.loads(line) for line in lines_of(mfad.audit_path)]
+    prev, out = records[0]["prev"], []
+    for record in records:
+        if record["event"] == "audit_tampered":
+            record["reason"] = "Log cut short."
+        record["prev"] = prev
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        out.append(line + "\n")
+        prev = hashlib.sha256(line.encode()).hexdigest()
+    mfad.audit_path.write_text("".join(out))
+    head = mfad.audit_path.with_name(mfad.audit_path.name + ".head")
+    head.write_text(f"{records[-1]['seq']:020d} {prev}\n")
+    mfad.start()
+    bad = mfad.request("audit_verify")["first_bad"]
+    assert (bad["seq"], bad["reason"]) == (last_seq - 2, "truncated")

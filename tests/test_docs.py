@@ -22,6 +22,7 @@ from mfa_cli.audit import audit
 from mfa_cli.errors import EXIT_CODES
 from mfa_cli.main import cli
 from mfad import config
+from mfad.policy import RULES, Action
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "etc" / "mfad.yaml"
@@ -121,3 +122,16 @@ def test_every_mfa_command_is_in_the_readme() -> None:
     names += [f"mfa audit {name}" for name in audit.commands]
 
     assert [name for name in names if name not in readme] == []
+
+
+def test_the_readme_precedence_table_is_the_one_policy_applies() -> None:
+    """README's "Who must give a code" table lists exactly policy.RULES, in order, with the
+    same words, result and recorded reason: the precedence is written down once in code
+    and the documentation cannot drift from it."""
+    words = {Action.SKIP: "skip", Action.REFUSE: "refused", Action.CODE: "code asked for",
+             Action.ENROL: "must enrol"}
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| # | rule | result | reason recorded |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split(" | ") for line in table.strip().splitlines()[1:]]
+    documented = [(row[1], row[2], row[3].strip(" |`")) for row in rows]
+    assert documented == [(r.when, words[r.action], r.reason) for r in RULES]

@@ -12,7 +12,7 @@ from conftest import Daemon
 from wire import PamWire
 
 from mfad import totp
-from mfad.store import TokenParams
+from mfad.model import TokenParams
 
 # RFC 6238 appendix B: 8-digit codes for the ASCII seeds below.
 SEEDS = {

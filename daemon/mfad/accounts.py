@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from mfa_wire.control import json_chunks
 from mfad import enrolment, identity, lifecycle, recovery, totp
 from mfad.context import Context
 from mfad.errors import (
@@ -43,10 +44,9 @@ from mfad.errors import (
     StoreError,
     WrongCode,
 )
-from mfad.framing import json_chunks
 from mfad.identity import Identity
 from mfad.lockout import Refusal, control_source
-from mfad.store import Account, Counter, Site, TokenParams
+from mfad.model import Account, Counter, Site, State, TokenParams, state_of
 from mfad.verify import Purpose, Subject, Verdict, Verifier
 
 log = structlog.get_logger("mfad.accounts")
@@ -130,7 +130,7 @@ def _row(account: Account, counter: Counter, now: float) -> dict[str, Any]:
                          else iso(locked)),
         "exempt_reason": account.exempt_reason,
         "exempt_until": iso(account.exempt_until),
-        "enrol_by": iso(account.deadline) if account.state == "pending" else None,
+        "enrol_by": iso(account.deadline) if account.state is State.PENDING else None,
         "clock_offset_steps": account.clock_offset,
     }
 
@@ -205,7 +205,7 @@ class AccountOps:
         except StaleAccount as exc:
             account, stale = await self.ctx.store.get_account(ident.name), str(exc)
         if account is None:
-            row = {"user": ident.name, "uid": ident.uid, "state": "none", "method": None,
+            row = {"user": ident.name, "uid": ident.uid, "state": State.NONE, "method": None,
                    "enrolled_at": None, "last_verified_at": None, "last_rhost": None,
                    "failed_attempts": 0, "failures_since_success": 0, "locked_until": None,
                    "clock_offset_steps": 0}
@@ -270,16 +270,16 @@ class AccountOps:
         ident = await self.target(caller, request)
         user = ident.name
         account = await identity.account_of(self.ctx, ident)
-        state = account.state if account is not None else "none"
-        if state == "active":
+        state = state_of(account)
+        if state is State.ACTIVE:
             raise AlreadyEnrolled(
                 f"{user} is already enrolled; `mfa reset {user}` first to replace the token"
             )
-        if state in ("suspended", "exempt"):
+        if state in (State.SUSPENDED, State.EXEMPT):
             raise lifecycle.TransitionRefused(
                 f"{user} is {state}; an administrator must resume or unexempt it first"
             )
-        deadline = account.deadline if account is not None and state == "pending" else None
+        deadline = account.deadline if account is not None and state is State.PENDING else None
         if not caller.is_admin and deadline is not None and deadline <= self.ctx.clock():
             raise lifecycle.TransitionRefused(
                 f"the time to enrol {user} has passed; an administrator must `mfa reset {user}`"
@@ -317,7 +317,7 @@ class AccountOps:
         ident = await self.target(caller, request)
         user = ident.name
         account = await identity.account_of(self.ctx, ident)
-        if account is None or account.state != "active" or account.sealed_secret is None:
+        if account is None or account.state is not State.ACTIVE or account.sealed_secret is None:
             raise NotEnrolled(f"{user} has no active token, so no recovery codes")
         if not request.get("regenerate"):
             return {"user": user, "remaining": await self.ctx.store.recovery_codes_left(user)}
@@ -384,7 +384,7 @@ class AccountOps:
                     f"still exists; use `mfa disable {name}` or `mfa reset {name}`"
                 )
             else:  # deleted, re-created with another uid, or stored under another spelling
-                state = account.state if account is not None else "pending"
+                state = account.state if account is not None else State.PENDING
                 await self._audited(caller, "forget", name,
                                     partial(self.ctx.store.forget, name),
                                     forgotten_uid=owner.uid, state=state, current_uid=current)

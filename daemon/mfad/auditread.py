@@ -45,7 +45,6 @@ FILTER_FIELDS = ("user", "event", "outcome", "service", "rhost")
 REASONS = ("edited", "deleted", "reordered", "truncated", "not JSON")
 
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?$")
-_TAMPERED = re.compile(r"ends at record (\d+) but record (\d+) was written last")
 _RECORD_START = b'{"seq":'
 _SHOWN_BYTES = 2000  # of a bad line, in a verdict: enough to recognise it
 
@@ -217,14 +216,16 @@ def _unparseable(walk: _Walk, line: Line, path: Path) -> dict[str, Any]:
 
 
 def _tampered(walk: _Walk, line: Line, record: dict[str, Any], path: Path) -> dict[str, Any]:
-    """mfad found the log cut or altered when it started; its record says which."""
-    text = str(record.get("reason", ""))
-    found = _TAMPERED.search(text)
-    message = f"mfad found the log altered at start: {text}"
-    if found and int(found.group(1)) < int(found.group(2)):
-        return _bad(walk, line, path, int(found.group(1)) + 1, "truncated", message)
-    if walk.last is not None and found:
-        return _bad(walk, walk.last, path, int(found.group(1)), "edited", message)
+    """mfad found the log cut or altered when it started; its record says where, in its
+    `log_seq` (the last record in the log) and `head_seq` (the last one written) fields:
+    the sentence in `reason` is for people and may change."""
+    log_seq, head_seq = record.get("log_seq"), record.get("head_seq")
+    message = f"mfad found the log altered at start: {record.get('reason', '')}"
+    if isinstance(log_seq, int) and isinstance(head_seq, int):
+        if log_seq < head_seq:
+            return _bad(walk, line, path, log_seq + 1, "truncated", message)
+        if walk.last is not None:
+            return _bad(walk, walk.last, path, log_seq, "edited", message)
     return _bad(walk, line, path, record["seq"], "edited", message)
 
 

@@ -27,7 +27,7 @@ from mfad import identity, recovery, totp
 from mfad.context import Context
 from mfad.errors import AlreadyEnrolled, EnrolmentRefused, NoPendingEnrolment
 from mfad.identity import Identity
-from mfad.store import PendingEnrolment, Site, TokenParams
+from mfad.model import PendingEnrolment, Site, State, TokenParams, state_of
 from mfad.verify import Purpose, Subject, Verdict, Verifier
 
 
@@ -116,10 +116,10 @@ async def confirm(
     verifier's records.
     """
     account = await identity.account_of(ctx, ident)
-    state = account.state if account is not None else "none"
-    if state == "active":
+    state = state_of(account)
+    if state is State.ACTIVE:
         raise AlreadyEnrolled(f"{ident.name} is already enrolled")
-    if state not in ("none", "pending", "disabled"):
+    if state not in (State.NONE, State.PENDING, State.DISABLED):
         raise EnrolmentRefused(f"{ident.name} is {state}; an administrator must resume or "
                                "unexempt it first")
     pending = await identity.pending_of(ctx.store, ident, ctx.clock())

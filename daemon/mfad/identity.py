@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from mfad.errors import StaleAccount
-from mfad.store import Account, PendingEnrolment, Store
+from mfad.model import Account, PendingEnrolment
+from mfad.store import Store
 
 if TYPE_CHECKING:
     from mfad.context import Context

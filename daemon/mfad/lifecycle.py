@@ -26,27 +26,28 @@ from mfad import identity, nss
 from mfad.context import Context
 from mfad.errors import NoSuchUser, RequestError
 from mfad.identity import Identity, valid_user_name
-from mfad.store import Account, StateChange
+from mfad.model import Account, State, StateChange, state_of
 
 ACTIONS = ("require", "suspend", "resume", "disable", "reset", "exempt", "unexempt")
 
-_FROM = {
-    "require": {"none", "disabled"},
-    "suspend": {"active", "pending"},
-    "resume": {"suspended"},
-    "disable": {"active", "pending", "suspended", "exempt"},
-    "reset": {"none", "active", "pending", "suspended", "disabled", "exempt"},
-    "exempt": {"none", "active", "pending", "suspended", "disabled"},
-    "unexempt": {"exempt"},
+_S = State
+_FROM: dict[str, frozenset[State]] = {
+    "require": frozenset({_S.NONE, _S.DISABLED}),
+    "suspend": frozenset({_S.ACTIVE, _S.PENDING}),
+    "resume": frozenset({_S.SUSPENDED}),
+    "disable": frozenset({_S.ACTIVE, _S.PENDING, _S.SUSPENDED, _S.EXEMPT}),
+    "reset": frozenset(State),
+    "exempt": frozenset(State) - {_S.EXEMPT},
+    "unexempt": frozenset({_S.EXEMPT}),
 }
 
 _WHY_NOT = {
-    ("require", "active"): "is already enrolled",
-    ("require", "pending"): "is already required to enrol",
-    ("require", "suspended"): "is suspended; `mfa resume` it instead",
-    ("require", "exempt"): "is exempt; `mfa unexempt` it first",
-    ("suspend", "suspended"): "is already suspended",
-    ("resume", "active"): "is not suspended",
+    ("require", _S.ACTIVE): "is already enrolled",
+    ("require", _S.PENDING): "is already required to enrol",
+    ("require", _S.SUSPENDED): "is suspended; `mfa resume` it instead",
+    ("require", _S.EXEMPT): "is exempt; `mfa unexempt` it first",
+    ("suspend", _S.SUSPENDED): "is already suspended",
+    ("resume", _S.ACTIVE): "is not suspended",
 }
 
 
@@ -59,13 +60,9 @@ class Plan:
     """A change worked out but not made: the caller records it, then `commit`s it."""
 
     user: str
-    before: str
-    after: str
+    before: State
+    after: State
     change: StateChange
-
-
-def _state(account: Account | None) -> str:
-    return "none" if account is None else account.state
 
 
 def _kept_token(account: Account | None) -> bool:
@@ -79,29 +76,29 @@ async def plan(
     """What `action` would do to one user; TransitionRefused if it does not fit the state."""
     account = await identity.account_of(ctx, ident)
     user = ident.name
-    before = _state(account)
+    before = state_of(account)
     if before not in _FROM[action]:
         why = _WHY_NOT.get((action, before), f"is {before}")
         raise TransitionRefused(f"cannot {action} {user}: {user} {why}")
     grace = ctx.config.enrolment.grace_days * 86400
     deadline = ctx.clock() + grace if grace > 0 else None
     if action in ("require", "reset"):
-        change = StateChange("pending", deadline, erase=action == "reset", uid=ident.uid)
+        change = StateChange(_S.PENDING, deadline, erase=action == "reset", uid=ident.uid)
     elif action == "suspend":
-        change = StateChange("suspended", uid=ident.uid)
+        change = StateChange(_S.SUSPENDED, uid=ident.uid)
     elif action == "resume" or action == "unexempt":
         if _kept_token(account):
-            change = StateChange("active", uid=ident.uid)
+            change = StateChange(_S.ACTIVE, uid=ident.uid)
         elif action == "resume":
-            change = StateChange("pending", deadline, uid=ident.uid)
+            change = StateChange(_S.PENDING, deadline, uid=ident.uid)
         else:  # "none" again: not an explicit setting
-            change = StateChange("disabled", uid=ident.uid)
+            change = StateChange(_S.DISABLED, uid=ident.uid)
     elif action == "disable":
-        change = StateChange("disabled", erase=True, uid=ident.uid)
+        change = StateChange(_S.DISABLED, erase=True, uid=ident.uid)
     else:  # exempt
         if not reason:
             raise RequestError("an exemption needs a reason (--reason)")
-        change = StateChange("exempt", exempt_reason=reason, exempt_until=until, uid=ident.uid)
+        change = StateChange(_S.EXEMPT, exempt_reason=reason, exempt_until=until, uid=ident.uid)
     return Plan(user, before, change.state, change)
 
 

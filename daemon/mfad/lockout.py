@@ -42,7 +42,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 from mfad.config import LockoutConfig
-from mfad.store import Counter, GuardState, Store
+from mfad.model import Counter, GuardState
+from mfad.store import Store
 
 
 @dataclass(frozen=True, slots=True)

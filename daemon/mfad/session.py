@@ -32,15 +32,16 @@ from typing import Any
 
 import structlog
 
+from mfa_wire.frametypes import Outcome, T
+from mfa_wire.framing import encode, read_frame
 from mfad import enrolment, identity, nss, policy, recovery
 from mfad.context import Context
 from mfad.errors import AuditError, MfaError, ProtocolError, StaleAccount
-from mfad.framing import encode, read_frame
 from mfad.identity import Identity
 from mfad.lockout import Refusal, login_source
-from mfad.protocol import Outcome, Start, T, parse_start
+from mfad.model import Account, Site, State, StateChange
+from mfad.protocol import Start, parse_start
 from mfad.qrtext import render_qr
-from mfad.store import Account, Site, StateChange
 from mfad.verify import Purpose, Subject, Verifier, iso
 
 log = structlog.get_logger("mfad.session")
@@ -187,26 +188,29 @@ class LoginSession:
         groups: frozenset[str] = frozenset()
         if ident is not None and policy.needs_groups(config, account, now):
             groups = await asyncio.to_thread(nss.groups_of, ident.name)
-        decision = policy.decide(config, start.service, account, groups, now)
+        refusal = await ctx.guard.refusal(user, login_source(start.rhost), now)
+        decision = policy.decide(config, start.service, account, groups, refusal, now)
         if decision.action is policy.Action.SKIP:
             await self._finish("skipped", decision.reason)
             return Outcome.SKIP
-        if decision.action is policy.Action.ENROL:
-            if ident is not None:
-                return await self._must_enrol(ident, account, decision.reason)
-            decision = policy.Decision(policy.Action.CODE, "unknown_user")
-        refusal = await ctx.guard.refusal(user, login_source(start.rhost), now)
-        if refusal is not None and not config.lockout.silent:
-            await self._finish("failure", refusal.reason)
-            await self._send(T.ERROR, _refusal_message(refusal))
-            return Outcome.FAILURE
+        if decision.action is policy.Action.REFUSE:
+            assert decision.refusal is not None and decision.then is not None
+            if not config.lockout.silent:
+                await self._finish("failure", decision.refusal.reason)
+                await self._send(T.ERROR, _refusal_message(decision.refusal))
+                return Outcome.FAILURE
+            decision = decision.then  # silent: as usual, and the verifier accepts nothing
+        if decision.action is policy.Action.ENROL and ident is not None:
+            return await self._must_enrol(ident, account, decision.reason,
+                                          decoy=refusal is not None)
+        # ENROL for a name NSS does not know: a code, as for anyone, that always fails
         await ctx.audit.record("challenge", outcome="pending", method="totp", **self.fields)
         has_token = account is not None and account.sealed_secret is not None
         return await self._ask_for_code(user, account if has_token else None)
 
     async def _end_exemption(self, account: Account, now: float) -> Account | None:
         """An exemption past its expiry ends here, for good: back to the kept token, or none."""
-        change = StateChange("active" if account.sealed_secret is not None else "disabled")
+        change = StateChange(State.ACTIVE if account.sealed_secret is not None else State.DISABLED)
         await self.ctx.audit.record(
             "state_changed", outcome="success", state=change.state, reason="exemption_expired",
             **self.fields,
@@ -253,19 +257,24 @@ class LoginSession:
 
     # --- enrolment at login ---
 
-    async def _must_enrol(self, ident: Identity, account: Account | None, reason: str) -> Outcome:
-        """A user who must enrol: offer it now, or refuse with what to do."""
+    async def _must_enrol(
+        self, ident: Identity, account: Account | None, reason: str, *, decoy: bool
+    ) -> Outcome:
+        """A user who must enrol: offer it now, or refuse with what to do. `decoy`: locked
+        under `lockout.silent`; a key that is never stored, and nothing will be accepted."""
         ctx, config, now = self.ctx, self.config, self.ctx.clock()
-        deadline = account.deadline if account is not None and account.state == "pending" else None
-        if account is None or account.state != "pending":
+        pending = account is not None and account.state is State.PENDING
+        deadline = account.deadline if account is not None and pending else None
+        if not pending:
             grace = config.enrolment.grace_days * 86400
             deadline = now + grace if grace > 0 else None
             await ctx.audit.record(
-                "state_changed", outcome="success", state="pending", reason=reason,
+                "state_changed", outcome="success", state=State.PENDING, reason=reason,
                 deadline=iso(deadline) if deadline else None, **self.fields,
             )
-            await ctx.store.set_state(ident.name, StateChange("pending", deadline, uid=ident.uid),
-                                      now)
+            await ctx.store.set_state(
+                ident.name, StateChange(State.PENDING, deadline, uid=ident.uid), now
+            )
         if deadline is not None and deadline <= now:
             await self._finish("failure", "enrolment_expired")
             await self._send(T.ERROR, MSG_ENROLMENT_EXPIRED)
@@ -274,14 +283,7 @@ class LoginSession:
             await self._finish("failure", "not_enrolled")
             await self._send(T.ERROR, MSG_NOT_ENROLLED)
             return Outcome.FAILURE
-        # locked comes first: no real secret is shown to a guesser. Silent: a key that is
-        # never stored, and the verifier refuses every confirming code, so it looks alike.
-        refusal = await ctx.guard.refusal(ident.name, login_source(self.site.rhost), now)
-        if refusal is not None and not config.lockout.silent:
-            await self._finish("failure", refusal.reason)
-            await self._send(T.ERROR, _refusal_message(refusal))
-            return Outcome.FAILURE
-        return await self._enrol(ident, decoy=refusal is not None)
+        return await self._enrol(ident, decoy=decoy)
 
     async def _enrol(self, ident: Identity, *, decoy: bool) -> Outcome:
         await self.ctx.audit.record("enrolment_started", outcome="pending", method="login",

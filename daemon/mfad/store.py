@@ -11,6 +11,7 @@ unused, so two parallel logins with one code give exactly one success — on
 PostgreSQL across hosts too.
 
 Secrets arrive sealed (see secretbox.py); this module never sees plaintext.
+The values it stores and returns are model.py's.
 """
 
 from __future__ import annotations
@@ -22,94 +23,23 @@ import math
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mfad.errors import StoreError
+from mfad.model import (
+    Account,
+    Counter,
+    GuardState,
+    Login,
+    PendingEnrolment,
+    Site,
+    State,
+    StateChange,
+    TokenParams,
+)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class TokenParams:
-    algorithm: str = "SHA1"
-    digits: int = 6
-    period: int = 30
-
-
-STATES = ("pending", "active", "suspended", "disabled", "exempt")
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    user: str
-    state: str  # one of STATES; "none" is the absence of a row
-    sealed_secret: bytes | None
-    params: TokenParams
-    enrolled_at: float | None
-    last_step: int | None
-    last_verified_at: float | None
-    last_rhost: str | None
-    clock_offset: int  # steps between the phone's clock and ours at the last success
-    deadline: float | None = None  # pending: enrol before this, or login is refused
-    exempt_reason: str | None = None
-    exempt_until: float | None = None  # exempt: None means no expiry
-    state_changed_at: float | None = None
-    uid: int | None = None  # the owner's uid when bound; None: written before uids were kept
-
-
-@dataclass(frozen=True, slots=True)
-class Site:
-    """Where a login comes from, as PAM told us."""
-
-    service: str
-    rhost: str
-
-
-@dataclass(frozen=True, slots=True)
-class Login:
-    at: float
-    service: str
-    rhost: str
-    method: str  # "totp" | "recovery"
-
-
-@dataclass(frozen=True, slots=True)
-class PendingEnrolment:
-    user: str
-    sealed_secret: bytes
-    params: TokenParams
-    created_at: float
-    uid: int | None = None  # whose it is: a re-created user with the same name gets none of it
-    expires_at: float | None = None  # after this the secret is void and enrolment starts over
-    origin: str | None = None  # where it was shown: "login:<guard source>" or "control:<uid>"
-
-
-@dataclass(frozen=True, slots=True)
-class Counter:
-    """Consecutive wrong codes since `first_at`, and a lock or block that may be in force."""
-
-    failures: int = 0
-    first_at: float = 0.0
-    until: float = 0.0  # locked/blocked until this time; 0 = not; inf = until an admin unlocks
-    total: int = 0  # wrong codes since the last success, across automatic unlocks
-
-
-@dataclass(frozen=True, slots=True)
-class GuardState:
-    account: Counter  # all sources together: the account lock
-    source: Counter  # this (user, remote host) pair: the per-source block
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    state: str
-    deadline: float | None = None
-    exempt_reason: str | None = None
-    exempt_until: float | None = None
-    erase: bool = False  # drop secret, pending enrolment and recovery codes; history stays
-    uid: int | None = None  # the owner, bound on a new row (or a row that has none yet)
 
 
 class Store(abc.ABC):
@@ -297,7 +227,7 @@ _ACCOUNT_COLUMNS = (
 
 
 def _account(row: Sequence[Any]) -> Account:
-    return Account(row[0], row[1], row[2], TokenParams(*row[3:6]), *row[6:])
+    return Account(row[0], State(row[1]), row[2], TokenParams(*row[3:6]), *row[6:])
 
 
 def _replace_codes(db: sqlite3.Connection, user: str, digests: Sequence[bytes], now: float) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyotp
 
-from mfad.store import TokenParams
+from mfad.model import TokenParams
 
 _DIGESTS = {"SHA1": hashlib.sha1, "SHA256": hashlib.sha256, "SHA512": hashlib.sha512}
 # RFC 4226 asks for at least 128 bits and recommends 160; use the hash's own size.
