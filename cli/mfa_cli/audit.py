@@ -19,6 +19,7 @@ from mfa_cli.client import DaemonClient, pass_client
 from mfa_cli.display import clean, json_text, safe
 from mfa_cli.errors import ChainBroken, DaemonUnreachable
 from mfa_cli.times import parse_when, rfc3339, utc_text
+from mfa_wire.events import Event
 
 DEFAULT_LIMIT = 100
 """Records `mfa audit` lists by default: the most recent ones, like `journalctl -n`."""
@@ -48,12 +49,12 @@ def _shown_time(record: dict[str, Any]) -> str:
 def _detail(record: dict[str, Any]) -> str:
     """The REASON column: why, or for control records who did what."""
     event, reason = record.get("event"), record.get("reason")
-    if event == "control":
+    if event == Event.CONTROL:
         text = f"{record.get('op', '?')} by {record.get('actor', '?')}"
         return f"{text}: {reason}" if reason else text
-    if event in ("lock_set", "source_blocked"):
+    if event in (Event.LOCK_SET, Event.SOURCE_BLOCKED):
         return f"until {record['until']}" if record.get("until") else "until unlocked"
-    if event == "attempt" and reason:
+    if event == Event.ATTEMPT and reason:
         return f"{reason} (attempt {record.get('attempt', '?')})"
     return str(reason or record.get("message") or "")
 

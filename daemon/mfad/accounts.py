@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import structlog
 
 from mfa_wire.control import json_chunks
+from mfa_wire.events import Event, Outcome
 from mfad import enrolment, identity, lifecycle, recovery, totp
 from mfad.context import Context
 from mfad.errors import (
@@ -59,8 +60,17 @@ Handler = Callable[
 MAX_REASON = 500
 HISTORY_LIMIT = 20
 LIST_COLUMNS = (
-    "user", "state", "method", "enrolled_at", "last_verified_at", "last_rhost",
-    "failed_attempts", "locked_until", "exempt_reason", "exempt_until", "enrol_by",
+    "user",
+    "state",
+    "method",
+    "enrolled_at",
+    "last_verified_at",
+    "last_rhost",
+    "failed_attempts",
+    "locked_until",
+    "exempt_reason",
+    "exempt_until",
+    "enrol_by",
 )
 
 
@@ -102,8 +112,11 @@ def user_field(request: dict[str, Any]) -> str:
 
 def _locked(refusal: Refusal) -> Locked:
     until = iso(refusal.until) or "an administrator unlocks it"
-    what = "the account is locked" if refusal.reason == "locked" else (
-        "codes from `mfa` are blocked for this account")
+    what = (
+        "the account is locked"
+        if refusal.reason == "locked"
+        else ("codes from `mfa` are blocked for this account")
+    )
     return Locked(f"{what} after too many wrong codes, until {until}; no code was checked")
 
 
@@ -126,8 +139,9 @@ def _row(account: Account, counter: Counter, now: float) -> dict[str, Any]:
         "last_rhost": account.last_rhost,
         "failed_attempts": counter.failures,
         "failures_since_success": counter.total,
-        "locked_until": ("until unlocked" if locked is not None and math.isinf(locked)
-                         else iso(locked)),
+        "locked_until": (
+            "until unlocked" if locked is not None and math.isinf(locked) else iso(locked)
+        ),
         "exempt_reason": account.exempt_reason,
         "exempt_until": iso(account.exempt_until),
         "enrol_by": iso(account.deadline) if account.state is State.PENDING else None,
@@ -170,16 +184,30 @@ class AccountOps:
         return ident
 
     async def _audit(
-        self, caller: Caller, op: str, target: str, outcome: str = "success", **extra: Any
+        self,
+        caller: Caller,
+        op: str,
+        target: str,
+        outcome: Outcome = Outcome.SUCCESS,
+        **extra: Any,
     ) -> None:
         """One record per target of an administrative action, with the actor."""
         await self.ctx.audit.record(
-            "control", outcome=outcome, op=op, actor_uid=caller.uid, actor=caller.name,
-            user=target, **extra,
+            Event.CONTROL,
+            outcome=outcome,
+            op=op,
+            actor_uid=caller.uid,
+            actor=caller.name,
+            user=target,
+            **extra,
         )
 
     async def _audited(
-        self, caller: Caller, op: str, target: str, change: Callable[[], Awaitable[R]],
+        self,
+        caller: Caller,
+        op: str,
+        target: str,
+        change: Callable[[], Awaitable[R]],
         **extra: Any,
     ) -> R:
         """Record the change, then make it: never a change in force without its record.
@@ -192,8 +220,13 @@ class AccountOps:
             return await change()
         except StoreError as exc:
             try:
-                await self._audit(caller, op, target, outcome="error",
-                                  reason="store_failed: the change above was not made")
+                await self._audit(
+                    caller,
+                    op,
+                    target,
+                    outcome=Outcome.ERROR,
+                    reason="store_failed: the change above was not made",
+                )
             except AuditError as err:
                 log.error("audit_unwritable", error=str(err), op=op, user=target)
             raise exc
@@ -205,10 +238,19 @@ class AccountOps:
         except StaleAccount as exc:
             account, stale = await self.ctx.store.get_account(ident.name), str(exc)
         if account is None:
-            row = {"user": ident.name, "uid": ident.uid, "state": State.NONE, "method": None,
-                   "enrolled_at": None, "last_verified_at": None, "last_rhost": None,
-                   "failed_attempts": 0, "failures_since_success": 0, "locked_until": None,
-                   "clock_offset_steps": 0}
+            row = {
+                "user": ident.name,
+                "uid": ident.uid,
+                "state": State.NONE,
+                "method": None,
+                "enrolled_at": None,
+                "last_verified_at": None,
+                "last_rhost": None,
+                "failed_attempts": 0,
+                "failures_since_success": 0,
+                "locked_until": None,
+                "clock_offset_steps": 0,
+            }
             return row if stale is None else {**row, "stale": stale}
         guard = await self.ctx.store.get_guard(ident.name, "*")
         row = _row(account, guard.account, self.ctx.clock())
@@ -287,12 +329,18 @@ class AccountOps:
         params = _params(self.ctx, request)
         origin = f"control:{control_source(caller.uid)}"
         offer = await self._audited(
-            caller, "enroll_begin", user,
-            lambda: enrolment.begin(self.ctx, ident, origin, params), state="pending",
+            caller,
+            "enroll_begin",
+            user,
+            lambda: enrolment.begin(self.ctx, ident, origin, params),
+            state="pending",
         )
         return {
-            "user": user, "secret": offer.secret, "uri": offer.uri,
-            "algorithm": offer.params.algorithm, "digits": offer.params.digits,
+            "user": user,
+            "secret": offer.secret,
+            "uri": offer.uri,
+            "algorithm": offer.params.algorithm,
+            "digits": offer.params.digits,
             "period": offer.params.period,
         }
 
@@ -302,14 +350,28 @@ class AccountOps:
         if not isinstance(answer, str):
             raise RequestError("the request needs a code")
         verdict, confirmed = await enrolment.confirm(
-            self.ctx, ident, answer, control_source(caller.uid), SITE, op="enroll_confirm",
-            actor_uid=caller.uid, actor=caller.name,
+            self.ctx,
+            ident,
+            answer,
+            control_source(caller.uid),
+            SITE,
+            op="enroll_confirm",
+            actor_uid=caller.uid,
+            actor=caller.name,
         )
         if confirmed is None:
-            raise _refused(verdict, "that code is not right for the new key; check the phone's "
-                           "clock and try the code that is showing now")
-        await self._audited(caller, "enroll_confirm", ident.name,
-                            lambda: enrolment.activate(self.ctx, confirmed), state="active")
+            raise _refused(
+                verdict,
+                "that code is not right for the new key; check the phone's "
+                "clock and try the code that is showing now",
+            )
+        await self._audited(
+            caller,
+            "enroll_confirm",
+            ident.name,
+            lambda: enrolment.activate(self.ctx, confirmed),
+            state="active",
+        )
         return {"user": ident.name, "state": "active", "recovery_codes": confirmed.codes}
 
     async def recovery_codes(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
@@ -326,7 +388,9 @@ class AccountOps:
         codes = recovery.generate(self.ctx.config.enrolment.recovery_codes)
         digests = [self.ctx.box.digest(user, c) for c in codes]
         await self._audited(
-            caller, "recovery_codes", user,
+            caller,
+            "recovery_codes",
+            user,
             lambda: self.ctx.store.replace_recovery_codes(user, digests, self.ctx.clock()),
             regenerated=len(codes),
         )
@@ -337,8 +401,12 @@ class AccountOps:
         (or one of their recovery codes), checked under the guard like a login's."""
         subject = Subject(account.user, control_source(caller.uid), SITE, account)
         verdict = await self.verifier.check(
-            subject, answer if isinstance(answer, str) else "", Purpose.PROOF,
-            op="recovery_codes", actor_uid=caller.uid, actor=caller.name,
+            subject,
+            answer if isinstance(answer, str) else "",
+            Purpose.PROOF,
+            op="recovery_codes",
+            actor_uid=caller.uid,
+            actor=caller.name,
         )
         if not verdict.ok:
             raise _refused(verdict, "give a current code from your authenticator app")
@@ -353,8 +421,12 @@ class AccountOps:
                 unlocked.append(user)
                 try:
                     await self.ctx.audit.record(
-                        "lock_cleared", outcome="success", user=user, actor=caller.name,
-                        actor_uid=caller.uid, reason="unlocked by administrator",
+                        Event.LOCK_CLEARED,
+                        outcome=Outcome.SUCCESS,
+                        user=user,
+                        actor=caller.name,
+                        actor_uid=caller.uid,
+                        reason="unlocked by administrator",
                     )
                 except AuditError as err:  # the unlock itself is on record already
                     log.error("audit_unwritable", error=str(err), op="unlock", user=user)
@@ -385,13 +457,19 @@ class AccountOps:
                 )
             else:  # deleted, re-created with another uid, or stored under another spelling
                 state = account.state if account is not None else State.PENDING
-                await self._audited(caller, "forget", name,
-                                    partial(self.ctx.store.forget, name),
-                                    forgotten_uid=owner.uid, state=state, current_uid=current)
+                await self._audited(
+                    caller,
+                    "forget",
+                    name,
+                    partial(self.ctx.store.forget, name),
+                    forgotten_uid=owner.uid,
+                    state=state,
+                    current_uid=current,
+                )
                 forgotten.append({"user": name, "uid": owner.uid, "state": state})
                 continue
             refused.append({"user": name, "error": exc.code, "message": str(exc)})
-            await self._audit(caller, "forget", name, outcome="refused", message=str(exc))
+            await self._audit(caller, "forget", name, outcome=Outcome.REFUSED, message=str(exc))
         return {"forgotten": forgotten, "refused": refused}
 
     def _lifecycle(self, action: str) -> Handler:
@@ -406,18 +484,26 @@ class AccountOps:
                     ident = await identity.resolve(name)
                     if ident is None:
                         raise NoSuchUser(f"there is no user {name!r} on this system")
-                    planned = await lifecycle.plan(self.ctx, action, ident, reason=reason,
-                                                   until=until)
+                    planned = await lifecycle.plan(
+                        self.ctx, action, ident, reason=reason, until=until
+                    )
                 except RequestError as exc:
                     refused.append({"user": name, "error": exc.code, "message": str(exc)})
-                    await self._audit(caller, action, name, outcome="refused", message=str(exc))
+                    await self._audit(
+                        caller, action, name, outcome=Outcome.REFUSED, message=str(exc)
+                    )
                     continue
                 await self._audited(
-                    caller, action, planned.user, partial(lifecycle.commit, self.ctx, planned),
-                    before=planned.before, after=planned.after, reason=reason, until=iso(until),
+                    caller,
+                    action,
+                    planned.user,
+                    partial(lifecycle.commit, self.ctx, planned),
+                    before=planned.before,
+                    after=planned.after,
+                    reason=reason,
+                    until=iso(until),
                 )
-                changed.append({"user": planned.user, "from": planned.before,
-                                "to": planned.after})
+                changed.append({"user": planned.user, "from": planned.before, "to": planned.after})
             return {"changed": changed, "refused": refused}
 
         return run
@@ -442,10 +528,14 @@ def _params(ctx: Context, request: dict[str, Any]) -> TokenParams:
     given = {k: request.get(k) for k in ("algorithm", "digits", "period")}
     params = TokenParams(**{k: getattr(base, k) if v is None else v for k, v in given.items()})
     if (
-        not isinstance(params.algorithm, str) or params.algorithm not in totp.SECRET_BYTES
-        or type(params.digits) is not int or params.digits not in (6, 8)
-        or type(params.period) is not int or params.period not in (30, 60)
+        not isinstance(params.algorithm, str)
+        or params.algorithm not in totp.SECRET_BYTES
+        or type(params.digits) is not int
+        or params.digits not in (6, 8)
+        or type(params.period) is not int
+        or params.period not in (30, 60)
     ):
-        raise RequestError("token parameters: algorithm SHA1/SHA256/SHA512, digits 6 or 8, "
-                           "period 30 or 60")
+        raise RequestError(
+            "token parameters: algorithm SHA1/SHA256/SHA512, digits 6 or 8, period 30 or 60"
+        )
     return params

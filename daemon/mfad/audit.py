@@ -40,6 +40,7 @@ from typing import Any
 
 import structlog
 
+from mfa_wire.events import Event, Outcome
 from mfad.errors import AuditError
 
 GENESIS = "0" * 64
@@ -144,8 +145,7 @@ class _StderrCopy:
         self._lines: collections.deque[str] = collections.deque()
         self._dropped = 0
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name="mfad-audit-stderr",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._drain, name="mfad-audit-stderr", daemon=True)
         self._thread.start()
 
     def put(self, line: str) -> None:
@@ -170,9 +170,15 @@ class _StderrCopy:
                 batch.append(self._lines.popleft())
         if self._dropped:
             dropped, self._dropped = self._dropped, 0
-            batch.append(json.dumps({"event": "audit_copy_dropped", "lines": dropped,
-                                     "reason": "stderr was not being read; the audit "
-                                               "log file has every record"}))
+            batch.append(
+                json.dumps(
+                    {
+                        "event": "audit_copy_dropped",
+                        "lines": dropped,
+                        "reason": "stderr was not being read; the audit log file has every record",
+                    }
+                )
+            )
         if batch:
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write("\n".join(batch) + "\n")
@@ -190,7 +196,7 @@ class _Sink:
         self.prev = GENESIS
         self.seq = 0
 
-    def open(self) -> list[tuple[str, dict[str, Any]]]:
+    def open(self) -> list[tuple[Event, dict[str, Any]]]:
         """Open the log and its head; return the records that opening calls for.
 
         A partial last line (the power went mid-write, or a hand cut the file) is
@@ -199,34 +205,43 @@ class _Sink:
         is a kill between the two writes, not tampering. Anything else that disagrees is tampering.
         """
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        notes: list[tuple[str, dict[str, Any]]] = []
+        notes: list[tuple[Event, dict[str, Any]]] = []
         cut = _cut_partial_line(self.path)
         if cut:
-            notes.append(("audit_repaired", {
-                "outcome": "error", "bytes_cut": len(cut),
-                "fragment": cut[:4096].decode("utf-8", errors="replace"),
-                "reason": f"a partial record of {len(cut)} bytes at the end of the log was "
-                          "moved into this record (mfad stopped in the middle of writing it)",
-            }))
+            notes.append(
+                (
+                    Event.AUDIT_REPAIRED,
+                    {
+                        "outcome": Outcome.ERROR,
+                        "bytes_cut": len(cut),
+                        "fragment": cut[:4096].decode("utf-8", errors="replace"),
+                        "reason": f"a partial record of {len(cut)} bytes at the end of the log was "
+                        "moved into this record (mfad stopped in the middle of writing it)",
+                    },
+                )
+            )
         last = _last_line(self.path)
         head = read_head(self.path)
         if last is not None:
             self.seq, self.prev = _seq_of(last), line_hash(last)
             if head is not None and head != (self.seq, self.prev) and not _one_ahead(last, head):
-                notes.append(("audit_tampered", {
-                    "outcome": "error", "log_seq": self.seq, "head_seq": head[0],
-                    "reason": f"the log ends at record {self.seq} but record {head[0]} was "
-                              "written last: records were removed or altered while mfad was "
-                              "not running",
-                }))
+                notes.append(
+                    (
+                        Event.AUDIT_TAMPERED,
+                        {
+                            "outcome": Outcome.ERROR,
+                            "log_seq": self.seq,
+                            "head_seq": head[0],
+                            "reason": f"the log ends at record {self.seq} but record {head[0]} was "
+                            "written last: records were removed or altered while mfad was "
+                            "not running",
+                        },
+                    )
+                )
         elif head is not None:  # rotated away: the new file continues the chain
             self.seq, self.prev = head
-        self.fd = os.open(
-            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
-        )
-        self.head_fd = os.open(
-            head_path(self.path), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640
-        )
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.head_fd = os.open(head_path(self.path), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
         return notes
 
     def close(self) -> None:
@@ -238,7 +253,9 @@ class _Sink:
     def chain(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
         """The last processor: number, chain and render the record."""
         record = {
-            "seq": self.seq + 1, "time": event.pop("time"), "host": event.pop("host"),
+            "seq": self.seq + 1,
+            "time": event.pop("time"),
+            "host": event.pop("host"),
             "event": event.pop("event"),
         }
         record.update(event)
@@ -325,7 +342,12 @@ class AuditLog:
         for event, fields in self._sink.open():
             await self.record(event, **fields)
 
-    async def record(self, event: str, **fields: Any) -> None:
+    def bind(self, fields: dict[str, Any]) -> BoundAudit:
+        """A writer that adds `fields` (kept by reference: the caller may add to them) to
+        every record, as a login's session, user, service and host."""
+        return BoundAudit(self, fields)
+
+    async def record(self, event: Event, **fields: Any) -> None:
         """Write one record; None-valued fields are dropped to keep lines short."""
         clean = {k: v for k, v in fields.items() if v is not None}
         try:
@@ -333,8 +355,12 @@ class AuditLog:
         except AuditError as exc:
             if self._required():
                 raise
-            _oplog.error("audit_unwritable", error=str(exc), event_lost=event,
-                         reason="audit.required is false: going on unrecorded")
+            _oplog.error(
+                "audit_unwritable",
+                error=str(exc),
+                event_lost=event,
+                reason="audit.required is false: going on unrecorded",
+            )
             return
         for follower in self._subscribers:
             if not follower.full():  # a stalled follower misses records; the file has them all
@@ -344,3 +370,22 @@ class AuditLog:
         self._sink.close()
         if self._sink.copy is not None:
             self._sink.copy.close()
+
+
+class BoundAudit:
+    """An AuditLog with fields of its own in every record (AuditLog.bind)."""
+
+    def __init__(self, log: AuditLog, fields: dict[str, Any]) -> None:
+        self._log = log
+        self.fields = fields
+
+    async def record(self, event: Event, **extra: Any) -> None:
+        await self._log.record(event, **{**self.fields, **extra})
+
+    async def record_quietly(self, event: Event, **extra: Any) -> None:
+        """For what is already failing: an audit log that cannot be written is logged, not
+        raised (the login fails closed either way)."""
+        try:
+            await self.record(event, **extra)
+        except AuditError as exc:
+            _oplog.error("audit_unwritable", error=str(exc), event_lost=event, **self.fields)

@@ -37,12 +37,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mfa_wire.events import Event, Outcome
 from mfad.audit import GENESIS, line_hash, read_head
 
 FILTER_FIELDS = ("user", "event", "outcome", "service", "rhost")
 """Record fields a query can match exactly."""
 
-REASONS = ("edited", "deleted", "reordered", "truncated", "not JSON")
 
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?$")
 _RECORD_START = b'{"seq":'
@@ -67,7 +67,7 @@ def log_files(path: Path) -> list[Path]:
     if path.parent.is_dir():
         for candidate in path.parent.iterdir():
             if candidate.name.startswith(path.name + "."):
-                match = _ROTATED.fullmatch(candidate.name[len(path.name):])
+                match = _ROTATED.fullmatch(candidate.name[len(path.name) :])
                 if match and candidate.is_file():
                     rotated.append((int(match.group(1)), candidate))
     files = [p for _, p in sorted(rotated, key=lambda item: (-item[0], item[1].name))]
@@ -177,8 +177,14 @@ class _Walk:
 
 
 def _bad(
-    walk: _Walk, where: Line | None, path: Path, seq: int | None, reason: str, message: str,
-    *, line: int | None = None,
+    walk: _Walk,
+    where: Line | None,
+    path: Path,
+    seq: int | None,
+    reason: str,
+    message: str,
+    *,
+    line: int | None = None,
 ) -> dict[str, Any]:
     file = where.file if where is not None else path
     raw = where.raw if where is not None else b""
@@ -207,11 +213,23 @@ def _unparseable(walk: _Walk, line: Line, path: Path) -> dict[str, Any]:
     glued = line.raw.find(_RECORD_START, 1)
     if line.raw.startswith(_RECORD_START) and (not line.complete or glued > 0):
         how = "the log ends inside it" if not line.complete else "the next record follows on it"
-        return _bad(walk, line, path, expected, "truncated",
-                    f"a record was cut short ({how}): the log was truncated mid-line")
+        return _bad(
+            walk,
+            line,
+            path,
+            expected,
+            "truncated",
+            f"a record was cut short ({how}): the log was truncated mid-line",
+        )
     if line.raw.startswith(_RECORD_START):
-        return _bad(walk, line, path, expected, "truncated",
-                    "a record was cut short: the log was truncated mid-line")
+        return _bad(
+            walk,
+            line,
+            path,
+            expected,
+            "truncated",
+            "a record was cut short: the log was truncated mid-line",
+        )
     return _bad(walk, line, path, expected, "not JSON", "this line is not an audit record")
 
 
@@ -239,13 +257,28 @@ def _misplaced(
     for later in ahead:
         moved = _chained(later.raw)
         if moved is not None and moved["seq"] in missing:
-            return _bad(walk, line, path, expected, "reordered",
-                        f"record {expected} should stand here but is at {later.file.name} "
-                        f"line {later.number}; records were swapped or moved")
-    gap = f"record {expected} is" if len(missing) == 1 else \
-        f"records {expected}-{record['seq'] - 1} are"
-    return _bad(walk, line, path, expected, "deleted",
-                f"{gap} missing before record {record['seq']}: deleted from the log")
+            return _bad(
+                walk,
+                line,
+                path,
+                expected,
+                "reordered",
+                f"record {expected} should stand here but is at {later.file.name} "
+                f"line {later.number}; records were swapped or moved",
+            )
+    gap = (
+        f"record {expected} is"
+        if len(missing) == 1
+        else f"records {expected}-{record['seq'] - 1} are"
+    )
+    return _bad(
+        walk,
+        line,
+        path,
+        expected,
+        "deleted",
+        f"{gap} missing before record {record['seq']}: deleted from the log",
+    )
 
 
 def _step(
@@ -256,29 +289,58 @@ def _step(
     before, last = walk.last_record, walk.last
     if before is None or last is None:
         if (seq == 1) != (prev == GENESIS):
-            return _bad(walk, line, path, seq, "edited",
-                        "the first record's sequence number or chain start was changed")
+            return _bad(
+                walk,
+                line,
+                path,
+                seq,
+                "edited",
+                "the first record's sequence number or chain start was changed",
+            )
         return None  # records before it were rotated away: the chain starts here
     expected = before["seq"] + 1
     if seq == expected and prev == line_hash(last.raw):
         return None
     if seq == expected:
-        return _bad(walk, last, path, before["seq"], "edited",
-                    f"record {before['seq']} was changed after it was written: record {seq} "
-                    "holds a different hash of it")
+        return _bad(
+            walk,
+            last,
+            path,
+            before["seq"],
+            "edited",
+            f"record {before['seq']} was changed after it was written: record {seq} "
+            "holds a different hash of it",
+        )
     if seq == 1 and prev == GENESIS:
-        return _bad(walk, line, path, expected, "deleted",
-                    "a new chain starts here: the log and its head file were removed and "
-                    "mfad started afresh")
+        return _bad(
+            walk,
+            line,
+            path,
+            expected,
+            "deleted",
+            "a new chain starts here: the log and its head file were removed and "
+            "mfad started afresh",
+        )
     if seq > expected and prev == line_hash(last.raw):
-        return _bad(walk, line, path, expected, "edited",
-                    f"record {expected} was changed after it was written: it carries the "
-                    f"sequence number {seq}")
+        return _bad(
+            walk,
+            line,
+            path,
+            expected,
+            "edited",
+            f"record {expected} was changed after it was written: it carries the "
+            f"sequence number {seq}",
+        )
     if seq > expected:
         return _misplaced(walk, line, record, ahead, path)
-    return _bad(walk, line, path, seq, "reordered",
-                f"record {seq} stands after record {before['seq']}; records were swapped, "
-                "moved or copied")
+    return _bad(
+        walk,
+        line,
+        path,
+        seq,
+        "reordered",
+        f"record {seq} stands after record {before['seq']}; records were swapped, moved or copied",
+    )
 
 
 def verify(path: Path) -> dict[str, Any]:
@@ -317,7 +379,7 @@ def verify(path: Path) -> dict[str, Any]:
             broken = _step(walk, line, record, lines, path)
             if broken is not None:
                 return verdict(broken)
-            if record.get("event") == "audit_tampered":
+            if record.get("event") == Event.AUDIT_TAMPERED:
                 return verdict(_tampered(walk, line, record, path))
             if head is not None and record["seq"] == head[0]:
                 # Reported only if the chain holds to the end: an edit anywhere else
@@ -331,17 +393,34 @@ def verify(path: Path) -> dict[str, Any]:
     except LogReadError as exc:
         return verdict(_bad(walk, None, path, None, "not JSON", str(exc)))
     if unlike_head is not None and head is not None:
-        return verdict(_bad(walk, unlike_head, path, head[0], "edited",
-                            f"record {head[0]} was changed after it was written: "
-                            "the head file holds a different hash of it"))
+        return verdict(
+            _bad(
+                walk,
+                unlike_head,
+                path,
+                head[0],
+                "edited",
+                f"record {head[0]} was changed after it was written: "
+                "the head file holds a different hash of it",
+            )
+        )
     if head is not None and head_matches is None:
         last_seq = walk.last_record["seq"] if walk.last_record else 0
         if last_seq < head[0]:
             end = walk.last.number + 1 if walk.last is not None and walk.last.file == path else 1
             head_matches = False
-            return verdict(_bad(walk, None, path, last_seq + 1, "truncated",
-                                f"the log was cut: it ends before record {last_seq + 1}, but "
-                                f"the head file says record {head[0]} was written", line=end))
+            return verdict(
+                _bad(
+                    walk,
+                    None,
+                    path,
+                    last_seq + 1,
+                    "truncated",
+                    f"the log was cut: it ends before record {last_seq + 1}, but "
+                    f"the head file says record {head[0]} was written",
+                    line=end,
+                )
+            )
     return verdict(None)
 
 
@@ -386,30 +465,30 @@ def summarise(
         event, outcome = record.get("event"), record.get("outcome")
         user, rhost = str(record.get("user", "")), str(record.get("rhost") or "(local)")
         reason = str(record.get("reason", ""))
-        if event == "login":
+        if event == Event.LOGIN:
             logins[str(outcome)] += 1
-            if outcome == "failure":
+            if outcome == Outcome.FAILURE:
                 fail_user[user] += 1
                 fail_rhost[rhost] += 1
                 fail_reason[reason] += 1
                 if reason == "not_enrolled":
                     not_enrolled[user] += 1
-            elif outcome == "skipped":
+            elif outcome == Outcome.SKIPPED:
                 skipped[(user, reason)] += 1
-        elif event == "attempt" and outcome == "failure":
+        elif event == Event.ATTEMPT and outcome == Outcome.FAILURE:
             wrong_user[user] += 1
             wrong_rhost[rhost] += 1
-        elif event in ("lock_set", "lock_cleared"):
+        elif event in (Event.LOCK_SET, Event.LOCK_CLEARED):
             last_lock[user] = record
-            if event == "lock_set":
+            if event == Event.LOCK_SET:
                 locks.append(_pick(record, "time", "user", "rhost", "until", "failures"))
-        elif event == "source_blocked":
+        elif event == Event.SOURCE_BLOCKED:
             blocks.append(_pick(record, "time", "user", "rhost", "until"))
-        elif event == "control" and outcome == "success":
+        elif event == Event.CONTROL and outcome == Outcome.SUCCESS:
             control.append(_pick(record, "time", "actor", "op", "user"))
-        elif event == "control":
+        elif event == Event.CONTROL:
             refused[(str(record.get("actor", "")), str(record.get("op", "")))] += 1
-        elif event == "audit_tampered":
+        elif event == Event.AUDIT_TAMPERED:
             tampered.append(_pick(record, "time", "seq", "reason"))
     summary = {
         "since": since.isoformat() if since else None,
@@ -465,7 +544,7 @@ def _ranked(*counters: Counter[str]) -> list[str]:
 
 
 def _in_force(record: Mapping[str, Any], now: datetime) -> bool:
-    if record.get("event") != "lock_set":
+    if record.get("event") != Event.LOCK_SET:
         return False
     until = record.get("until")
     if until is None:
@@ -476,9 +555,7 @@ def _in_force(record: Mapping[str, Any], now: datetime) -> bool:
         return True
 
 
-def _never_enrolled(
-    accounts: Mapping[str, str], denied: Counter[str]
-) -> list[dict[str, Any]]:
+def _never_enrolled(accounts: Mapping[str, str], denied: Counter[str]) -> list[dict[str, Any]]:
     """Users the store holds only a pending enrolment for, or refused as not enrolled."""
     names = {u for u, state in accounts.items() if state == "pending"}
     names |= {u for u in denied if accounts.get(u) not in ("active", "disabled")}
@@ -486,4 +563,3 @@ def _never_enrolled(
         {"user": u, "pending": accounts.get(u) == "pending", "refused_logins": denied[u]}
         for u in sorted(names)
     ]
-

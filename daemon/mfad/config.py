@@ -245,7 +245,9 @@ def parse(text: str, where: str = "<config>") -> Config:
         section, _, name = attr.rpartition(".")
         (nested[section] if section else top)[name] = value
     return Config(
-        **top, totp=TotpConfig(**nested["totp"]), login=LoginConfig(**nested["login"]),
+        **top,
+        totp=TotpConfig(**nested["totp"]),
+        login=LoginConfig(**nested["login"]),
         lockout=LockoutConfig(**nested["lockout"]),
         enrolment=EnrolmentConfig(**nested["enrolment"]),
     )

@@ -35,6 +35,7 @@ import structlog
 
 from mfa_wire.control import decode_request, failure, json_chunks
 from mfa_wire.errors import BadMessage, ErrorCode
+from mfa_wire.events import Event, Outcome
 from mfa_wire.framing import Frame
 from mfad import auditread
 from mfad.accounts import AccountOps, Caller
@@ -110,13 +111,13 @@ class ControlHandler:
             caller = await self._identify(uid)
         except Exception:  # NSS failed for the caller itself: no answer can be authorised
             log.exception("control_internal_error", op=op, uid=uid)
-            return failure(ErrorCode.UNAVAILABLE,
-                           "mfad cannot tell who is asking (NSS failed); its log says why")
+            return failure(
+                ErrorCode.UNAVAILABLE,
+                "mfad cannot tell who is asking (NSS failed); its log says why",
+            )
         try:
             if not caller.is_admin and not self._budget.allow(uid):
-                raise RateLimited(
-                    "too many requests from this user; wait a minute and try again"
-                )
+                raise RateLimited("too many requests from this user; wait a minute and try again")
             try:
                 request = decode_request(frame)
             except BadMessage as exc:
@@ -149,8 +150,9 @@ class ControlHandler:
             await self._audit_refusal(caller, op, exc, target)
             return failure(exc.code, str(exc))
         log.error("control_unavailable", op=op, error=str(exc))
-        return failure(ErrorCode.UNAVAILABLE,
-                       "mfad cannot reach its store or audit log; see the daemon's log")
+        return failure(
+            ErrorCode.UNAVAILABLE, "mfad cannot reach its store or audit log; see the daemon's log"
+        )
 
     async def _guarded(
         self, caller: Caller, op: str, frames: AsyncIterator[dict[str, Any]]
@@ -184,8 +186,13 @@ class ControlHandler:
             return
         try:
             await self.ctx.audit.record(
-                "control", outcome="refused", op=op, reason=type(exc).__name__,
-                actor_uid=caller.uid, actor=caller.name, user=target,
+                Event.CONTROL,
+                outcome=Outcome.REFUSED,
+                op=op,
+                reason=type(exc).__name__,
+                actor_uid=caller.uid,
+                actor=caller.name,
+                user=target,
                 message=_bounded(str(exc)),
             )
         except AuditError as err:
@@ -198,7 +205,10 @@ class ControlHandler:
             return
         try:
             await self.ctx.audit.record(
-                "protocol_error", outcome="error", socket="control", actor_uid=uid,
+                Event.PROTOCOL_ERROR,
+                outcome=Outcome.ERROR,
+                socket="control",
+                actor_uid=uid,
                 reason=reason,
             )
         except AuditError as err:
@@ -209,9 +219,13 @@ class ControlHandler:
         for (uid, op, code), count, first_at in self._coalescer.due(everything=everything):
             try:
                 await self.ctx.audit.record(
-                    "control_refusals", outcome="refused", actor_uid=uid, op=op, error=code,
-                    repeated=count, since=datetime.fromtimestamp(first_at, UTC).isoformat(
-                        timespec="seconds"),
+                    Event.CONTROL_REFUSALS,
+                    outcome=Outcome.REFUSED,
+                    actor_uid=uid,
+                    op=op,
+                    error=code,
+                    repeated=count,
+                    since=datetime.fromtimestamp(first_at, UTC).isoformat(timespec="seconds"),
                     reason=f"{count} more like refusals after the first, not written one by one",
                 )
             except AuditError as err:
@@ -263,8 +277,13 @@ class ControlHandler:
             found: auditread.QueryResult = await self._read_trail(auditread.query, flt, limit)
             for chunk in _chunks(found.records):
                 yield {"ok": True, "records": chunk, "more": True}
-            yield {"ok": True, "records": [], "more": True, "following": True,
-                   "matched": found.matched}
+            yield {
+                "ok": True,
+                "records": [],
+                "more": True,
+                "following": True,
+                "matched": found.matched,
+            }
             last = found.last_seq
             while True:
                 record = json.loads(await queue.get())
@@ -290,9 +309,7 @@ class ControlHandler:
         since = _request_time(request, "since")
         accounts = await self.ctx.store.list_accounts()
         now = datetime.fromtimestamp(self.ctx.clock(), UTC)
-        summary: dict[str, Any] = await self._read_trail(
-            auditread.summarise, since, now, accounts
-        )
+        summary: dict[str, Any] = await self._read_trail(auditread.summarise, since, now, accounts)
         return summary
 
 
@@ -323,9 +340,7 @@ def _audit_filter(request: dict[str, Any]) -> tuple[auditread.Filter, int | None
     limit = request.get("limit")
     if limit is not None and (type(limit) is not int or limit < 0):
         raise RequestError("limit must be a whole number, 0 or more")
-    flt = auditread.Filter(
-        fields, _request_time(request, "since"), _request_time(request, "until")
-    )
+    flt = auditread.Filter(fields, _request_time(request, "since"), _request_time(request, "until"))
     return flt, limit or None
 
 

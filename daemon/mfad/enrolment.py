@@ -69,25 +69,38 @@ def _expiry(ctx: Context, now: float) -> float:
 
 
 async def begin(
-    ctx: Context, ident: Identity, origin: str, params: TokenParams | None = None, *,
+    ctx: Context,
+    ident: Identity,
+    origin: str,
+    params: TokenParams | None = None,
+    *,
     reoffer: bool = False,
 ) -> Offer:
     """Keep aside a new secret (replacing an unconfirmed one), or with `reoffer` a recent one
     first shown to the same `origin`."""
     now = ctx.clock()
     pending = await identity.pending_of(ctx.store, ident, now) if reoffer else None
-    if pending is not None and pending.origin == origin and now - pending.created_at < (
-        REOFFER_WITHIN
+    if (
+        pending is not None
+        and pending.origin == origin
+        and now - pending.created_at < (REOFFER_WITHIN)
     ):
         secret = ctx.box.open(ident.name, pending.sealed_secret)
         params = pending.params
     else:
         params = params or default_params(ctx)
         secret = totp.new_secret(params)
-        await ctx.store.begin_enrolment(PendingEnrolment(
-            ident.name, ctx.box.seal(ident.name, secret), params, now, ident.uid,
-            _expiry(ctx, now), origin,
-        ))
+        await ctx.store.begin_enrolment(
+            PendingEnrolment(
+                ident.name,
+                ctx.box.seal(ident.name, secret),
+                params,
+                now,
+                ident.uid,
+                _expiry(ctx, now),
+                origin,
+            )
+        )
     return _offer(ctx, ident, secret, params)
 
 
@@ -104,8 +117,14 @@ def _offer(ctx: Context, ident: Identity, secret: bytes, params: TokenParams) ->
 
 
 async def confirm(
-    ctx: Context, ident: Identity, answer: str, source: str, site: Site, *,
-    must_exist: bool = True, **fields: object,
+    ctx: Context,
+    ident: Identity,
+    answer: str,
+    source: str,
+    site: Site,
+    *,
+    must_exist: bool = True,
+    **fields: object,
 ) -> tuple[Verdict, Confirmed | None]:
     """Check `answer` against the secret held aside; on success, what `activate` commits.
 
@@ -120,8 +139,9 @@ async def confirm(
     if state is State.ACTIVE:
         raise AlreadyEnrolled(f"{ident.name} is already enrolled")
     if state not in (State.NONE, State.PENDING, State.DISABLED):
-        raise EnrolmentRefused(f"{ident.name} is {state}; an administrator must resume or "
-                               "unexempt it first")
+        raise EnrolmentRefused(
+            f"{ident.name} is {state}; an administrator must resume or unexempt it first"
+        )
     pending = await identity.pending_of(ctx.store, ident, ctx.clock())
     if pending is None and must_exist:  # at login (a decoy key) it is checked and fails
         raise NoPendingEnrolment(

@@ -36,10 +36,24 @@ from __future__ import annotations
 from mfa_wire.errors import ErrorCode, ProtocolError
 
 __all__ = [
-    "AlreadyEnrolled", "AuditError", "ConfigError", "EnrolmentRefused", "ErrorCode",
-    "Forbidden", "KeyFileError", "Locked", "MfaError", "NoPendingEnrolment", "NoSuchUser",
-    "NotEnrolled", "ProtocolError", "RateLimited", "RequestError", "StaleAccount",
-    "StoreError", "WrongCode",
+    "AlreadyEnrolled",
+    "AuditError",
+    "ConfigError",
+    "EnrolmentRefused",
+    "ErrorCode",
+    "Forbidden",
+    "KeyFileError",
+    "Locked",
+    "MfaError",
+    "NoPendingEnrolment",
+    "NoSuchUser",
+    "NotEnrolled",
+    "ProtocolError",
+    "RateLimited",
+    "RequestError",
+    "StaleAccount",
+    "StoreError",
+    "WrongCode",
 ]
 
 

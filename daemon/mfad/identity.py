@@ -24,6 +24,7 @@ import pwd
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from mfa_wire.events import Event, Outcome
 from mfad.errors import StaleAccount
 from mfad.model import Account, PendingEnrolment
 from mfad.store import Store
@@ -41,8 +42,11 @@ def valid_user_name(name: object) -> bool:
     no NUL, at most MAX_USER bytes.
     """
     return (
-        isinstance(name, str) and 0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_USER
-        and name.isprintable() and "/" not in name and ":" not in name
+        isinstance(name, str)
+        and 0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_USER
+        and name.isprintable()
+        and "/" not in name
+        and ":" not in name
     )
 
 
@@ -111,8 +115,13 @@ async def account_of(ctx: Context, ident: Identity) -> Account | None:
     if not owns(ident, account):
         raise StaleAccount(stale_message(ident.name, account.uid, ident.uid))
     if account.uid is None:
-        await ctx.audit.record("uid_bound", outcome="success", user=ident.name, uid=ident.uid,
-                               reason="an account written before uids were kept")
+        await ctx.audit.record(
+            Event.UID_BOUND,
+            outcome=Outcome.SUCCESS,
+            user=ident.name,
+            uid=ident.uid,
+            reason="an account written before uids were kept",
+        )
         await ctx.store.bind_uid(ident.name, ident.uid)
         account = replace(account, uid=ident.uid)
     return account

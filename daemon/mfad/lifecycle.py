@@ -70,7 +70,11 @@ def _kept_token(account: Account | None) -> bool:
 
 
 async def plan(
-    ctx: Context, action: str, ident: Identity, *, reason: str | None = None,
+    ctx: Context,
+    action: str,
+    ident: Identity,
+    *,
+    reason: str | None = None,
     until: float | None = None,
 ) -> Plan:
     """What `action` would do to one user; TransitionRefused if it does not fit the state."""

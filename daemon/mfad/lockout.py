@@ -41,6 +41,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
+from mfa_wire.events import Reason
 from mfad.config import LockoutConfig
 from mfad.model import Counter, GuardState
 from mfad.store import Store
@@ -48,7 +49,7 @@ from mfad.store import Store
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    reason: str  # "locked" | "source_blocked"
+    reason: Reason  # LOCKED or SOURCE_BLOCKED
     until: float  # inf: until an administrator unlocks
     delay: float = 0.0  # what a wrong code from this source would wait now
 
@@ -115,9 +116,9 @@ def _delay(cfg: LockoutConfig, source_failures: int) -> float:
 def _refusal(state: GuardState, cfg: LockoutConfig, now: float) -> Refusal | None:
     delay = _delay(cfg, state.source.failures + 1)
     if state.account.until > now:
-        return Refusal("locked", state.account.until, delay)
+        return Refusal(Reason.LOCKED, state.account.until, delay)
     if state.source.until > now:
-        return Refusal("source_blocked", state.source.until, delay)
+        return Refusal(Reason.SOURCE_BLOCKED, state.source.until, delay)
     return None
 
 
@@ -125,7 +126,12 @@ class Attempt:
     """The guard's view of one answer: refused unseen, or counted after the check."""
 
     def __init__(
-        self, store: Store, cfg: LockoutConfig, user: str, key: str, state: GuardState,
+        self,
+        store: Store,
+        cfg: LockoutConfig,
+        user: str,
+        key: str,
+        state: GuardState,
         now: float,
     ) -> None:
         self._store, self._cfg, self._user, self._key = store, cfg, user, key

@@ -17,6 +17,7 @@ import structlog
 import structlog.tracebacks
 import uvloop
 
+from mfa_wire.events import Event, Outcome
 from mfad import __version__, config
 from mfad.audit import AuditLog
 from mfad.context import Context
@@ -116,7 +117,9 @@ async def serve(config_path: Path) -> None:
     ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout))
     server = Server(ctx)
     await server.start()
-    await audit.record("daemon_start", outcome="success", version=__version__, pid=os.getpid())
+    await audit.record(
+        Event.DAEMON_START, outcome=Outcome.SUCCESS, version=__version__, pid=os.getpid()
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,7 +133,7 @@ async def serve(config_path: Path) -> None:
     _notify("STOPPING=1")
     await server.stop()
     try:
-        await audit.record("daemon_stop", outcome="success", pid=os.getpid())
+        await audit.record(Event.DAEMON_STOP, outcome=Outcome.SUCCESS, pid=os.getpid())
     except MfaError as exc:
         log.error("audit_unwritable", error=str(exc))
     await audit.close()
@@ -144,7 +147,7 @@ async def _reload(ctx: Context, config_path: Path) -> None:
         new = config.load(config_path)
     except MfaError as exc:
         log.error("reload_rejected", error=str(exc), reason="keeping the running config")
-        await ctx.audit.record("daemon_reload", outcome="failure", reason=str(exc))
+        await ctx.audit.record(Event.DAEMON_RELOAD, outcome=Outcome.FAILURE, reason=str(exc))
         return
     fixed = ("pam_socket", "control_socket", "store_path", "key_file", "audit_path")
     changed = [name for name in fixed if getattr(new, name) != getattr(ctx.config, name)]
@@ -153,17 +156,26 @@ async def _reload(ctx: Context, config_path: Path) -> None:
     ctx.config = new
     for warning in config.warnings(new):
         log.warning("config_warning", warning=warning)
-    await ctx.audit.record("daemon_reload", outcome="success")
+    await ctx.audit.record(Event.DAEMON_RELOAD, outcome=Outcome.SUCCESS)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mfad", description="pam-mfa daemon")
-    parser.add_argument("--config", type=Path, default=config.DEFAULT_PATH,
-                        help="config file (default: %(default)s)")
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the config file and exit")
-    parser.add_argument("--generate-key", type=Path, metavar="PATH",
-                        help="create a new secret key file (mode 0600) and exit")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=config.DEFAULT_PATH,
+        help="config file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the config file and exit"
+    )
+    parser.add_argument(
+        "--generate-key",
+        type=Path,
+        metavar="PATH",
+        help="create a new secret key file (mode 0600) and exit",
+    )
     parser.add_argument("--version", action="version", version=f"mfad {__version__}")
     args = parser.parse_args(argv)
     _configure_logging()

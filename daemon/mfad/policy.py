@@ -41,18 +41,26 @@ class Rule:
 
 
 RULES = (
-    Rule("mode_off", "the mode for the login's PAM service (its `services` entry, else "
-         "`mode`) is `off`", Action.SKIP),
+    Rule(
+        "mode_off",
+        "the mode for the login's PAM service (its `services` entry, else `mode`) is `off`",
+        Action.SKIP,
+    ),
     Rule("exempt", "the user is `exempt` (and the exemption has not expired)", Action.SKIP),
     Rule("suspended", "the user is `suspended`", Action.SKIP),
-    Rule("locked", "the user is locked, or this remote host blocked for the user, after "
-         "too many wrong codes", Action.REFUSE),
+    Rule(
+        "locked",
+        "the user is locked, or this remote host blocked for the user, after too many wrong codes",
+        Action.REFUSE,
+    ),
     Rule("enrolled", "the user is `active` (enrolled)", Action.CODE),
-    Rule("required_for_user", "the user is `pending`: required by name (`mfa require`, "
-         "`mfa reset`)", Action.ENROL),
+    Rule(
+        "required_for_user",
+        "the user is `pending`: required by name (`mfa require`, `mfa reset`)",
+        Action.ENROL,
+    ),
     Rule("exempt_group", "the user is in a group listed in `exempt_groups`", Action.SKIP),
-    Rule("required_by_group", "the user is in a group listed in `require_groups`",
-         Action.ENROL),
+    Rule("required_by_group", "the user is in a group listed in `require_groups`", Action.ENROL),
     Rule("required_by_mode", "the mode is `required`", Action.ENROL),
     Rule("optional_not_enrolled", "otherwise (mode `optional`)", Action.SKIP),
 )
@@ -86,8 +94,12 @@ def effective_state(account: Account | None, now: float) -> State:
 
 
 def decide(
-    config: Config, service: str, account: Account | None, groups: frozenset[str],
-    refusal: Refusal | None, now: float,
+    config: Config,
+    service: str,
+    account: Account | None,
+    groups: frozenset[str],
+    refusal: Refusal | None,
+    now: float,
 ) -> Decision:
     """The first of RULES that applies to this login."""
     if config.mode_for(service) == "off":
@@ -119,6 +131,7 @@ def _unlocked(config: Config, service: str, state: State, groups: frozenset[str]
 
 def exemption_expired(account: Account, now: float) -> bool:
     return (
-        account.state is State.EXEMPT and account.exempt_until is not None
+        account.state is State.EXEMPT
+        and account.exempt_until is not None
         and account.exempt_until <= now
     )

@@ -19,6 +19,7 @@ OLD_LENGTH = 10  # codes made by earlier versions
 COUNT = 10
 WARN_AT = 2  # warn at login when this many or fewer remain
 
+
 def generate(count: int = COUNT) -> list[str]:
     return [_format("".join(secrets.choice(ALPHABET) for _ in range(LENGTH))) for _ in range(count)]
 

@@ -41,8 +41,9 @@ from mfa_wire.framing import encode, read_frame
 from mfad import ratelimit
 from mfad.context import Context
 from mfad.control import ControlHandler
+from mfad.conversation import START_TIMEOUT
 from mfad.errors import MfaError
-from mfad.session import START_TIMEOUT, LoginSession
+from mfad.session import LoginSession
 
 log = structlog.get_logger("mfad.server")
 
@@ -119,8 +120,9 @@ def _evict_one(pool: _Pool) -> bool:
     for task, writer in pool.unstarted.items():
         del pool.unstarted[task]
         _turn_away(pool, writer)
-        log.warning("connection_evicted", socket=pool.kind,
-                    reason="max_connections reached; idle client")
+        log.warning(
+            "connection_evicted", socket=pool.kind, reason="max_connections reached; idle client"
+        )
         return True
     return False
 
@@ -143,9 +145,14 @@ class Server:
         ):
             sock = bind_unix(path, mode)
             self._paths.append(path)
-            self._servers.append(await asyncio.start_unix_server(
-                self._admit(serve, pool), sock=sock, limit=2**17, backlog=LISTEN_BACKLOG,
-            ))
+            self._servers.append(
+                await asyncio.start_unix_server(
+                    self._admit(serve, pool),
+                    sock=sock,
+                    limit=2**17,
+                    backlog=LISTEN_BACKLOG,
+                )
+            )
         self._flusher = asyncio.create_task(self._flush_refusals())
 
     async def _flush_refusals(self) -> None:
@@ -155,7 +162,8 @@ class Server:
             await self.control.flush_refusals()
 
     def _admit(
-        self, serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        self,
+        serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
         pool: _Pool,
     ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         """Wrap a handler: connection caps, task tracking, and the writer always closed."""
@@ -163,13 +171,17 @@ class Server:
         async def admitted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             uid = peer_credentials(writer)[1] if pool.kind == "control" else 0
             if uid and pool.per_uid.get(uid, 0) >= CONTROL_PER_UID:
-                log.warning("connection_refused", uid=uid,
-                            reason=f"{CONTROL_PER_UID} control connections open for this uid")
+                log.warning(
+                    "connection_refused",
+                    uid=uid,
+                    reason=f"{CONTROL_PER_UID} control connections open for this uid",
+                )
                 writer.transport.abort()
                 return
             if len(pool.tasks) >= self.ctx.config.max_connections and not _evict_one(pool):
-                log.warning("connection_refused", socket=pool.kind,
-                            reason="max_connections reached")
+                log.warning(
+                    "connection_refused", socket=pool.kind, reason="max_connections reached"
+                )
                 _turn_away(pool, writer)
                 return
             task = asyncio.current_task()
@@ -238,10 +250,12 @@ class Server:
                 data = encode_response(response)
             except ProtocolError as exc:  # too large for one frame: say so, never go silent
                 log.error("control_response_too_large", uid=uid, error=str(exc))
-                data = encode_response(failure(
-                    ErrorCode.UNAVAILABLE,
-                    "the answer is too large for one frame; narrow the request",
-                ))
+                data = encode_response(
+                    failure(
+                        ErrorCode.UNAVAILABLE,
+                        "the answer is too large for one frame; narrow the request",
+                    )
+                )
             writer.write(data)
             await writer.drain()
 
@@ -300,8 +314,11 @@ class Server:
             for task in pending:
                 task.cancel()
             if pending:
-                log.warning("shutdown_cancelled", connections=len(pending),
-                            reason=f"still open after {SHUTDOWN_GRACE:g}s")
+                log.warning(
+                    "shutdown_cancelled",
+                    connections=len(pending),
+                    reason=f"still open after {SHUTDOWN_GRACE:g}s",
+                )
                 await asyncio.wait(pending)
         for server in self._servers:
             await server.wait_closed()

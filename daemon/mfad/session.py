@@ -1,6 +1,7 @@
-"""One login conversation on the PAM socket: START, prompts and answers, one RESULT.
+"""The login flow: who this is, what the rules say, the code or the enrolment, one outcome.
 
-This is the one place where exceptions become PAM outcomes: a broken peer
+The frames themselves are conversation.py's; this module decides. It is the one
+place where exceptions become PAM outcomes: a broken peer
 ends its own connection (audited as a protocol error); a store or audit
 failure answers UNAVAILABLE, so the login fails closed.
 
@@ -21,7 +22,6 @@ the module gets a RESULT: a silent close before the first frame is what
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import secrets
@@ -32,11 +32,13 @@ from typing import Any
 
 import structlog
 
-from mfa_wire.frametypes import Outcome, T
-from mfa_wire.framing import encode, read_frame
+from mfa_wire.events import Event, Reason
+from mfa_wire.events import Outcome as Recorded
+from mfa_wire.frametypes import Outcome
 from mfad import enrolment, identity, nss, policy, recovery
 from mfad.context import Context
-from mfad.errors import AuditError, MfaError, ProtocolError, StaleAccount
+from mfad.conversation import Conversation, PeerGone, PromptTimeout
+from mfad.errors import MfaError, ProtocolError, StaleAccount
 from mfad.identity import Identity
 from mfad.lockout import Refusal, login_source
 from mfad.model import Account, Site, State, StateChange
@@ -46,7 +48,6 @@ from mfad.verify import Purpose, Subject, Verifier, iso
 
 log = structlog.get_logger("mfad.session")
 
-START_TIMEOUT = 10.0  # the module sends START right after connecting
 MSG_INCORRECT = "Incorrect verification code."
 MSG_TIMEOUT = "Correct verification code was not entered before timeout."
 MSG_TOO_MANY = "Too many failed attempts with incorrect verification code."
@@ -63,6 +64,10 @@ MSG_STALE = (
     "The second factor kept for this user name belongs to an earlier account. "
     "Contact your administrator."
 )
+MSG_CODES = (
+    "Enrolment complete. Your recovery codes (each works once, in place of a code; keep them "
+    "somewhere safe, they are not shown again):"
+)
 MSG_ACKNOWLEDGE = "Press Enter once the recovery codes are saved: "
 MSG_CONTINUE = "Press Enter to continue: "
 MSG_ENROL_INTRO = (
@@ -70,14 +75,6 @@ MSG_ENROL_INTRO = (
     "Scan this QR code with an authenticator app (or type in the key below),\n"
     "then enter the code it shows."
 )
-
-
-class _PromptTimeout(Exception):
-    """The user did not answer within prompt_timeout."""
-
-
-class _PeerGone(Exception):
-    """The module closed the connection mid-conversation."""
 
 
 def _refusal_message(refusal: Refusal) -> str:
@@ -106,9 +103,9 @@ class LoginSession:
     ) -> None:
         self.ctx = ctx
         self.config = ctx.config  # one config for the whole conversation, even across a reload
-        self.reader = reader
-        self.writer = writer
+        self.conv = Conversation(reader, writer, self.config.login.prompt_timeout)
         self.fields: dict[str, Any] = {"session": _next_session_id(), "peer": peer}
+        self.trail = ctx.audit.bind(self.fields)  # every record of this login carries them
         self.started = time.monotonic()
         self.verifier = Verifier(ctx)
         self.site = Site("", "")
@@ -120,15 +117,17 @@ class LoginSession:
         treating this connection as an idle one it may evict.
         """
         try:
-            async with asyncio.timeout(START_TIMEOUT):
-                frame = await read_frame(self.reader)
+            frame = await self.conv.start()
             if frame is None:
                 return
             on_start()
             start = parse_start(frame)
             self.fields.update(
-                user=start.user, service=start.service, rhost=start.rhost,
-                ruser=start.ruser, tty=start.tty,
+                user=start.user,
+                service=start.service,
+                rhost=start.rhost,
+                ruser=start.ruser,
+                tty=start.tty,
             )
             self.site = Site(start.service, start.rhost)
             outcome = await self._login(start)
@@ -137,32 +136,41 @@ class LoginSession:
             # before the daemon's first frame as "daemon down", and a bad START (an odd user
             # name) must never turn into PAM_IGNORE.
             reason = str(exc) if isinstance(exc, ProtocolError) else "no START frame in time"
-            await self._record_quietly("protocol_error", outcome="error", reason=reason)
+            await self.trail.record_quietly(
+                Event.PROTOCOL_ERROR, outcome=Recorded.ERROR, reason=reason
+            )
             outcome = Outcome.FAILURE
-        except _PromptTimeout:
-            await self._finish("failure", "timeout")
-            await self._send(T.ERROR, MSG_TIMEOUT)
+        except PromptTimeout:
+            await self._finish(Recorded.FAILURE, Reason.TIMEOUT)
+            await self.conv.error(MSG_TIMEOUT)
             outcome = Outcome.FAILURE
-        except (_PeerGone, ConnectionError):  # the module went away (EOF or a reset)
-            await self._record_quietly("login", outcome="failure", reason="aborted")
+        except (PeerGone, ConnectionError):  # the module went away (EOF or a reset)
+            await self.trail.record_quietly(
+                Event.LOGIN, outcome=Recorded.FAILURE, reason=Reason.ABORTED
+            )
             return
         except StaleAccount as exc:
             log.error("login_stale_account", error=str(exc), **self.fields)
-            await self._record_quietly("login", outcome="failure", reason="stale_account",
-                                       message=str(exc))
-            await self._send(T.ERROR, MSG_STALE)
+            await self.trail.record_quietly(
+                Event.LOGIN, outcome=Recorded.FAILURE, reason=Reason.STALE_ACCOUNT, message=str(exc)
+            )
+            await self.conv.error(MSG_STALE)
             outcome = Outcome.FAILURE
         except MfaError as exc:  # store, audit, or an account changed under our feet
             log.error("login_unavailable", error=str(exc), **self.fields)
-            await self._record_quietly("login", outcome="error", reason="unavailable")
-            await self._send(T.ERROR, MSG_UNAVAILABLE)
+            await self.trail.record_quietly(
+                Event.LOGIN, outcome=Recorded.ERROR, reason=Reason.UNAVAILABLE
+            )
+            await self.conv.error(MSG_UNAVAILABLE)
             outcome = Outcome.UNAVAILABLE
         except Exception:  # a bug: fail closed, loudly; never a silent close (fail=open)
             log.exception("login_internal_error", **self.fields)
-            await self._record_quietly("login", outcome="error", reason="internal_error")
-            await self._send(T.ERROR, MSG_UNAVAILABLE)
+            await self.trail.record_quietly(
+                Event.LOGIN, outcome=Recorded.ERROR, reason=Reason.INTERNAL_ERROR
+            )
+            await self.conv.error(MSG_UNAVAILABLE)
             outcome = Outcome.UNAVAILABLE
-        await self._send(T.RESULT, outcome.value)
+        await self.conv.result(outcome)
 
     async def _login(self, start: Start) -> Outcome:
         ctx, config, now = self.ctx, self.config, self.ctx.clock()
@@ -178,10 +186,13 @@ class LoginSession:
         elif await identity.has_rows(ctx.store, start.user):
             # NSS does not know a name mfad has an account for: NSS is down or cannot be
             # reached from here, or the user was deleted. Never a skip: fail closed.
-            log.error("login_name_unresolved", **self.fields,
-                      reason="NSS does not resolve a name that has an account")
-            await self._finish("error", "name_unresolved")
-            await self._send(T.ERROR, MSG_UNAVAILABLE)
+            log.error(
+                "login_name_unresolved",
+                **self.fields,
+                reason="NSS does not resolve a name that has an account",
+            )
+            await self._finish(Recorded.ERROR, Reason.NAME_UNRESOLVED)
+            await self.conv.error(MSG_UNAVAILABLE)
             return Outcome.UNAVAILABLE
         if account is not None and policy.exemption_expired(account, now):
             account = await self._end_exemption(account, now)
@@ -191,29 +202,32 @@ class LoginSession:
         refusal = await ctx.guard.refusal(user, login_source(start.rhost), now)
         decision = policy.decide(config, start.service, account, groups, refusal, now)
         if decision.action is policy.Action.SKIP:
-            await self._finish("skipped", decision.reason)
+            await self._finish(Recorded.SKIPPED, decision.reason)
             return Outcome.SKIP
         if decision.action is policy.Action.REFUSE:
             assert decision.refusal is not None and decision.then is not None
             if not config.lockout.silent:
-                await self._finish("failure", decision.refusal.reason)
-                await self._send(T.ERROR, _refusal_message(decision.refusal))
+                await self._finish(Recorded.FAILURE, decision.refusal.reason)
+                await self.conv.error(_refusal_message(decision.refusal))
                 return Outcome.FAILURE
             decision = decision.then  # silent: as usual, and the verifier accepts nothing
         if decision.action is policy.Action.ENROL and ident is not None:
-            return await self._must_enrol(ident, account, decision.reason,
-                                          decoy=refusal is not None)
+            return await self._must_enrol(
+                ident, account, decision.reason, decoy=refusal is not None
+            )
         # ENROL for a name NSS does not know: a code, as for anyone, that always fails
-        await ctx.audit.record("challenge", outcome="pending", method="totp", **self.fields)
+        await self.trail.record(Event.CHALLENGE, outcome=Recorded.PENDING, method="totp")
         has_token = account is not None and account.sealed_secret is not None
         return await self._ask_for_code(user, account if has_token else None)
 
     async def _end_exemption(self, account: Account, now: float) -> Account | None:
         """An exemption past its expiry ends here, for good: back to the kept token, or none."""
         change = StateChange(State.ACTIVE if account.sealed_secret is not None else State.DISABLED)
-        await self.ctx.audit.record(
-            "state_changed", outcome="success", state=change.state, reason="exemption_expired",
-            **self.fields,
+        await self.trail.record(
+            Event.STATE_CHANGED,
+            outcome=Recorded.SUCCESS,
+            state=change.state,
+            reason=Reason.EXEMPTION_EXPIRED,
         )
         await self.ctx.store.set_state(account.user, change, now)
         return await self.ctx.store.get_account(account.user)
@@ -224,32 +238,33 @@ class LoginSession:
         subject = Subject(user, login_source(self.site.rhost), self.site, account)
         attempts = self.config.login.max_attempts
         for attempt in range(1, attempts + 1):
-            answer = await self._prompt(self.config.login.prompt)
-            verdict = await self.verifier.check(subject, answer, Purpose.LOGIN, attempt=attempt,
-                                                **self._context())
+            answer = await self.conv.ask(self.config.login.prompt)
+            verdict = await self.verifier.check(
+                subject, answer, Purpose.LOGIN, attempt=attempt, **self._context()
+            )
             if verdict.ok:
                 if verdict.remaining is not None and verdict.remaining <= recovery.WARN_AT:
                     await self._warn_low_codes(verdict.remaining)
-                await self._finish("success", "correct_code", method=verdict.method,
-                                   attempts=attempt)
+                await self._finish(
+                    Recorded.SUCCESS, Reason.CORRECT_CODE, method=verdict.method, attempts=attempt
+                )
                 return Outcome.SUCCESS
             if verdict.refusal is not None and not self.config.lockout.silent:
-                await self._finish("failure", verdict.refusal.reason, attempts=attempt)
-                await self._send(T.ERROR, _refusal_message(verdict.refusal))
+                await self._finish(Recorded.FAILURE, verdict.refusal.reason, attempts=attempt)
+                await self.conv.error(_refusal_message(verdict.refusal))
                 return Outcome.FAILURE
             if attempt < attempts:
-                await self._send(T.ERROR, MSG_INCORRECT)
-        await self._finish("failure", "too_many_attempts", attempts=attempts)
-        await self._send(T.ERROR, MSG_TOO_MANY)
+                await self.conv.error(MSG_INCORRECT)
+        await self._finish(Recorded.FAILURE, Reason.TOO_MANY_ATTEMPTS, attempts=attempts)
+        await self.conv.error(MSG_TOO_MANY)
         return Outcome.MAXTRIES
 
     async def _warn_low_codes(self, left: int) -> None:
-        await self._send(
-            T.INFO,
+        await self.conv.info(
             f"Only {left} recovery code{'s' if left != 1 else ''} left. "
-            "Make new ones with `mfa recovery-codes --regenerate`.",
+            "Make new ones with `mfa recovery-codes --regenerate`."
         )
-        await self._acknowledge(MSG_CONTINUE)
+        await self.conv.acknowledge(MSG_CONTINUE)
 
     def _context(self) -> dict[str, Any]:
         """The session's fields for the verifier's records, less the user it sets itself."""
@@ -268,114 +283,85 @@ class LoginSession:
         if not pending:
             grace = config.enrolment.grace_days * 86400
             deadline = now + grace if grace > 0 else None
-            await ctx.audit.record(
-                "state_changed", outcome="success", state=State.PENDING, reason=reason,
-                deadline=iso(deadline) if deadline else None, **self.fields,
+            await self.trail.record(
+                Event.STATE_CHANGED,
+                outcome=Recorded.SUCCESS,
+                state=State.PENDING,
+                reason=reason,
+                deadline=iso(deadline) if deadline else None,
             )
             await ctx.store.set_state(
                 ident.name, StateChange(State.PENDING, deadline, uid=ident.uid), now
             )
         if deadline is not None and deadline <= now:
-            await self._finish("failure", "enrolment_expired")
-            await self._send(T.ERROR, MSG_ENROLMENT_EXPIRED)
+            await self._finish(Recorded.FAILURE, Reason.ENROLMENT_EXPIRED)
+            await self.conv.error(MSG_ENROLMENT_EXPIRED)
             return Outcome.FAILURE
         if not config.enrolment.at_login:
-            await self._finish("failure", "not_enrolled")
-            await self._send(T.ERROR, MSG_NOT_ENROLLED)
+            await self._finish(Recorded.FAILURE, Reason.NOT_ENROLLED)
+            await self.conv.error(MSG_NOT_ENROLLED)
             return Outcome.FAILURE
         return await self._enrol(ident, decoy=decoy)
 
     async def _enrol(self, ident: Identity, *, decoy: bool) -> Outcome:
-        await self.ctx.audit.record("enrolment_started", outcome="pending", method="login",
-                                    **self.fields)
+        await self.trail.record(Event.ENROLMENT_STARTED, outcome=Recorded.PENDING, method="login")
         if decoy:
             offer = enrolment.decoy(self.ctx, ident)
         else:
             origin = f"login:{login_source(self.site.rhost)}"
             offer = await enrolment.begin(self.ctx, ident, origin, reoffer=True)
-        await self._send(T.INFO, "\n".join([
-            MSG_ENROL_INTRO, render_qr(offer.uri), offer.uri,
-            f"Key: {enrolment.key_groups(offer.secret)}",
-        ]))
+        await self.conv.info(
+            "\n".join(
+                [
+                    MSG_ENROL_INTRO,
+                    render_qr(offer.uri),
+                    offer.uri,
+                    f"Key: {enrolment.key_groups(offer.secret)}",
+                ]
+            )
+        )
         attempts = self.config.login.max_attempts
         source = login_source(self.site.rhost)
         for attempt in range(1, attempts + 1):
-            answer = await self._prompt(self.config.login.prompt)
+            answer = await self.conv.ask(self.config.login.prompt)
             verdict, confirmed = await enrolment.confirm(
-                self.ctx, ident, answer, source, self.site, must_exist=False, attempt=attempt,
+                self.ctx,
+                ident,
+                answer,
+                source,
+                self.site,
+                must_exist=False,
+                attempt=attempt,
                 **self._context(),
             )
             if confirmed is not None:
-                await self.ctx.audit.record("enrolment_confirmed", outcome="success",
-                                            method="login", **self.fields)
+                await self.trail.record(
+                    Event.ENROLMENT_CONFIRMED, outcome=Recorded.SUCCESS, method="login"
+                )
                 await enrolment.activate(self.ctx, confirmed)
-                await self._send(T.INFO, "\n".join([
-                    "Enrolment complete. Your recovery codes (each works once, in place of a "
-                    "code; keep them somewhere safe, they are not shown again):",
-                    *(f"  {c}" for c in confirmed.codes),
-                ]))
-                await self._acknowledge(MSG_ACKNOWLEDGE)
-                await self._finish("success", "enrolled", method="enrolment", attempts=attempt)
+                await self.conv.info("\n".join([MSG_CODES, *(f"  {c}" for c in confirmed.codes)]))
+                await self.conv.acknowledge(MSG_ACKNOWLEDGE)
+                await self._finish(
+                    Recorded.SUCCESS, Reason.ENROLLED, method="enrolment", attempts=attempt
+                )
                 return Outcome.SUCCESS
             if verdict.refusal is not None and not self.config.lockout.silent:
-                await self._finish("failure", verdict.refusal.reason, method="enrolment",
-                                   attempts=attempt)
-                await self._send(T.ERROR, _refusal_message(verdict.refusal))
+                await self._finish(
+                    Recorded.FAILURE, verdict.refusal.reason, method="enrolment", attempts=attempt
+                )
+                await self.conv.error(_refusal_message(verdict.refusal))
                 return Outcome.FAILURE
             if attempt < attempts:
-                await self._send(T.ERROR, MSG_INCORRECT)
-        await self._finish("failure", "too_many_attempts", method="enrolment", attempts=attempts)
-        await self._send(T.ERROR, MSG_TOO_MANY)
+                await self.conv.error(MSG_INCORRECT)
+        await self._finish(
+            Recorded.FAILURE, Reason.TOO_MANY_ATTEMPTS, method="enrolment", attempts=attempts
+        )
+        await self.conv.error(MSG_TOO_MANY)
         return Outcome.MAXTRIES
 
-    async def _acknowledge(self, prompt: str) -> None:
-        """A last prompt that carries the INFO before it to the screen.
-
-        sshd delivers PAM messages together with the next prompt; messages after the
-        last one become an SSH banner, which `ssh -q` hides. Recovery codes are shown
-        only once and a low-codes warning matters, so they come with a prompt. What
-        was decided stands either way: no answer, a timeout or a drop change nothing.
-        """
-        self.writer.write(encode(T.PROMPT_ON, prompt))
-        with contextlib.suppress(TimeoutError, ConnectionError, OSError, ProtocolError):
-            await self.writer.drain()
-            async with asyncio.timeout(self.config.login.prompt_timeout):
-                await read_frame(self.reader)
-
-    # --- plumbing ---
-
-    async def _prompt(self, text: str) -> str:
-        """Ask with echo off; the answer, or _PromptTimeout / _PeerGone."""
-        await self._send(T.PROMPT_OFF, text)
-        try:
-            async with asyncio.timeout(self.config.login.prompt_timeout):
-                frame = await read_frame(self.reader)
-        except TimeoutError:
-            raise _PromptTimeout from None
-        if frame is None:
-            raise _PeerGone
-        if frame.type != T.ANSWER:
-            raise ProtocolError(f"expected ANSWER, got a {frame.type!r} frame")
-        return frame.payload
-
-    async def _finish(self, outcome: str, reason: str, **extra: Any) -> None:
+    async def _finish(self, outcome: Recorded, reason: str, **extra: Any) -> None:
+        """The login's one `login` record: the canonical line, with the duration."""
         duration_ms = round((time.monotonic() - self.started) * 1000, 1)
-        await self.ctx.audit.record(
-            "login", outcome=outcome, reason=reason, duration_ms=duration_ms, **extra,
-            **self.fields,
+        await self.trail.record(
+            Event.LOGIN, outcome=outcome, reason=reason, duration_ms=duration_ms, **extra
         )
-
-    async def _record_quietly(self, event: str, **extra: Any) -> None:
-        try:
-            await self.ctx.audit.record(event, **extra, **self.fields)
-        except AuditError as exc:
-            log.error("audit_unwritable", error=str(exc), **self.fields)
-
-    async def _send(self, ftype: str, payload: str) -> None:
-        if self.writer.is_closing():
-            return  # the module went away; its login is over either way
-        try:
-            self.writer.write(encode(ftype, payload))
-            await self.writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the module went away; its login is over either way

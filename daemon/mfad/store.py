@@ -2,8 +2,9 @@
 
 Every method is a coroutine, so a PostgreSQL backend (many hosts sharing users,
 replay state and lockouts) can implement the same interface. The SQLite backend
-runs every statement on one dedicated thread: the event loop never blocks on
-disk, and statements are serialised without extra locking.
+runs a login's short statements on the event loop and everything that may wait
+(a lock, a checkpoint, a scan) on one store thread; its class docstring says why
+the loop never waits on the disk.
 
 Replay protection lives here as one conditional UPDATE (``consume_step``): the
 database, not the caller, decides atomically whether a time step is still
@@ -138,11 +139,9 @@ class Store(abc.ABC):
     async def clear_guard(self, user: str) -> bool:
         """Forget every counter, lock and block of `user`; False if there were none."""
 
-    # --- audit review (mfa audit summary): added by the audit-trail work ---
     @abc.abstractmethod
     async def list_accounts(self) -> dict[str, str]:
         """Every user the store knows: `active`, `disabled`, or `pending` (never confirmed)."""
-    # --- end audit review ---
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -232,9 +231,7 @@ def _account(row: Sequence[Any]) -> Account:
 
 def _replace_codes(db: sqlite3.Connection, user: str, digests: Sequence[bytes], now: float) -> None:
     db.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
-    db.executemany(
-        "INSERT INTO recovery_codes VALUES (?, ?, ?)", [(user, d, now) for d in digests]
-    )
+    db.executemany("INSERT INTO recovery_codes VALUES (?, ?, ?)", [(user, d, now) for d in digests])
 
 
 _FOREVER = 1e308
@@ -364,6 +361,7 @@ class SqliteStore(Store):
 
     async def _scan(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Work that may wait or read many rows: on the store thread, its own connection."""
+
         def on_worker() -> T:
             if self._worker_db is None:
                 raise StoreError("the store is closed")
@@ -376,6 +374,7 @@ class SqliteStore(Store):
 
     async def _checkpoints(self) -> None:
         """Copy the WAL back into the database off the loop, so the WAL stays small."""
+
         def checkpoint(db: sqlite3.Connection) -> None:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never blocks the loop's writes
 
@@ -405,8 +404,17 @@ class SqliteStore(Store):
             db.execute(
                 "INSERT OR REPLACE INTO enrolments (user, secret, algorithm, digits, period,"
                 " created_at, uid, expires_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (p.user, p.sealed_secret, p.params.algorithm, p.params.digits,
-                 p.params.period, p.created_at, p.uid, p.expires_at, p.origin),
+                (
+                    p.user,
+                    p.sealed_secret,
+                    p.params.algorithm,
+                    p.params.digits,
+                    p.params.period,
+                    p.created_at,
+                    p.uid,
+                    p.expires_at,
+                    p.origin,
+                ),
             )
 
         await self._run(q)
@@ -442,8 +450,18 @@ class SqliteStore(Store):
                     " updated_at = excluded.updated_at, deadline = NULL, exempt_reason = NULL,"
                     " exempt_until = NULL, state_changed_at = excluded.state_changed_at,"
                     " uid = coalesce(excluded.uid, uid)",
-                    (p.user, p.sealed_secret, p.params.algorithm, p.params.digits,
-                     p.params.period, now, step, now, now, p.uid),
+                    (
+                        p.user,
+                        p.sealed_secret,
+                        p.params.algorithm,
+                        p.params.digits,
+                        p.params.period,
+                        now,
+                        step,
+                        now,
+                        now,
+                        p.uid,
+                    ),
                 )
                 db.execute("DELETE FROM enrolments WHERE user = ?", (p.user,))
                 _replace_codes(db, p.user, recovery, now)
@@ -461,8 +479,15 @@ class SqliteStore(Store):
                     " last_verified_at = coalesce(?, last_verified_at),"
                     " last_rhost = coalesce(?, last_rhost)"
                     " WHERE user = ? AND state = 'active' AND (last_step IS NULL OR last_step < ?)",
-                    (step, offset, now, None if login is None else now,
-                     None if login is None else login.rhost, user, step),
+                    (
+                        step,
+                        offset,
+                        now,
+                        None if login is None else now,
+                        None if login is None else login.rhost,
+                        user,
+                        step,
+                    ),
                 )
                 if cur.rowcount == 1 and login is not None:
                     db.execute(
@@ -486,13 +511,13 @@ class SqliteStore(Store):
                     " updated_at = excluded.updated_at, state_changed_at = excluded.updated_at,"
                     " deadline = excluded.deadline, exempt_reason = excluded.exempt_reason,"
                     " exempt_until = excluded.exempt_until, uid = coalesce(uid, excluded.uid)",
-                    (user, c.state, now, now, c.deadline, c.exempt_reason, c.exempt_until,
-                     c.uid),
+                    (user, c.state, now, now, c.deadline, c.exempt_reason, c.exempt_until, c.uid),
                 )
                 if c.erase:
                     db.execute(
                         "UPDATE accounts SET secret = NULL, last_step = NULL, enrolled_at = NULL"
-                        " WHERE user = ?", (user,),
+                        " WHERE user = ?",
+                        (user,),
                     )
                     db.execute("DELETE FROM enrolments WHERE user = ?", (user,))
                     db.execute("DELETE FROM recovery_codes WHERE user = ?", (user,))
@@ -521,11 +546,13 @@ class SqliteStore(Store):
                 if login is not None:
                     db.execute(
                         "UPDATE accounts SET last_verified_at = ?, last_rhost = ?, updated_at = ?"
-                        " WHERE user = ?", (now, login.rhost, now, user),
+                        " WHERE user = ?",
+                        (now, login.rhost, now, user),
                     )
                     db.execute(
                         "INSERT INTO logins (user, at, service, rhost, method)"
-                        " VALUES (?, ?, ?, ?, 'recovery')", (user, now, login.service, login.rhost),
+                        " VALUES (?, ?, ?, ?, 'recovery')",
+                        (user, now, login.service, login.rhost),
                     )
                 (left,) = db.execute(
                     "SELECT count(*) FROM recovery_codes WHERE user = ?", (user,)
@@ -560,7 +587,8 @@ class SqliteStore(Store):
         def q(db: sqlite3.Connection) -> list[Login]:
             rows = db.execute(
                 "SELECT at, service, rhost, method FROM logins WHERE user = ?"
-                " ORDER BY at DESC LIMIT ?", (user, limit),
+                " ORDER BY at DESC LIMIT ?",
+                (user, limit),
             ).fetchall()
             return [Login(*r) for r in rows]
 
@@ -588,8 +616,14 @@ class SqliteStore(Store):
                         db.execute(
                             "INSERT OR REPLACE INTO guard (user, source, failures, first_at,"
                             " until, total) VALUES (?, ?, ?, ?, ?, ?)",
-                            (user, key, counter.failures, counter.first_at,
-                             min(counter.until, _FOREVER), counter.total),
+                            (
+                                user,
+                                key,
+                                counter.failures,
+                                counter.first_at,
+                                min(counter.until, _FOREVER),
+                                counter.total,
+                            ),
                         )
 
         await self._run(q)
@@ -605,7 +639,8 @@ class SqliteStore(Store):
         def q(db: sqlite3.Connection) -> list[str]:
             rows = db.execute(
                 "SELECT user FROM accounts WHERE lower(user) = lower(?) UNION"
-                " SELECT user FROM enrolments WHERE lower(user) = lower(?)", (user, user),
+                " SELECT user FROM enrolments WHERE lower(user) = lower(?)",
+                (user, user),
             ).fetchall()
             return sorted(r[0] for r in rows)
 
@@ -627,9 +662,8 @@ class SqliteStore(Store):
             with _transaction(db):
                 gone = 0
                 for table in ("accounts", "enrolments", "recovery_codes", "guard", "logins"):
-                    gone += db.execute(
-                        f"DELETE FROM {table} WHERE user = ?", (user,)  # noqa: S608 (constant)
-                    ).rowcount
+                    sql = f"DELETE FROM {table} WHERE user = ?"  # noqa: S608 (constant names)
+                    gone += db.execute(sql, (user,)).rowcount
                 return gone > 0
 
         return await self._run(q)
@@ -658,7 +692,6 @@ class SqliteStore(Store):
 
         return await self._scan(q)
 
-    # --- audit review (mfa audit summary): added by the audit-trail work ---
     async def list_accounts(self) -> dict[str, str]:
         def q(db: sqlite3.Connection) -> dict[str, str]:
             # An enrolment still pending counts only for a user who has no account yet.
@@ -667,7 +700,6 @@ class SqliteStore(Store):
             return found
 
         return await self._scan(q)
-    # --- end audit review ---
 
     async def close(self) -> None:
         if self._db is not None:

@@ -44,20 +44,20 @@ class _KeyedTOTP(pyotp.TOTP):
 
     def __init__(self, secret: bytes, params: TokenParams) -> None:
         self._key = secret  # first: pyotp's constructor checks the key through byte_secret
-        super().__init__(b32(secret), digits=params.digits, digest=_DIGESTS[params.algorithm],
-                         interval=params.period)
+        super().__init__(
+            b32(secret),
+            digits=params.digits,
+            digest=_DIGESTS[params.algorithm],
+            interval=params.period,
+        )
 
     def byte_secret(self) -> bytes:
         return self._key
 
 
-def _otp(secret: bytes, params: TokenParams) -> pyotp.TOTP:
-    return _KeyedTOTP(secret, params)
-
-
 def provisioning_uri(secret: bytes, params: TokenParams, user: str, issuer: str) -> str:
     """The otpauth:// URI an app scans; it carries non-default parameters too."""
-    return _otp(secret, params).provisioning_uri(name=user, issuer_name=issuer)
+    return _KeyedTOTP(secret, params).provisioning_uri(name=user, issuer_name=issuer)
 
 
 def normalise(code: str, digits: int) -> str | None:
@@ -70,7 +70,7 @@ def normalise(code: str, digits: int) -> str | None:
 
 def match(secret: bytes, params: TokenParams, code: str, now: float, window: int) -> Match | None:
     """The step within ±window of now whose code equals `code`, nearest first."""
-    otp = _otp(secret, params)
+    otp = _KeyedTOTP(secret, params)
     current = int(now // params.period)
     found: Match | None = None
     for offset in sorted(range(-window, window + 1), key=abs):
@@ -91,7 +91,7 @@ def far_offset(
     Never grounds for acceptance: only evidence of a phone clock that drifted,
     for the administrator (the commonest "codes don't work" support call).
     """
-    otp = _otp(secret, params)
+    otp = _KeyedTOTP(secret, params)
     current = int(now // params.period)
     found = None
     for offset in range(-FAR_WINDOW, FAR_WINDOW + 1):

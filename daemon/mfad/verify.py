@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from mfa_wire.events import Event, Outcome, Reason
 from mfad import recovery, totp
 from mfad.lockout import FailureEffect, Refusal
 from mfad.model import Account, PendingEnrolment, Site, TokenParams
@@ -94,12 +95,23 @@ class Verifier:
                 effect = await attempt.failed()
                 delay = effect.delay
         if effect is not None:
-            await ctx.audit.record("attempt", outcome="failure", reason=verdict.reason,
-                                   delay_s=delay, **details, **fields)
+            await ctx.audit.record(
+                Event.ATTEMPT,
+                outcome=Outcome.FAILURE,
+                reason=verdict.reason,
+                delay_s=delay,
+                **details,
+                **fields,
+            )
             verdict = await self._record_effect(verdict, effect, fields)
         else:
-            await ctx.audit.record("attempt", outcome="refused", reason=verdict.reason,
-                                   delay_s=delay, **fields)
+            await ctx.audit.record(
+                Event.ATTEMPT,
+                outcome=Outcome.REFUSED,
+                reason=verdict.reason,
+                delay_s=delay,
+                **fields,
+            )
         await asyncio.sleep(delay)
         return verdict
 
@@ -109,20 +121,32 @@ class Verifier:
         audit = self.ctx.audit
         if effect.locked_until is not None:
             await audit.record(
-                "lock_set", outcome="locked", until=iso(effect.locked_until),
-                failures=effect.failures, reason="lifetime_cap" if effect.capped else "deny",
+                Event.LOCK_SET,
+                outcome=Outcome.LOCKED,
+                until=iso(effect.locked_until),
+                failures=effect.failures,
+                reason=Reason.LIFETIME_CAP if effect.capped else Reason.DENY,
                 **fields,
             )
-            return Verdict(verdict.reason, refusal=Refusal("locked", effect.locked_until))
+            return Verdict(verdict.reason, refusal=Refusal(Reason.LOCKED, effect.locked_until))
         if effect.blocked_until is not None:
             await audit.record(
-                "source_blocked", outcome="blocked", until=iso(effect.blocked_until), **fields
+                Event.SOURCE_BLOCKED,
+                outcome=Outcome.BLOCKED,
+                until=iso(effect.blocked_until),
+                **fields,
             )
-            return Verdict(verdict.reason, refusal=Refusal("source_blocked", effect.blocked_until))
+            return Verdict(
+                verdict.reason, refusal=Refusal(Reason.SOURCE_BLOCKED, effect.blocked_until)
+            )
         return verdict
 
     async def _judge(
-        self, subject: Subject, answer: str, purpose: Purpose, now: float,
+        self,
+        subject: Subject,
+        answer: str,
+        purpose: Purpose,
+        now: float,
         fields: dict[str, Any],
     ) -> tuple[Verdict, dict[str, Any]]:
         """The verdict on `answer`, and what an administrator should see about a wrong one."""
@@ -135,37 +159,40 @@ class Verifier:
         if code is None:
             spare = recovery.normalise(answer)
             if spare is None:
-                return Verdict("malformed_code"), {}
+                return Verdict(Reason.MALFORMED_CODE), {}
             login = subject.site if purpose is Purpose.LOGIN else None
             return await self._spend_recovery_code(subject, spare, now, login, fields), {}
         sealed = account.sealed_secret if account is not None else None
         found, far = self._match(account.user if account else "", sealed, params, code, now)
         if account is None or found is None:
             if far is None:
-                return Verdict("incorrect_code"), {}
-            return Verdict("incorrect_code"), {"suspected_clock_offset_s": far * params.period}
+                return Verdict(Reason.INCORRECT_CODE), {}
+            return Verdict(Reason.INCORRECT_CODE), {"suspected_clock_offset_s": far * params.period}
         login = subject.site if purpose is Purpose.LOGIN else None
         if await self.ctx.store.consume_step(account.user, found.step, found.offset, now, login):
             return Verdict(None, "totp", step=found.step), {}
         current = int(now // params.period)
         if account.last_step is not None and account.last_step > current + window:
             await self.ctx.audit.record(
-                "clock_anomaly", outcome="error", last_used_step=account.last_step,
-                current_step=current, reason="a later time step than now was already used: "
+                Event.CLOCK_ANOMALY,
+                outcome=Outcome.ERROR,
+                last_used_step=account.last_step,
+                current_step=current,
+                reason="a later time step than now was already used: "
                 "this host's clock stepped back, or was ahead when that code was accepted",
                 **fields,
             )
-        return Verdict("replayed_code"), {}
+        return Verdict(Reason.REPLAYED_CODE), {}
 
     def _judge_pending(self, pending: PendingEnrolment | None, answer: str, now: float) -> Verdict:
         params = pending.params if pending is not None else self._default_params()
         code = totp.normalise(answer, params.digits)
         if code is None:
-            return Verdict("malformed_code")
+            return Verdict(Reason.MALFORMED_CODE)
         sealed = pending.sealed_secret if pending is not None else None
         found, _ = self._match(pending.user if pending else "", sealed, params, code, now)
         if found is None:
-            return Verdict("incorrect_code")
+            return Verdict(Reason.INCORRECT_CODE)
         return Verdict(None, "enrolment", step=found.step)
 
     def _match(
@@ -184,17 +211,22 @@ class Verifier:
         return None, totp.far_offset(secret, params, code, now, window)
 
     async def _spend_recovery_code(
-        self, subject: Subject, code: str, now: float, login: Site | None,
+        self,
+        subject: Subject,
+        code: str,
+        now: float,
+        login: Site | None,
         fields: dict[str, Any],
     ) -> Verdict:
         digest = self.ctx.box.digest(subject.user, code)
         if subject.account is None:
-            return Verdict("incorrect_recovery_code")
+            return Verdict(Reason.INCORRECT_RECOVERY_CODE)
         left = await self.ctx.store.use_recovery_code(subject.user, digest, now, login)
         if left is None:
-            return Verdict("incorrect_recovery_code")
-        await self.ctx.audit.record("recovery_code_used", outcome="success", remaining=left,
-                                    **fields)
+            return Verdict(Reason.INCORRECT_RECOVERY_CODE)
+        await self.ctx.audit.record(
+            Event.RECOVERY_CODE_USED, outcome=Outcome.SUCCESS, remaining=left, **fields
+        )
         return Verdict(None, "recovery", remaining=left)
 
     def _default_params(self) -> TokenParams:
