@@ -27,7 +27,7 @@ from conftest import Daemon, totp_now
 from wire import PamWire, start_payload
 
 from mfa_wire.framing import encode, recv_frame_blocking
-from mfad.session import START_TIMEOUT
+from mfad.conversation import START_TIMEOUT
 
 IDLE = 1000
 TRICKLERS = 100
