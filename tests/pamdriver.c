@@ -1,14 +1,18 @@
 /*
- * pamdriver - a minimal PAM application for running pam_mfa.so under valgrind
- * and the sanitizers, where a Python interpreter would drown the report in its
- * own noise (Linux-PAM's module tests use small C drivers for the same reason).
+ * pamdriver - a minimal PAM application, the one the tests drive libpam with
+ * (tests/pamtest.py runs it under pam_wrapper). In C so that it can run
+ * pam_mfa.so under valgrind, the sanitizers and other preloaded hooks, where a
+ * Python interpreter would drown the report in its own noise (Linux-PAM's
+ * module tests use small C drivers for the same reason).
  *
  *   pamdriver [-r RHOST] [-u RUSER] [-t TTY] [-s] [-d DELAY_MS] SERVICE USER [ANSWER...]
  *
- * Answers the module's prompts with ANSWER... in order (a prompt with no answer
- * left fails the conversation, as a user closing the terminal would), then
- * prints one JSON object to stdout: {"code": N, "messages": [[style, text], ...]}.
- * Same contract as the Python drivers in tests/pamtest.py.
+ * Sets the PAM_RHOST, PAM_RUSER and PAM_TTY items given, calls pam_authenticate
+ * (with PAM_SILENT for -s), and answers the module's prompts with ANSWER... in
+ * order, waiting DELAY_MS before each answer (a prompt with no answer left fails
+ * the conversation, as a user closing the terminal would). Then prints one JSON
+ * object to stdout: {"code": N, "messages": [[style, text], ...]}, style one of
+ * prompt_off, prompt_on, info, error.
  */
 #define _GNU_SOURCE
 #include <getopt.h>

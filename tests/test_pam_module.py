@@ -143,13 +143,12 @@ def refused_log(sink: SyslogSink, reason: str) -> None:
 def test_each_daemon_outcome_maps_to_its_documented_pam_code(
     setup: Setup, outcome: str, expected: str
 ) -> None:
-    """python-pam logs in; the daemon's prompt, INFO and ERROR reach the user in
+    """A login with one answer: the daemon's prompt, INFO and ERROR reach the user in
     order, the code typed reaches the daemon, and the RESULT byte becomes the PAM
     code of docs/protocol.md's table."""
     setup.service()
     with serve(setup.sock, outcome_peer(outcome, CODE)) as peer:
         result = setup.login()
-    assert result.driver == "python-pam"
     assert module_code(result) == expected
     assert result.messages[:3] == [
         ("prompt_off", PROMPT),
@@ -186,7 +185,7 @@ def test_several_prompts_are_answered_in_order_with_their_echo_mode(setup: Setup
     setup.service()
     steps = [("p", "Token name: "), ("P", "Code: ")]
     with serve(setup.sock, conversation(steps, expect=["phone", CODE])) as peer:
-        result = setup.login(["phone", CODE], driver="ctypes")
+        result = setup.login(["phone", CODE])
     assert result.name == "PAM_SUCCESS"
     assert result.messages == [("prompt_on", "Token name: "), ("prompt_off", "Code: ")]
     assert peer.answers == ["phone", CODE] and peer.errors == []
@@ -407,7 +406,7 @@ def test_conversation_failure_is_a_conversation_error_in_both_fail_modes(
     never the fail mode, so fail=open cannot be triggered from the keyboard."""
     setup.service(f"fail={fail}")
     with serve(setup.sock, outcome_peer("S", CODE)):
-        result = setup.login([], driver="ctypes")
+        result = setup.login([])
     assert module_code(result) == "PAM_CONV_ERR"
 
 
@@ -422,7 +421,7 @@ def test_unsendable_answer_fails_closed_even_with_fail_open(
     a user must not be able to reach fail=open by typing."""
     setup.service("fail=open")
     with serve(setup.sock, outcome_peer("S", CODE)) as peer:
-        result = setup.login([answer], driver="ctypes")
+        result = setup.login([answer])
     assert module_code(result) == "PAM_AUTH_ERR"
     assert peer.answers == []
     sink.wait_for("answer is too long or not UTF-8")
@@ -542,13 +541,12 @@ def _real(setup: Setup, mfad: Daemon, *args: str, lines: list[str] = PROBE) -> N
 def test_real_daemon_enrolled_user_with_the_right_code_logs_in(
     setup: Setup, mfad: Daemon, make_user: Callable[..., str]
 ) -> None:
-    """python-pam, libpam, pam_mfa.so and mfad: the current authenticator code
+    """libpam, pam_mfa.so and mfad: the current authenticator code
     for an enrolled user gives PAM_SUCCESS, after the daemon's prompt."""
     user = make_user()
     secret = mfad.enroll(user)
     _real(setup, mfad)
     result = authenticate(setup.services, "mfatest", user, [totp_now(secret)])
-    assert result.driver == "python-pam"
     assert result.name == "PAM_SUCCESS"
     assert result.messages == [("prompt_off", PROMPT)]
 
@@ -561,7 +559,7 @@ def test_real_daemon_three_wrong_codes_is_maxtries(
     user = make_user()
     wrong = _wrong_code(mfad.enroll(user))
     _real(setup, mfad)
-    result = authenticate(setup.services, "mfatest", user, [wrong] * 3, driver="ctypes")
+    result = authenticate(setup.services, "mfatest", user, [wrong] * 3)
     assert result.name == "PAM_MAXTRIES"
     assert result.texts("prompt_off") == [PROMPT] * 3
     assert result.texts("error") == ["Incorrect verification code."] * 2 + [MAXTRIES_MESSAGE]
@@ -592,7 +590,7 @@ def test_real_daemon_back_off_longer_than_the_timeout_is_not_a_bypass(
     wrong = _wrong_code(mfad.enroll(user))
     mfad.restart(lockout={"delay": 3, "max_delay": 3})
     _real(setup, mfad, "fail=open")
-    result = authenticate(setup.services, "mfatest", user, [wrong] * 3, driver="ctypes")
+    result = authenticate(setup.services, "mfatest", user, [wrong] * 3)
     assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
     assert result.messages == [("prompt_off", PROMPT)]
 
@@ -648,7 +646,7 @@ def test_real_daemon_enrolment_secrets_are_wiped_before_the_module_frees_them(
     left in the login process's heap for its next malloc or a core dump."""
     user = make_user()  # mode required: a new user is offered enrolment at login
     _real(setup, mfad)
-    first = authenticate(setup.services, "mfatest", user, [], driver="ctypes")  # reads, gives up
+    first = authenticate(setup.services, "mfatest", user, [])  # reads, gives up
     shown = KEY_LINE.search("\n".join(first.texts("info")))
     assert shown is not None, first.messages
     secret = shown.group(1).replace(" ", "")  # the same key is offered again below

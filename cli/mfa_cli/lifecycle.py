@@ -7,13 +7,19 @@ were refused (and why). This module prints both and picks the exit code:
 5 if a user named does not exist, else 8 if any change was refused. `forget`
 takes user names only (its users may no longer exist) and exits 8 if any was
 refused. Names and reasons are printed escaped (mfa_cli.display.safe).
+
+Each command is its own function. What they share is here once: the options
+naming whom to act on (``_whom_options``, ``_reason_option``), the request
+fields (``_targets``), the question asked before a change to every account or
+an erasure (``_confirm``), and sending the change and reporting it
+(``_change``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -23,26 +29,34 @@ from mfa_cli.errors import Forbidden, NotFound, Refused
 from mfa_cli.times import TIME_HELP, parse_when, rfc3339, utc_text
 from mfa_wire.errors import ErrorCode
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def _until_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """An exemption's expiry, sent to mfad as an RFC 3339 UTC time; it must be in the future."""
-    if value is None:
-        return None
-    now = datetime.now(UTC)
-    try:
-        moment = parse_when(value, now, ahead=True)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if moment <= now:
-        raise click.BadParameter(f"{value!r} is in the past")
-    return rfc3339(moment.replace(microsecond=0))
+EPILOG = ("Exit code 5 if a user named does not exist, else 8 if the change was refused "
+          "for any user (the reasons are printed); the others are changed.")
+"""The epilog of every state change's help."""
 
 
-def _who(users: tuple[str, ...], group: str | None, everyone: bool) -> str:
-    if everyone:
-        return "every account mfad knows"
-    named = list(users) + ([f"every member of group {group}"] if group else [])
-    return ", ".join(named)
+def _whom_options(yes_help: str = "Do not ask for confirmation (of --all).") -> Callable[[F], F]:
+    """``[USER]...``, ``--group``, ``--all`` and ``--yes``: whom a state change applies to,
+    the same for each (``users``, ``group``, ``everyone`` and ``yes`` in the command)."""
+    options = [
+        click.argument("users", nargs=-1, metavar="[USER]..."),
+        click.option("--group", metavar="GROUP", help="Also every member of GROUP (from NSS)."),
+        click.option("--all", "everyone", is_flag=True,
+                     help="Every account mfad knows (asks first unless --yes)."),
+        click.option("--yes", "-y", is_flag=True, help=yes_help),
+    ]
+
+    def apply(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+_reason_option = click.option("--reason", help="Why, for the audit log.")
+"""The optional ``--reason`` of every state change but exempt (whose reason is required)."""
 
 
 def _targets(
@@ -64,26 +78,34 @@ def _targets(
     return fields
 
 
-def _note(action: str, reason: str | None, until: str | None) -> str:
-    """What a change means beyond the new state, for the actions where it is not obvious;
-    escaped for printing."""
-    if action == "disable":
-        return " (secret and recovery codes erased, history kept)"
-    if action == "reset":
-        return " (token and recovery codes erased; must enrol again)"
-    if action == "exempt":
-        return (f" ({safe(reason)}; "
-                f"{f'until {safe(utc_text(until))} UTC' if until else 'no expiry'})")
-    return ""
+def _who(fields: dict[str, Any]) -> str:
+    """Whom the request ``fields`` (from ``_targets``) name, in words; raw, not escaped."""
+    if fields.get("all"):
+        return "every account mfad knows"
+    named = list(fields.get("users", []))
+    if fields.get("group"):
+        named.append(f"every member of group {fields['group']}")
+    return ", ".join(named)
 
 
-def _report(action: str, answer: dict[str, Any], reason: str | None, until: str | None) -> None:
-    """Print the changes, the refusals (to stderr), and exit 5 or 8 if any was refused."""
+def _confirm(question: str) -> None:
+    """Ask ``question`` (raw text, escaped here); "no" aborts with exit code 1."""
+    click.confirm(safe(question), abort=True)
+
+
+def _change(client: DaemonClient, action: str, fields: dict[str, Any], note: str = "") -> None:
+    """Send the state change ``action`` for ``fields`` (``_targets`` and the action's own),
+    print each change (``USER: from -> to`` and ``note``, which must be escaped already)
+    and each refusal (to stderr), and exit 5 if a user named does not exist, else 8 if any
+    change was refused."""
+    try:
+        answer = client.request(action, **fields)
+    except Forbidden as exc:
+        raise Forbidden(f"{exc.message}; {_who(fields)} not changed") from None
     changed = answer.get("changed") or []
     refused = answer.get("refused") or []
     for change in clean(changed):
-        click.echo(f"{change['user']}: {change['from']} -> {change['to']}"
-                   + _note(action, reason, until))
+        click.echo(f"{change['user']}: {change['from']} -> {change['to']}{note}")
     _print_refusals(refused)
     if not refused:
         return
@@ -102,124 +124,196 @@ def _print_refusals(refused: list[dict[str, Any]]) -> None:
                    err=True)
 
 
-_HELP = {
-    "require": """Require USERS to use a second factor: they must enrol (state pending),
+def _with_reason(fields: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    """``fields`` and, if one was given, the ``--reason`` for the audit log."""
+    return fields if reason is None else {**fields, "reason": reason}
+
+
+@click.command(short_help="USERS must enrol (-> pending).", epilog=EPILOG)
+@_whom_options()
+@_reason_option
+@pass_client
+def require(
+    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    reason: str | None,
+) -> None:
+    """Require USERS to use a second factor: they must enrol (state pending),
     at their next login if enrolment at login is on, or with `mfa enroll`.
 
-    Applies to users never configured (none) and disabled ones.""",
-    "suspend": """Suspend the second factor of USERS: the token is kept but no code is asked
+    Applies to users never configured (none) and disabled ones.
+
+    \b
+    Example:
+      mfa require alice bob; mfa require --group staff
+    """
+    fields = _targets(users, group, everyone)
+    if everyone and not yes:
+        _confirm(f"Require {_who(fields)}?")
+    _change(client, "require", _with_reason(fields, reason))
+
+
+@click.command(short_help="Skip USERS' codes for now, keep the token (-> suspended).",
+               epilog=EPILOG)
+@_whom_options()
+@_reason_option
+@pass_client
+def suspend(
+    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    reason: str | None,
+) -> None:
+    """Suspend the second factor of USERS: the token is kept but no code is asked
     for until `mfa resume` (a lost phone that will turn up, a trip without it).
 
-    Applies to active and pending users.""",
-    "resume": """Resume the second factor of suspended USERS: active again if they have a
-    token, else pending (must enrol).""",
-    "disable": """Disable the second factor of USERS: erase the secret and recovery codes,
+    Applies to active and pending users.
+
+    \b
+    Example:
+      mfa suspend alice --reason 'phone at repair, ticket 4711'
+    """
+    fields = _targets(users, group, everyone)
+    if everyone and not yes:
+        _confirm(f"Suspend {_who(fields)}?")
+    _change(client, "suspend", _with_reason(fields, reason))
+
+
+@click.command(short_help="Ask suspended USERS for codes again.", epilog=EPILOG)
+@_whom_options()
+@_reason_option
+@pass_client
+def resume(
+    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    reason: str | None,
+) -> None:
+    """Resume the second factor of suspended USERS: active again if they have a
+    token, else pending (must enrol).
+
+    \b
+    Example:
+      mfa resume alice
+    """
+    fields = _targets(users, group, everyone)
+    if everyone and not yes:
+        _confirm(f"Resume {_who(fields)}?")
+    _change(client, "resume", _with_reason(fields, reason))
+
+
+@click.command(short_help="Erase USERS' secret and recovery codes (-> disabled).",
+               epilog=EPILOG)
+@_whom_options(yes_help="Do not ask for confirmation.")
+@_reason_option
+@pass_client
+def disable(
+    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    reason: str | None,
+) -> None:
+    """Disable the second factor of USERS: erase the secret and recovery codes,
     keep the history. Asks first unless --yes.
 
     The user must enrol again (`mfa enroll USER`) to use codes again; until
-    then the global mode and groups decide whether a login asks for one.""",
-    "reset": """Reset USERS to enrol again (state pending): the token and recovery codes
+    then the global mode and groups decide whether a login asks for one.
+
+    \b
+    Example:
+      mfa disable alice; mfa disable --yes --group leavers
+    """
+    fields = _targets(users, group, everyone)
+    if not yes:
+        if len(users) == 1 and not group:
+            state = client.request("status", user=users[0]).get("state")
+            _confirm(f"Erase the authenticator secret of {users[0]} (state: {state})?")
+        else:
+            _confirm(f"Erase the authenticator secrets of {_who(fields)}?")
+    _change(client, "disable", _with_reason(fields, reason),
+            note=" (secret and recovery codes erased, history kept)")
+
+
+@click.command(short_help="Erase USERS' token; enrol again (-> pending).", epilog=EPILOG)
+@_whom_options()
+@_reason_option
+@pass_client
+def reset(
+    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    reason: str | None,
+) -> None:
+    """Reset USERS to enrol again (state pending): the token and recovery codes
     are erased, and the next login offers enrolment. For a new phone.
 
-    --all resets every account mfad knows, and asks first unless --yes.""",
-    "exempt": """Exempt USERS from the second factor (service accounts, break-glass
-    accounts), with a reason and optionally an expiry; the token, if any, is
-    kept and comes back into force with `mfa unexempt` or when --until passes.""",
-    "unexempt": """End the exemption of USERS: active again if they kept a token, else
-    as if never configured (none).""",
-}
+    --all resets every account mfad knows, and asks first unless --yes.
 
-_SHORT = {
-    "require": "USERS must enrol (-> pending).",
-    "suspend": "Skip USERS' codes for now, keep the token (-> suspended).",
-    "resume": "Ask suspended USERS for codes again.",
-    "disable": "Erase USERS' secret and recovery codes (-> disabled).",
-    "reset": "Erase USERS' token; enrol again (-> pending).",
-    "exempt": "Exempt USERS, with a reason and an optional expiry.",
-    "unexempt": "End USERS' exemption.",
-}
-
-_EXAMPLE = {
-    "require": "mfa require alice bob; mfa require --group staff",
-    "suspend": "mfa suspend alice --reason 'phone at repair, ticket 4711'",
-    "resume": "mfa resume alice",
-    "disable": "mfa disable alice; mfa disable --yes --group leavers",
-    "reset": "mfa reset alice; mfa reset --all --yes",
-    "exempt": "mfa exempt backup --reason 'rsync service account' --until 30d",
-    "unexempt": "mfa unexempt backup",
-}
-
-_QUESTION = {
-    "disable": "Erase the authenticator secrets of {who}?",
-    "reset": "Reset {who} (their tokens and recovery codes are erased; each must enrol again)?",
-}
+    \b
+    Example:
+      mfa reset alice; mfa reset --all --yes
+    """
+    fields = _targets(users, group, everyone)
+    if everyone and not yes:
+        _confirm(f"Reset {_who(fields)} (their tokens and recovery codes are erased; "
+                 "each must enrol again)?")
+    _change(client, "reset", _with_reason(fields, reason),
+            note=" (token and recovery codes erased; must enrol again)")
 
 
-def _confirm(
-    client: DaemonClient, action: str, users: tuple[str, ...], group: str | None,
-    everyone: bool,
+def _until_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An exemption's expiry, sent to mfad as an RFC 3339 UTC time; it must be in the future."""
+    if value is None:
+        return None
+    now = datetime.now(UTC)
+    try:
+        moment = parse_when(value, now, ahead=True)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if moment <= now:
+        raise click.BadParameter(f"{value!r} is in the past")
+    return rfc3339(moment.replace(microsecond=0))
+
+
+@click.command(short_help="Exempt USERS, with a reason and an optional expiry.", epilog=EPILOG)
+@_whom_options()
+@click.option("--reason", required=True,
+              help="Why (recorded with the exemption and in the audit log).")
+@click.option("--until", metavar="TIME", callback=_until_option,
+              help=f"When the exemption ends: {TIME_HELP}. Default: no expiry.")
+@pass_client
+def exempt(
+    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    reason: str, until: str | None,
 ) -> None:
-    """Ask before erasing tokens (disable) or acting on every account (--all); "no" aborts."""
-    if action == "disable" and len(users) == 1 and not group:
-        state = client.request("status", user=users[0]).get("state")
-        question = f"Erase the authenticator secret of {users[0]} (state: {state})?"
-    else:
-        template = _QUESTION.get(action, f"{action.capitalize()} {{who}}?")
-        question = template.format(who=_who(users, group, everyone))
-    click.confirm(safe(question), abort=True)
+    """Exempt USERS from the second factor (service accounts, break-glass
+    accounts), with a reason and optionally an expiry; the token, if any, is
+    kept and comes back into force with `mfa unexempt` or when --until passes.
+
+    \b
+    Example:
+      mfa exempt backup --reason 'rsync service account' --until 30d
+    """
+    fields = _targets(users, group, everyone)
+    if everyone and not yes:
+        _confirm(f"Exempt {_who(fields)}?")
+    fields["reason"] = reason
+    if until is not None:
+        fields["until"] = until
+    expiry = f"until {safe(utc_text(until))} UTC" if until else "no expiry"
+    _change(client, "exempt", fields, note=f" ({safe(reason)}; {expiry})")
 
 
-def _lifecycle_command(action: str) -> click.Command:
-    def run(
-        client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool,
-        yes: bool, reason: str | None, until: str | None = None,
-    ) -> None:
-        fields = _targets(users, group, everyone)
-        if not yes and (everyone or action == "disable"):
-            _confirm(client, action, users, group, everyone)
-        if reason is not None:
-            fields["reason"] = reason
-        if until is not None:
-            fields["until"] = until
-        try:
-            answer = client.request(action, **fields)
-        except Forbidden as exc:
-            raise Forbidden(f"{exc.message}; {_who(users, group, everyone)} not changed") from None
-        _report(action, answer, reason, until)
+@click.command(short_help="End USERS' exemption.", epilog=EPILOG)
+@_whom_options()
+@_reason_option
+@pass_client
+def unexempt(
+    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    reason: str | None,
+) -> None:
+    """End the exemption of USERS: active again if they kept a token, else
+    as if never configured (none).
 
-    asks = action == "disable"
-    params: list[Callable[[Any], Any]] = [
-        click.argument("users", nargs=-1, metavar="[USER]..."),
-        click.option("--group", metavar="GROUP", help="Also every member of GROUP (from NSS)."),
-        click.option("--all", "everyone", is_flag=True,
-                     help="Every account mfad knows (asks first unless --yes)."),
-        click.option("--yes", "-y", is_flag=True,
-                     help="Do not ask for confirmation." if asks else
-                     "Do not ask for confirmation (of --all)."),
-    ]
-    if action == "exempt":
-        params += [
-            click.option("--reason", required=True,
-                         help="Why (recorded with the exemption and in the audit log)."),
-            click.option("--until", metavar="TIME", callback=_until_option,
-                         help=f"When the exemption ends: {TIME_HELP}. Default: no expiry."),
-        ]
-    else:
-        params.append(click.option("--reason", help="Why, for the audit log."))
-
-    command: Any = pass_client(run)
-    for decorate in reversed(params):
-        command = decorate(command)
-    return click.command(
-        action,
-        short_help=_SHORT[action],
-        help=_HELP[action] + f"\n\n    \b\n    Example:\n      {_EXAMPLE[action]}",
-        epilog="Exit code 5 if a user named does not exist, else 8 if the change was "
-        "refused for any user (the reasons are printed); the others are changed.",
-    )(command)
-
-
-LIFECYCLE_COMMANDS = [_lifecycle_command(action) for action in _HELP]
+    \b
+    Example:
+      mfa unexempt backup
+    """
+    fields = _targets(users, group, everyone)
+    if everyone and not yes:
+        _confirm(f"Unexempt {_who(fields)}?")
+    _change(client, "unexempt", _with_reason(fields, reason))
 
 
 @click.command(short_help="Lift USERS' lock after too many wrong codes.")

@@ -20,7 +20,17 @@ from mfa_cli.audit import audit
 from mfa_cli.client import DEFAULT_SOCKET, DaemonClient
 from mfa_cli.enrol import enroll, recovery_codes
 from mfa_cli.errors import EXIT_CODES
-from mfa_cli.lifecycle import LIFECYCLE_COMMANDS, forget, unlock
+from mfa_cli.lifecycle import (
+    disable,
+    exempt,
+    forget,
+    require,
+    reset,
+    resume,
+    suspend,
+    unexempt,
+    unlock,
+)
 
 
 class _Ordered(click.Group):
@@ -81,8 +91,9 @@ def cli(ctx: click.Context, socket_path: Path) -> None:
     ctx.obj = DaemonClient(socket_path)
 
 
-for command in (enroll, status, show, recovery_codes, list_accounts, *LIFECYCLE_COMMANDS,
-                unlock, forget, audit):
+for command in (enroll, status, show, recovery_codes, list_accounts,
+                require, suspend, resume, disable, reset, exempt, unexempt, unlock, forget,
+                audit):
     cli.add_command(command)
 
 
