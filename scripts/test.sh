@@ -28,6 +28,8 @@ apt_packages=(
     libnss-wrapper                            # a case-insensitive name service (tests/nsswrap.py)
     libpam-modules passwd                     # pam_unix, useradd/chpasswd for throwaway users
     oathtool                                  # codes from an independent TOTP implementation
+    faketime                                  # libfaketime: a wall clock the tests move, under
+                                              # mfad only (tests/fakeclock.py)
     zbar-tools                                # decode the enrolment QR code back to its URI
     valgrind                                  # the PAM-module tests under valgrind
     clang sqlite3 libpam-google-authenticator # on hand for tests: a second C compiler, the

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from urllib.parse import parse_qs, urlparse
 
 import pyotp
 import pytest
 from conftest import Daemon, totp_now
+from fakeclock import FakeClock
 from qrimage import decode as decode_terminal_qr
 
 from mfad import recovery
+
+pytest_plugins = ["fakeclock"]
 
 CODE_RE = re.compile(r"^\s+([2-9A-Z]{5}-[2-9A-Z]{5}-[2-9A-Z]{5})$", re.M)
 
@@ -177,15 +179,16 @@ def test_group_actions_and_list(mfad: Daemon, make_user, make_group) -> None:
 
 
 def test_a_key_from_mfa_enroll_expires_with_the_enrolment_deadline(
-    mfad: Daemon, make_user
+    mfad_clock: Daemon, fake_clock: FakeClock, make_user
 ) -> None:
     """A key `mfa enroll` showed and nobody confirmed stops working at the enrolment
     deadline (grace_days): its code no longer activates it, and a new enrolment is needed."""
+    mfad = mfad_clock
     mfad.restart(enrolment={"grace_days": 2 / 86400})  # two seconds
     user = make_user()
     begun = mfad.request("enroll_begin", user=user)
-    time.sleep(2.5)
-    late = mfad.request("enroll_confirm", user=user, code=totp_now(begun["secret"]))
+    fake_clock.advance(2.5)
+    late = mfad.request("enroll_confirm", user=user, code=fake_clock.totp(begun["secret"]))
     assert late["ok"] is False and late["error"] == "no_pending_enrolment", late
     assert "expired" in late["message"]
     assert mfad.request("status", user=user)["enrolment_pending"] is False

@@ -14,15 +14,20 @@ from collections.abc import Callable
 
 import pyotp
 from conftest import Daemon, totp_now
+from fakeclock import FakeClock
 from wire import ControlAs, PamWire
+
+pytest_plugins = ["fakeclock"]
 
 MakeUser = Callable[..., str]
 
 
-def _wrong(secret: str) -> str:
-    """A code that is right for no step near now (so no replay or window luck)."""
+def _wrong(secret: str, now: float | None = None) -> str:
+    """A code that is right for no step near now (so no replay or window luck); `now`: the
+    daemon's, when it is not the real time."""
     otp = pyotp.TOTP(secret)
-    near = {otp.at(time.time() + 30 * k) for k in range(-25, 26)}
+    now = time.time() if now is None else now
+    near = {otp.at(now + 30 * k) for k in range(-25, 26)}
     return next(c for c in (f"{n:06d}" for n in range(1000000)) if c not in near)
 
 
@@ -96,41 +101,44 @@ def test_a_guesser_on_the_control_socket_is_blocked_before_the_owner_is_locked_o
     assert frames[-1].payload == "S"
 
 
-def _guess_round(mfad: Daemon, user: str, secret: str, wrong: int) -> list[str]:
+def _guess_round(mfad: Daemon, user: str, secret: str, wrong: int,
+                 now: float | None = None) -> list[str]:
     results = []
     for _ in range(wrong):
         with PamWire(mfad.pam_socket) as wire:
-            results.append(wire.login(user, [_wrong(secret)], service="sshd",
+            results.append(wire.login(user, [_wrong(secret, now)], service="sshd",
                                       rhost="192.0.2.50")[-1].payload)
     return results
 
 
 def test_lifetime_cap_locks_until_an_administrator_unlocks(
-    mfad: Daemon, make_user: MakeUser
+    mfad_clock: Daemon, fake_clock: FakeClock, make_user: MakeUser
 ) -> None:
     """Automatic unlocks do not restart the lifetime count: after `lifetime_deny` wrong codes
     with no success the account stays locked past unlock_time, audited as lifetime_cap,
     until `mfa unlock`; then the right code logs in."""
+    mfad, clock = mfad_clock, fake_clock
+    now = clock.now  # the daemon's time, for codes that are right for no step near it
     mfad.restart(login={"max_attempts": 1}, lockout={
         "deny": 2, "unlock_time": 1, "lifetime_deny": 5, "source_deny": 100,
     })
     user = make_user()
-    secret = mfad.enroll(user)
-    assert _guess_round(mfad, user, secret, 2) == ["M", "F"]  # the 2nd locks, for 1 s
-    time.sleep(1.2)
-    assert _guess_round(mfad, user, secret, 2) == ["M", "F"]  # unlocked by time, locked again
-    time.sleep(1.2)
-    assert _guess_round(mfad, user, secret, 1) == ["F"]  # the 5th since the last success
-    time.sleep(1.2)  # past unlock_time: still locked
+    secret = clock.enroll(mfad, user)
+    assert _guess_round(mfad, user, secret, 2, now()) == ["M", "F"]  # the 2nd locks, for 1 s
+    clock.advance(1.2)
+    assert _guess_round(mfad, user, secret, 2, now()) == ["M", "F"]  # unlocked by time, relocked
+    clock.advance(1.2)
+    assert _guess_round(mfad, user, secret, 1, now()) == ["F"]  # the 5th since the last success
+    clock.advance(1.2)  # past unlock_time: still locked
     with PamWire(mfad.pam_socket) as wire:
-        frames = wire.login(user, [totp_now(secret)], service="sshd", rhost="192.0.2.50")
+        frames = wire.login(user, [clock.totp(secret)], service="sshd", rhost="192.0.2.50")
     assert frames[-1].payload == "F" and "until an administrator unlocks it" in frames[-2].payload
     capped = [r for r in mfad.audit() if r["event"] == "lock_set" and r["user"] == user]
     assert [r["reason"] for r in capped] == ["deny", "deny", "lifetime_cap"]
     assert mfad.request("status", user=user)["failures_since_success"] == 5
     assert mfad.request("unlock", user=user)["unlocked"] == [user]
     with PamWire(mfad.pam_socket) as wire:
-        assert wire.login(user, [totp_now(secret)], service="sshd",
+        assert wire.login(user, [clock.totp(secret)], service="sshd",
                           rhost="192.0.2.50")[-1].payload == "S"
     assert mfad.request("status", user=user)["failures_since_success"] == 0
 

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon, totp_now
+from fakeclock import FakeClock
 from pamtest import authenticate, write_service
 from wire import PamWire, start_payload
+
+pytest_plugins = ["fakeclock"]
 
 LOCKED = "The account is locked after too many failed attempts"
 BLOCKED = "Too many failed attempts from this host"
@@ -153,20 +156,21 @@ class _Pam:
 
 
 def test_lock_survives_restart_and_expires_after_unlock_time(
-    pam_module: Path, mfad: Daemon, make_user
+    pam_module: Path, mfad_clock: Daemon, fake_clock: FakeClock, make_user
 ) -> None:
     """Through libpam: locked, still locked after a daemon restart, free once unlock_time passed."""
+    mfad = mfad_clock
     settings = {"deny": 3, "source_deny": 100, "unlock_time": 3}
     mfad.restart(lockout=settings)
     pam = _Pam(pam_module, mfad)
     user = make_user()
-    secret = mfad.enroll(user)
+    secret = fake_clock.enroll(mfad, user)
     assert pam.login(user, ["000000"] * 3)[0] == "PAM_AUTH_ERR"  # third wrong code locks
     mfad.restart(lockout=settings)
-    name, errors = pam.login(user, [totp_now(secret)])
+    name, errors = pam.login(user, [fake_clock.totp(secret)])
     assert name == "PAM_AUTH_ERR" and LOCKED in errors
-    time.sleep(3.2)
-    assert pam.login(user, [totp_now(secret)])[0] == "PAM_SUCCESS"
+    fake_clock.advance(3.2)
+    assert pam.login(user, [fake_clock.totp(secret)])[0] == "PAM_SUCCESS"
 
 
 def test_admin_unlock_lifts_a_lock_without_expiry(

@@ -7,12 +7,14 @@ require_groups or mode required; else optional.
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from conftest import Daemon, totp_now
+from fakeclock import FakeClock
+
+pytest_plugins = ["fakeclock"]
 
 
 def _last_login(mfad: Daemon) -> dict[str, Any]:
@@ -34,17 +36,19 @@ def test_mode_off_beats_everything(mfad: Daemon, pam_login, make_user) -> None:
 
 
 def test_exempt_user_is_skipped_until_the_exemption_expires(
-    mfad: Daemon, pam_login, make_user
+    mfad: Daemon, fake_clock: FakeClock, pam_login, make_user
 ) -> None:
     """An exempt user is skipped; once the expiry passes, their kept token is required again."""
+    fake_clock.attach(mfad)
     user = make_user()
-    secret = mfad.enroll(user)
-    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    secret = fake_clock.enroll(mfad, user)
+    soon = datetime.fromtimestamp(fake_clock.now() + 2, UTC).isoformat()
     changed = mfad.request("exempt", user=user, reason="break-glass", until=soon)["changed"]
     assert changed == [{"user": user, "from": "active", "to": "exempt"}]
     _expect(mfad, pam_login(user, []), "PAM_IGNORE", "skipped", "exempt")
-    time.sleep(2.2)
-    _expect(mfad, pam_login(user, [totp_now(secret)]), "PAM_SUCCESS", "success", "correct_code")
+    fake_clock.advance(2.2)
+    _expect(mfad, pam_login(user, [fake_clock.totp(secret)]), "PAM_SUCCESS", "success",
+            "correct_code")
 
 
 def test_suspended_user_is_skipped_and_resumes_with_the_same_token(
@@ -131,13 +135,13 @@ def test_service_override_tightens_and_loosens(mfad: Daemon, pam_login, make_use
 
 
 def test_enrolment_deadline_passed_refuses_with_a_message(
-    mfad: Daemon, pam_login, make_user
+    mfad: Daemon, fake_clock: FakeClock, pam_login, make_user
 ) -> None:
     """A pending user past the enrolment deadline is refused and told to contact an admin."""
     user = make_user()
-    mfad.restart(enrolment={"grace_days": 1 / 86400})  # one second
+    fake_clock.attach(mfad, enrolment={"grace_days": 1 / 86400})  # one second
     mfad.request("require", user=user)
-    time.sleep(1.2)
+    fake_clock.advance(1.2)
     result = pam_login(user, [])
     _expect(mfad, result, "PAM_AUTH_ERR", "failure", "enrolment_expired")
     assert "Contact your administrator" in " ".join(result.texts("error"))

@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import time
 
 import pytest
 from conftest import Daemon
+from fakeclock import FakeClock
 from wire import PamWire
 
 from mfad import totp
 from mfad.model import TokenParams
+
+pytest_plugins = ["fakeclock"]
 
 # RFC 6238 appendix B: 8-digit codes for the ASCII seeds below.
 SEEDS = {
@@ -68,14 +70,14 @@ def _oathtool(secret: bytes, when: float) -> str:
     return out.stdout.strip()
 
 
-def test_oathtool_codes_accepted_within_one_step_and_refused_at_two(mfad: Daemon) -> None:
+def test_oathtool_codes_accepted_within_one_step_and_refused_at_two(
+    mfad_clock: Daemon, fake_clock: FakeClock
+) -> None:
     """Logins with oathtool's codes: -1, 0, +1 steps succeed; -2 and +2 are refused as wrong."""
+    mfad = mfad_clock
     secret = os.urandom(20)
     mfad.seed("root", secret)
-    now = time.time()
-    if 30 - now % 30 < 2:  # do not straddle a step boundary mid-test
-        time.sleep(30 - now % 30 + 0.1)
-        now = time.time()
+    now = fake_clock.now()  # mid-step, and it stands still: no step boundary to straddle
     results = {}
     for offset in (-2, -1, 0, 1, 2):  # increasing, so replay protection does not interfere
         code = _oathtool(secret, now + offset * 30)
