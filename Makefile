@@ -5,7 +5,10 @@ VENV ?= .venv
 
 lint:
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict tests
+	$(MAKE) -s -C pam_module format-check
 
 test:
 	bash scripts/test.sh

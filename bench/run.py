@@ -102,8 +102,9 @@ def machine() -> dict[str, Any]:
             break
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     fs = subprocess.run(["df", "-T", tempfile.gettempdir()], capture_output=True, text=True)
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True)
+    git = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
@@ -126,8 +127,9 @@ def _os_name() -> str:
 
 
 def _dpkg_version(package: str) -> str:
-    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True
+    )
     return out.stdout.strip() or "not installed"
 
 
@@ -138,14 +140,33 @@ def build(tmp: Path) -> dict[str, Path]:
     for name, libs in (("pam_bench", ["-lpam", "-lcrypto"]), ("mfad_load", ["-lcrypto"])):
         bins[name] = tmp / name
         subprocess.run(
-            ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(bins[name]),
-             str(BENCH / f"{name}.c"), *libs],
+            [
+                "gcc",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-o",
+                str(bins[name]),
+                str(BENCH / f"{name}.c"),
+                *libs,
+            ],
             check=True,
         )
     bins["nss_index"] = tmp / "libnss_benchidx.so"
     subprocess.run(
-        ["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-o",
-         str(bins["nss_index"]), str(BENCH / "nss_index.c")],
+        [
+            "gcc",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-o",
+            str(bins["nss_index"]),
+            str(BENCH / "nss_index.c"),
+        ],
         check=True,
     )
     if not Path(NSS_WRAPPER).exists():
@@ -173,7 +194,9 @@ def ga_users(directory: Path, names: list[str], protected: bool) -> list[tuple[s
         path = directory / name
         subprocess.run(
             ["google-authenticator", *flags, "-f", "-q", "-s", str(path)],
-            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
         )
         return name, path.read_text().splitlines()[0]
 
@@ -233,13 +256,19 @@ def seed_mfad(daemon: Daemon, uids: dict[str, int]) -> list[tuple[str, str]]:
     the mfad on PYTHONPATH (--daemon-path's, or this tree's), in a subprocess.
     """
     if not daemon.key_path.exists():
-        subprocess.run([sys.executable, "-m", "mfad", "--generate-key", str(daemon.key_path)],
-                       check=True, capture_output=True)
-    users = [(name, base64.b32encode(secrets.token_bytes(20)).decode(), uid)
-             for name, uid in uids.items()]
+        subprocess.run(
+            [sys.executable, "-m", "mfad", "--generate-key", str(daemon.key_path)],
+            check=True,
+            capture_output=True,
+        )
+    users = [
+        (name, base64.b32encode(secrets.token_bytes(20)).decode(), uid)
+        for name, uid in uids.items()
+    ]
     spec = daemon.tmp / "seed.json"
-    spec.write_text(json.dumps({"db": str(daemon.db_path), "key": str(daemon.key_path),
-                                "users": users}))
+    spec.write_text(
+        json.dumps({"db": str(daemon.db_path), "key": str(daemon.key_path), "users": users})
+    )
     subprocess.run([sys.executable, "-c", SEED, str(spec)], check=True)
     spec.unlink()
     return [(name, key) for name, key, _ in users]
@@ -253,8 +282,9 @@ def new_daemon(tmp: Path, name: str, env: dict[str, str] | None = None) -> Daemo
 # ------------------------------------------------------------------ the daemon's name service
 
 
-def nss_env(directory: Path, uids: dict[str, int], kind: str, bins: dict[str, Path]
-            ) -> dict[str, str]:
+def nss_env(
+    directory: Path, uids: dict[str, int], kind: str, bins: dict[str, Path]
+) -> dict[str, str]:
     """Files and environment that make a process (mfad, and no other) know `uids`' users.
 
     nss_wrapper 1.1.12 is on only with both NSS_WRAPPER_PASSWD and
@@ -269,8 +299,9 @@ def nss_env(directory: Path, uids: dict[str, int], kind: str, bins: dict[str, Pa
         gid = grp.getgrnam("nogroup").gr_gid
     except KeyError:
         gid = 65534
-    lines = [f"{name}:x:{uid}:{gid}::/nonexistent:/usr/sbin/nologin\n"
-             for name, uid in uids.items()]
+    lines = [
+        f"{name}:x:{uid}:{gid}::/nonexistent:/usr/sbin/nologin\n" for name, uid in uids.items()
+    ]
     random.Random(len(lines)).shuffle(lines)
     etc = Path("/etc/passwd").read_text()
     etc += "" if etc.endswith("\n") else "\n"
@@ -286,8 +317,11 @@ def nss_env(directory: Path, uids: dict[str, int], kind: str, bins: dict[str, Pa
     elif kind == "indexed":
         passwd.write_text(etc)
         users.write_text("".join(lines))
-        env.update(NSS_WRAPPER_MODULE_SO_PATH=str(bins["nss_index"]),
-                   NSS_WRAPPER_MODULE_FN_PREFIX="benchidx", NSS_BENCH_PASSWD=str(users))
+        env.update(
+            NSS_WRAPPER_MODULE_SO_PATH=str(bins["nss_index"]),
+            NSS_WRAPPER_MODULE_FN_PREFIX="benchidx",
+            NSS_BENCH_PASSWD=str(users),
+        )
     else:
         raise ValueError(kind)
     for path in directory.iterdir():
@@ -363,11 +397,20 @@ def nss_probe(env: dict[str, str], uids: dict[str, int]) -> dict[str, Any]:
     if len(order) != len(uids):
         raise RuntimeError(f"NSS files hold {len(order)} of {len(uids)} benchmark users")
     sample = random.Random(1).sample(order, min(500, len(order)))
-    spec: dict[str, Any] = {"first": order[0], "middle": order[len(order) // 2], "last": order[-1],
-            "sample": sample}
+    spec: dict[str, Any] = {
+        "first": order[0],
+        "middle": order[len(order) // 2],
+        "last": order[-1],
+        "sample": sample,
+    }
     spec["uids"] = {n: uids[n] for n in {*sample, spec["first"], spec["middle"], spec["last"]}}
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(spec)],
-                         env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(spec)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"NSS under the daemon's environment is wrong:\n{out.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout)
@@ -514,8 +557,12 @@ def sleep_to_next_step() -> None:
 
 def pam_env(service_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(LD_PRELOAD=PAM_WRAPPER, PAM_WRAPPER="1", PAM_WRAPPER_SERVICE_DIR=str(service_dir),
-               PAM_WRAPPER_USE_SYSLOG="1")
+    env.update(
+        LD_PRELOAD=PAM_WRAPPER,
+        PAM_WRAPPER="1",
+        PAM_WRAPPER_SERVICE_DIR=str(service_dir),
+        PAM_WRAPPER_USE_SYSLOG="1",
+    )
     return env
 
 
@@ -535,15 +582,42 @@ def syslog_reader() -> Iterator[None]:
         yield
 
 
-def pam_run(bins: dict[str, Path], service_dir: Path, service: str, users: Path, raw: Path, *,
-            first: int, count: int, warmup: int, wrong: bool, expect: int) -> dict[str, Any]:
-    argv = [str(bins["pam_bench"]), "-s", service, "-f", str(users), "-o", str(first),
-            "-n", str(count), "-w", str(warmup), "-e", str(expect), "-r", str(raw)]
+def pam_run(
+    bins: dict[str, Path],
+    service_dir: Path,
+    service: str,
+    users: Path,
+    raw: Path,
+    *,
+    first: int,
+    count: int,
+    warmup: int,
+    wrong: bool,
+    expect: int,
+) -> dict[str, Any]:
+    argv = [
+        str(bins["pam_bench"]),
+        "-s",
+        service,
+        "-f",
+        str(users),
+        "-o",
+        str(first),
+        "-n",
+        str(count),
+        "-w",
+        str(warmup),
+        "-e",
+        str(expect),
+        "-r",
+        str(raw),
+    ]
     if wrong:
         argv.append("-x")
     with syslog_reader():
-        out = subprocess.run(argv, env=pam_env(service_dir), capture_output=True, text=True,
-                             check=True, timeout=900)
+        out = subprocess.run(
+            argv, env=pam_env(service_dir), capture_output=True, text=True, check=True, timeout=900
+        )
     result: dict[str, Any] = json.loads(out.stdout)
     result["latencies_ns"] = [int(x) for x in raw.read_text().split()]
     return result
@@ -556,8 +630,13 @@ def summarise(latencies_ns: list[int]) -> dict[str, float]:
     def pct(p: float) -> float:
         return xs[round(p * (len(xs) - 1))] / 1000
 
-    return {"mean_us": sum(xs) / len(xs) / 1000, "p50_us": pct(0.5), "p90_us": pct(0.9),
-            "p99_us": pct(0.99), "max_us": xs[-1] / 1000}
+    return {
+        "mean_us": sum(xs) / len(xs) / 1000,
+        "p50_us": pct(0.5),
+        "p90_us": pct(0.9),
+        "p99_us": pct(0.99),
+        "max_us": xs[-1] / 1000,
+    }
 
 
 def mfa_service(kind: str) -> str:
@@ -570,12 +649,16 @@ def write_service(service_dir: Path, name: str, line: str) -> None:
     (service_dir / name).write_text(f"auth required {line}\naccount required pam_permit.so\n")
     other = service_dir / "other"
     if not other.exists():  # libpam's fallback; without it every pam_start logs an error
-        other.write_text("".join(f"{t} required pam_deny.so\n"
-                                 for t in ("auth", "account", "password", "session")))
+        other.write_text(
+            "".join(
+                f"{t} required pam_deny.so\n" for t in ("auth", "account", "password", "session")
+            )
+        )
 
 
-def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int,
-              rounds: int) -> dict[str, Any]:
+def bench_pam(
+    tmp: Path, bins: dict[str, Path], count: int, warmup: int, rounds: int
+) -> dict[str, Any]:
     """Every stack, right and wrong codes, `count` each over disjoint users.
 
     The work is cut into `rounds` rounds, each running every stack in turn, so
@@ -591,15 +674,18 @@ def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int,
     log(f"google-authenticator CLI: {2 * len(names)} secret files (two sets)")
     t0 = time.monotonic()
     ga = {
-        "ga_protected": write_users(tmp / "ga_protected.users",
-                                    ga_users(tmp / "ga_protected", names, protected=True)),
-        "ga_open": write_users(tmp / "ga_open.users",
-                               ga_users(tmp / "ga_open", names, protected=False)),
+        "ga_protected": write_users(
+            tmp / "ga_protected.users", ga_users(tmp / "ga_protected", names, protected=True)
+        ),
+        "ga_open": write_users(
+            tmp / "ga_open.users", ga_users(tmp / "ga_open", names, protected=False)
+        ),
     }
     log(f"  made in {time.monotonic() - t0:.1f}s")
     for name in ga:
-        write_service(svc, name, "pam_google_authenticator.so "
-                      f"secret={tmp / name}/${{USER}} user=root")
+        write_service(
+            svc, name, f"pam_google_authenticator.so secret={tmp / name}/${{USER}} user=root"
+        )
     write_service(svc, "permit", "pam_permit.so")
 
     daemons: dict[str, Daemon] = {}
@@ -609,8 +695,10 @@ def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int,
         service = mfa_service(kind)
         env = nss_env(tmp / f"nss-pam-{kind}", uids, kind, bins)
         nss[kind] = nss_probe(env, uids)
-        log(f"NSS ({kind}, {nss[kind]['lines']:,} lines): getpwnam {nss[kind]['sample_us']} µs "
-            f"mean, resolve() {nss[kind]['resolve_us']} µs")
+        log(
+            f"NSS ({kind}, {nss[kind]['lines']:,} lines): getpwnam {nss[kind]['sample_us']} µs "
+            f"mean, resolve() {nss[kind]['resolve_us']} µs"
+        )
         daemons[service] = daemon = new_daemon(tmp, f"mfad-pam-{kind}", env)
         log(f"mfad ({kind} NSS): seeding {len(names)} users")
         mfa_users[service] = write_users(tmp / f"{service}.users", seed_mfad(daemon, uids))
@@ -619,13 +707,23 @@ def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int,
     stacks = [
         ("permit", "pam_permit (floor)", mfa_users["mfa"], PAM_AUTH_ERR),
         ("ga_open", "GA, reuse allowed, no rate limit", ga["ga_open"], PAM_AUTH_ERR),
-        ("ga_protected", "GA, DISALLOW_REUSE + RATE_LIMIT 3/30s", ga["ga_protected"],
-         PAM_AUTH_ERR),
-        *((mfa_service(kind), f"pam_mfa + mfad, {NSS_LABEL[kind]}", mfa_users[mfa_service(kind)],
-           PAM_MAXTRIES) for kind in NSS_KINDS),
+        ("ga_protected", "GA, DISALLOW_REUSE + RATE_LIMIT 3/30s", ga["ga_protected"], PAM_AUTH_ERR),
+        *(
+            (
+                mfa_service(kind),
+                f"pam_mfa + mfad, {NSS_LABEL[kind]}",
+                mfa_users[mfa_service(kind)],
+                PAM_MAXTRIES,
+            )
+            for kind in NSS_KINDS
+        ),
     ]
-    runs = [(stack, wrong) for stack in stacks for wrong in (False, True)
-            if not (stack[0] == "permit" and wrong)]  # pam_permit asks nothing
+    runs = [
+        (stack, wrong)
+        for stack in stacks
+        for wrong in (False, True)
+        if not (stack[0] == "permit" and wrong)
+    ]  # pam_permit asks nothing
     acc: dict[tuple[str, bool], dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         pids = {}
@@ -640,20 +738,38 @@ def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int,
                 cpu0 = proc_status(pid)["cpu_s"] if pid else 0.0
                 expect = wrong_expect if wrong else PAM_SUCCESS
                 one = pam_run(
-                    bins, svc, service, users, tmp / "latencies",
-                    first=(per_run if wrong else 0) + r * (warmup + chunk), count=chunk,
-                    warmup=warmup, wrong=wrong, expect=expect,
+                    bins,
+                    svc,
+                    service,
+                    users,
+                    tmp / "latencies",
+                    first=(per_run if wrong else 0) + r * (warmup + chunk),
+                    count=chunk,
+                    warmup=warmup,
+                    wrong=wrong,
+                    expect=expect,
                 )
                 if one["errors"] == one["count"]:  # nothing as expected: the set-up is broken
                     tail = daemons[service].stderr()[-3000:] if service in daemons else ""
-                    raise RuntimeError(f"{label}, {'wrong' if wrong else 'right'} codes: none of "
-                                       f"{one['count']} gave PAM code {expect}: {one['codes']}"
-                                       f"\n{tail}")
-                row = acc.setdefault((service, wrong), {
-                    "stack": service, "label": label, "wrong": wrong, "count": 0, "errors": 0,
-                    "elapsed_s": 0.0, "codes": collections.Counter(), "latencies_ns": [],
-                    "mfad_cpu_s": 0.0,
-                })
+                    raise RuntimeError(
+                        f"{label}, {'wrong' if wrong else 'right'} codes: none of "
+                        f"{one['count']} gave PAM code {expect}: {one['codes']}"
+                        f"\n{tail}"
+                    )
+                row = acc.setdefault(
+                    (service, wrong),
+                    {
+                        "stack": service,
+                        "label": label,
+                        "wrong": wrong,
+                        "count": 0,
+                        "errors": 0,
+                        "elapsed_s": 0.0,
+                        "codes": collections.Counter(),
+                        "latencies_ns": [],
+                        "mfad_cpu_s": 0.0,
+                    },
+                )
                 row["count"] += one["count"]
                 row["errors"] += one["errors"]
                 row["elapsed_s"] += one["elapsed_s"]
@@ -668,22 +784,52 @@ def bench_pam(tmp: Path, bins: dict[str, Path], count: int, warmup: int,
         row["codes"] = dict(row["codes"])
         if row["stack"] in daemons:
             row["mfad_cpu_us_per_auth"] = round(
-                1e6 * row["mfad_cpu_s"] / (row["count"] + rounds * warmup))
+                1e6 * row["mfad_cpu_s"] / (row["count"] + rounds * warmup)
+            )
         rows.append(row)
     audit = {service: audit_logins(daemon) for service, daemon in daemons.items()}
-    return {"rows": rows, "count": count, "warmup": warmup, "rounds": rounds,
-            "mfad_audit_logins": audit, "expected_logins": per_run, "nss": nss,
-            "mfad_config": PAM_DAEMON_CONFIG}
+    return {
+        "rows": rows,
+        "count": count,
+        "warmup": warmup,
+        "rounds": rounds,
+        "mfad_audit_logins": audit,
+        "expected_logins": per_run,
+        "nss": nss,
+        "mfad_config": PAM_DAEMON_CONFIG,
+    }
 
 
 # ------------------------------------------------------------------ 2. capacity
 
 
-def run_load(bins: dict[str, Path], socket_path: Path, pid: int, users: Path, levels: list[int],
-             *, seconds: float, max_logins: int, first: int = 0) -> list[dict[str, Any]]:
+def run_load(
+    bins: dict[str, Path],
+    socket_path: Path,
+    pid: int,
+    users: Path,
+    levels: list[int],
+    *,
+    seconds: float,
+    max_logins: int,
+    first: int = 0,
+) -> list[dict[str, Any]]:
     """mfad_load over several client counts; the server's RSS/CPU sampled as each level ends."""
-    argv = [str(bins["mfad_load"]), "-S", str(socket_path), "-f", str(users), "-o", str(first),
-            "-c", ",".join(map(str, levels)), "-d", str(seconds), "-n", str(max_logins)]
+    argv = [
+        str(bins["mfad_load"]),
+        "-S",
+        str(socket_path),
+        "-f",
+        str(users),
+        "-o",
+        str(first),
+        "-c",
+        ",".join(map(str, levels)),
+        "-d",
+        str(seconds),
+        "-n",
+        str(max_logins),
+    ]
     results: list[dict[str, Any]] = []
     before, t_before = proc_status(pid), time.monotonic()
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
@@ -700,18 +846,21 @@ def run_load(bins: dict[str, Path], socket_path: Path, pid: int, users: Path, le
             level["server_cpu_us_per_login"] = round(1e6 * cpu / max(level["logins"], 1))
             before, t_before = after, t_after
             results.append(level)
-            log(f"  {level['clients']:>3} clients: {level['ok_per_s']:,.0f}/s ok, "
+            log(
+                f"  {level['clients']:>3} clients: {level['ok_per_s']:,.0f}/s ok, "
                 f"p50 {ms(level['p50_us'])} ms, p99 {ms(level['p99_us'])} ms, "
                 f"failed {level['logins'] - level['ok']}, CPU {level['server_cpu_pct']} % "
                 f"({level['server_cpu_us_per_login']} µs/login), "
-                f"RSS {level['server_rss_mb']} MB")
+                f"RSS {level['server_rss_mb']} MB"
+            )
     if proc.returncode != 0:
         raise RuntimeError(f"mfad_load failed with {proc.returncode}")
     return results
 
 
-def bench_capacity(tmp: Path, bins: dict[str, Path], populations: list[int], seconds: float,
-                   profile_seconds: float) -> dict[str, Any]:
+def bench_capacity(
+    tmp: Path, bins: dict[str, Path], populations: list[int], seconds: float, profile_seconds: float
+) -> dict[str, Any]:
     """Each population seeded once, then loaded under each NSS setting in turn.
 
     The second setting's pass waits for the next time step, so that the same
@@ -730,8 +879,10 @@ def bench_capacity(tmp: Path, bins: dict[str, Path], populations: list[int], sec
         for n, kind in enumerate(NSS_KINDS):
             daemon.env = nss_env(tmp / f"nss-{population}-{kind}", uids, kind, bins)
             probe = nss_probe(daemon.env, uids)
-            log(f"  NSS ({kind}, {probe['lines']:,} lines): getpwnam {probe['sample_us']} µs "
-                f"mean, {probe['last']} µs for the last line, resolve() {probe['resolve_us']} µs")
+            log(
+                f"  NSS ({kind}, {probe['lines']:,} lines): getpwnam {probe['sample_us']} µs "
+                f"mean, {probe['last']} µs for the last line, resolve() {probe['resolve_us']} µs"
+            )
             if n > 0:
                 log("  waiting for the next time step (the same users log in again)")
                 sleep_to_next_step()
@@ -747,55 +898,78 @@ def bench_capacity(tmp: Path, bins: dict[str, Path], populations: list[int], sec
                     daemon.stop()
                 daemon.start()
                 pid = daemon_pid(daemon)
-                log(f"  {kind} NSS: READY in {min(ready):.3f}..{max(ready):.3f} s, "
-                    f"idle RSS {max(idle):.1f} MB")
+                log(
+                    f"  {kind} NSS: READY in {min(ready):.3f}..{max(ready):.3f} s, "
+                    f"idle RSS {max(idle):.1f} MB"
+                )
                 # Each level gets its own share of the users, so no user logs in twice
                 # within one time step even across levels.
                 share = population // len(LEVELS)
-                levels = run_load(bins, daemon.pam_socket, pid, users, LEVELS, seconds=seconds,
-                                  max_logins=share)
+                levels = run_load(
+                    bins, daemon.pam_socket, pid, users, LEVELS, seconds=seconds, max_logins=share
+                )
                 if sum(level["ok"] for level in levels) == 0:
-                    raise RuntimeError(f"no mfad login succeeded ({kind} NSS):\n"
-                                       f"{daemon.stderr()[-3000:]}")
+                    raise RuntimeError(
+                        f"no mfad login succeeded ({kind} NSS):\n{daemon.stderr()[-3000:]}"
+                    )
                 used = sum(level["logins"] for level in levels)
                 succeeded = sum(level["ok"] for level in levels)
                 if population == max(populations) and profile_seconds > 0 and kind == "indexed":
-                    profiles = profile_daemon(tmp, bins, daemon, users, population, used,
-                                              profile_seconds)
+                    profiles = profile_daemon(
+                        tmp, bins, daemon, users, population, used, profile_seconds
+                    )
                     succeeded += sum(p["load"]["ok"] for p in profiles if "load" in p)
                 final = proc_status(pid)
-            out.append({
-                "users": population, "nss": kind, "nss_probe": probe, "seed_s": round(seed_s, 1),
-                "store_mb": round(db_mb, 1), "ready_s": [round(r, 3) for r in ready],
-                "idle_rss_mb": round(max(idle), 1), "peak_rss_mb": round(final["VmHWM"], 1),
-                "levels": levels, "audit_logins": audit_logins(daemon, audit0),
-                "succeeded": succeeded,
-            })
+            out.append(
+                {
+                    "users": population,
+                    "nss": kind,
+                    "nss_probe": probe,
+                    "seed_s": round(seed_s, 1),
+                    "store_mb": round(db_mb, 1),
+                    "ready_s": [round(r, 3) for r in ready],
+                    "idle_rss_mb": round(max(idle), 1),
+                    "peak_rss_mb": round(final["VmHWM"], 1),
+                    "levels": levels,
+                    "audit_logins": audit_logins(daemon, audit0),
+                    "succeeded": succeeded,
+                }
+            )
     return {"populations": out, "profiles": profiles}
 
 
 def bench_ceiling(tmp: Path, bins: dict[str, Path], seconds: float) -> list[dict[str, Any]]:
     """The same load against a server that speaks the protocol and does nothing else."""
-    users = write_users(tmp / "ceiling.users",
-                        [(f"xu{i:06d}", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ") for i in range(150000)])
-    kinds = [("asyncio streams (mfad's shape)", "streams", False),
-             ("asyncio Protocol callbacks", "protocol", False)]
-    has_uvloop = subprocess.run([sys.executable, "-c", "import uvloop"],
-                                capture_output=True).returncode == 0
+    users = write_users(
+        tmp / "ceiling.users",
+        [(f"xu{i:06d}", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ") for i in range(150000)],
+    )
+    kinds = [
+        ("asyncio streams (mfad's shape)", "streams", False),
+        ("asyncio Protocol callbacks", "protocol", False),
+    ]
+    has_uvloop = (
+        subprocess.run([sys.executable, "-c", "import uvloop"], capture_output=True).returncode == 0
+    )
     if has_uvloop:
         kinds += [("uvloop streams", "streams", True), ("uvloop Protocol", "protocol", True)]
     out: list[dict[str, Any]] = []
     for label, kind, uv in kinds:
         path = tmp / "ceiling.sock"
         env = {**os.environ, "BENCH_UVLOOP": "1" if uv else "0"}
-        with subprocess.Popen([sys.executable, str(BENCH / "ceiling.py"), str(path), kind],
-                              stdout=subprocess.PIPE, text=True, env=env) as server:
+        with subprocess.Popen(
+            [sys.executable, str(BENCH / "ceiling.py"), str(path), kind],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        ) as server:
             try:
                 assert server.stdout is not None
                 server.stdout.readline()
                 log(f"ceiling: {label}")
-                level = run_load(bins, path, server.pid, users, [64], seconds=seconds,
-                                 max_logins=150000)[0]
+                level = run_load(
+                    bins, path, server.pid, users, [64], seconds=seconds, max_logins=150000
+                )[0]
             finally:
                 server.send_signal(signal.SIGTERM)
                 server.wait(timeout=10)
@@ -809,8 +983,15 @@ def bench_ceiling(tmp: Path, bins: dict[str, Path], seconds: float) -> list[dict
 # ------------------------------------------------------------------ 3. profile
 
 
-def profile_daemon(tmp: Path, bins: dict[str, Path], daemon: Daemon, users: Path,
-                   population: int, used: int, seconds: float) -> list[dict[str, Any]]:
+def profile_daemon(
+    tmp: Path,
+    bins: dict[str, Path],
+    daemon: Daemon,
+    users: Path,
+    population: int,
+    used: int,
+    seconds: float,
+) -> list[dict[str, Any]]:
     """py-spy samples the running mfad (all threads) under load at 64 and at 1 client."""
     py_spy = Path(sys.executable).with_name("py-spy")
     if not py_spy.exists():
@@ -825,14 +1006,37 @@ def profile_daemon(tmp: Path, bins: dict[str, Path], daemon: Daemon, users: Path
         raw = tmp / f"profile-{clients}.txt"
         log(f"profile: py-spy on mfad, {clients} client(s), {seconds:g} s")
         spy = subprocess.Popen(
-            [str(py_spy), "record", "--pid", str(daemon_pid(daemon)), "--format", "raw",
-             "--output", str(raw), "--rate", "250", "--threads", "--nonblocking",
-             "--duration", str(int(seconds) + 1)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                str(py_spy),
+                "record",
+                "--pid",
+                str(daemon_pid(daemon)),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--rate",
+                "250",
+                "--threads",
+                "--nonblocking",
+                "--duration",
+                str(int(seconds) + 1),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         time.sleep(0.5)  # let py-spy attach before the load starts
-        load = run_load(bins, daemon.pam_socket, daemon_pid(daemon), users, [clients],
-                        seconds=seconds, max_logins=need, first=used)[0]
+        load = run_load(
+            bins,
+            daemon.pam_socket,
+            daemon_pid(daemon),
+            users,
+            [clients],
+            seconds=seconds,
+            max_logins=need,
+            first=used,
+        )[0]
         used += load["logins"]
         _, err = spy.communicate(timeout=60)
         if not raw.exists():
@@ -882,16 +1086,23 @@ def summarise_profile(collapsed: str, top: int = 30) -> dict[str, Any]:
             if "(mfad/" in func:
                 incl_count[func] += n
     busy = total - waiting - c_loop
-    shares = {"samples": total, "waiting_pct": round(100 * waiting / max(total, 1), 1),
-              "c_loop_pct": round(100 * c_loop / max(total, 1), 1)}
+    shares = {
+        "samples": total,
+        "waiting_pct": round(100 * waiting / max(total, 1), 1),
+        "c_loop_pct": round(100 * c_loop / max(total, 1), 1),
+    }
     if busy == 0:
         return {**shares, "threads": [], "self": [], "inclusive": []}
 
     def table(counter: collections.Counter[str]) -> list[tuple[str, float]]:
         return [(name, round(100 * n / busy, 1)) for name, n in counter.most_common(top)]
 
-    return {**shares, "threads": table(threads), "self": table(self_count),
-            "inclusive": table(incl_count)}
+    return {
+        **shares,
+        "threads": table(threads),
+        "self": table(self_count),
+        "inclusive": table(incl_count),
+    }
 
 
 def _thread_name(frame: str) -> str:
@@ -934,12 +1145,19 @@ def report(results: dict[str, Any]) -> str:
         lines += [f"mfad from **{results['daemon_path']}** (not this tree's daemon/).", ""]
     failed = results.get("check_failures", [])
     if failed:
-        lines += ["**CHECK FAILED**: this run did not measure what it says:", "",
-                  *[f"- {f}" for f in failed], ""]
+        lines += [
+            "**CHECK FAILED**: this run did not measure what it says:",
+            "",
+            *[f"- {f}" for f in failed],
+            "",
+        ]
     else:
-        lines += ["Checks passed: every right code succeeded and every wrong code failed as "
-                  "expected, and every mfad login in the audit logs was of a user NSS "
-                  "resolved (the record has a uid).", ""]
+        lines += [
+            "Checks passed: every right code succeeded and every wrong code failed as "
+            "expected, and every mfad login in the audit logs was of a user NSS "
+            "resolved (the record has a uid).",
+            "",
+        ]
     lines += nss_table(results)
     if "pam" in results:
         lines += pam_table(results["pam"])
@@ -954,10 +1172,13 @@ def report(results: dict[str, Any]) -> str:
 
 def nss_table(results: dict[str, Any]) -> list[str]:
     """One name lookup under each daemon environment, measured on its own (`nss_probe`)."""
-    probes = [("part 1", kind, probe) for kind, probe in results.get("pam", {}).get("nss", {})
-              .items()]
-    probes += [(f"{pop['users']:,} users", pop["nss"], pop["nss_probe"])
-               for pop in results.get("capacity", {}).get("populations", [])]
+    probes = [
+        ("part 1", kind, probe) for kind, probe in results.get("pam", {}).get("nss", {}).items()
+    ]
+    probes += [
+        (f"{pop['users']:,} users", pop["nss"], pop["nss_probe"])
+        for pop in results.get("capacity", {}).get("populations", [])
+    ]
     if not probes:
         return []
     lines = [
@@ -972,9 +1193,11 @@ def nss_table(results: dict[str, Any]) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for where, kind, p in probes:
-        lines.append(f"| {where} | {kind} | {p['lines']:,} | {p['first']} | {p['middle']} "
-                     f"| {p['last']} | {p['sample_us']} | {p['sample_cpu_us']} "
-                     f"| {p['resolve_us']} | {p['resolve_cpu_us']} |")
+        lines.append(
+            f"| {where} | {kind} | {p['lines']:,} | {p['first']} | {p['middle']} "
+            f"| {p['last']} | {p['sample_us']} | {p['sample_cpu_us']} "
+            f"| {p['resolve_us']} | {p['resolve_cpu_us']} |"
+        )
     return [*lines, ""]
 
 
@@ -985,8 +1208,10 @@ def checks(results: dict[str, Any]) -> list[str]:
     if pam:
         for r in pam["rows"]:
             if r["errors"]:
-                bad.append(f"{r['label']}, {'wrong' if r['wrong'] else 'right'} codes: "
-                           f"{r['errors']} of {r['count']} not as expected ({r['codes']})")
+                bad.append(
+                    f"{r['label']}, {'wrong' if r['wrong'] else 'right'} codes: "
+                    f"{r['errors']} of {r['count']} not as expected ({r['codes']})"
+                )
         n = pam["expected_logins"]
         for service, got in pam["mfad_audit_logins"].items():
             want = {"success/correct_code": n, "failure/too_many_attempts": n}
@@ -996,12 +1221,16 @@ def checks(results: dict[str, Any]) -> list[str]:
         where = f"{pop['users']:,} users, {pop['nss']} NSS"
         for lv in pop["levels"]:
             if lv["ok"] != lv["logins"]:
-                bad.append(f"{where}, {lv['clients']} clients: {lv['logins'] - lv['ok']} of "
-                           f"{lv['logins']} logins failed")
+                bad.append(
+                    f"{where}, {lv['clients']} clients: {lv['logins'] - lv['ok']} of "
+                    f"{lv['logins']} logins failed"
+                )
         got = pop["audit_logins"]
         if got.get("unresolved") or got.get("success/correct_code") != pop["succeeded"]:
-            bad.append(f"{where}: audit has logins {got}, expected "
-                       f"{pop['succeeded']} successes, all resolved")
+            bad.append(
+                f"{where}: audit has logins {got}, expected "
+                f"{pop['succeeded']} successes, all resolved"
+            )
     return bad
 
 
@@ -1083,9 +1312,11 @@ def capacity_tables(cap: dict[str, Any], ceiling: list[dict[str, Any]]) -> list[
             if "skipped" in c:
                 lines.append(f"| {c['label']} | {c['skipped']} | | | | |")
             else:
-                lines.append(f"| {c['label']} | {c['ok_per_s']:,.0f} | {ms(c['p50_us'])} "
-                             f"| {ms(c['p99_us'])} | {c['server_cpu_pct']} "
-                             f"| {c['server_cpu_us_per_login']} |")
+                lines.append(
+                    f"| {c['label']} | {c['ok_per_s']:,.0f} | {ms(c['p50_us'])} "
+                    f"| {ms(c['p99_us'])} | {c['server_cpu_pct']} "
+                    f"| {c['server_cpu_us_per_login']} |"
+                )
     return [*lines, ""]
 
 
@@ -1117,33 +1348,45 @@ def targets(results: dict[str, Any]) -> list[str]:
         by = {(r["stack"], r["wrong"]): r for r in results["pam"]["rows"]}
         mfa, prot, open_ = by[("mfa", False)], by[("ga_protected", False)], by[("ga_open", False)]
         half = prot["mean_us"] / 2
-        out.append(f"pam_mfa right code ({NSS_LABEL['indexed']}), mean {mfa['mean_us']:,.0f} µs "
-                   f"≤ half of protected GA's ({half:,.0f} µs): {verdict(mfa['mean_us'] <= half)}")
+        out.append(
+            f"pam_mfa right code ({NSS_LABEL['indexed']}), mean {mfa['mean_us']:,.0f} µs "
+            f"≤ half of protected GA's ({half:,.0f} µs): {verdict(mfa['mean_us'] <= half)}"
+        )
         files = by.get((mfa_service("files"), False))
         if files:
-            out.append(f"the same with {NSS_LABEL['files']}: mean {files['mean_us']:,.0f} µs: "
-                       f"{verdict(files['mean_us'] <= half)}")
-        out.append(f"stretch, ≤ unprotected GA's {open_['mean_us']:,.0f} µs: "
-                   f"{verdict(mfa['mean_us'] <= open_['mean_us'])}")
+            out.append(
+                f"the same with {NSS_LABEL['files']}: mean {files['mean_us']:,.0f} µs: "
+                f"{verdict(files['mean_us'] <= half)}"
+            )
+        out.append(
+            f"stretch, ≤ unprotected GA's {open_['mean_us']:,.0f} µs: "
+            f"{verdict(mfa['mean_us'] <= open_['mean_us'])}"
+        )
         mw, gw, gow = by[("mfa", True)], by[("ga_protected", True)], by[("ga_open", True)]
-        out.append(f"pam_mfa wrong code, mean {mw['mean_us']:,.0f} µs ≤ GA's "
-                   f"({gw['mean_us']:,.0f} µs protected, {gow['mean_us']:,.0f} µs open): "
-                   f"{verdict(mw['mean_us'] <= min(gw['mean_us'], gow['mean_us']))}")
+        out.append(
+            f"pam_mfa wrong code, mean {mw['mean_us']:,.0f} µs ≤ GA's "
+            f"({gw['mean_us']:,.0f} µs protected, {gow['mean_us']:,.0f} µs open): "
+            f"{verdict(mw['mean_us'] <= min(gw['mean_us'], gow['mean_us']))}"
+        )
     for pop in results.get("capacity", {}).get("populations", []):
         for lv in pop["levels"]:
             if lv["clients"] == 64:
                 p99 = lv["p99_us"] / 1000
                 ok = lv["ok_per_s"] >= CAPACITY_TARGET and p99 <= P99_TARGET_MS
-                out.append(f"{pop['users']:,} users ({pop['nss']} NSS), 64 clients: "
-                           f"{lv['ok_per_s']:,.0f}/s "
-                           f"(≥ {CAPACITY_TARGET:,.0f}), p99 {p99:.1f} ms (≤ {P99_TARGET_MS:g}): "
-                           f"{verdict(ok)}")
+                out.append(
+                    f"{pop['users']:,} users ({pop['nss']} NSS), 64 clients: "
+                    f"{lv['ok_per_s']:,.0f}/s "
+                    f"(≥ {CAPACITY_TARGET:,.0f}), p99 {p99:.1f} ms (≤ {P99_TARGET_MS:g}): "
+                    f"{verdict(ok)}"
+                )
         peak = max(pop["peak_rss_mb"], pop["idle_rss_mb"])
-        out.append(f"{pop['users']:,} users ({pop['nss']} NSS): peak RSS {peak} MB "
-                   f"(≤ {RSS_TARGET_MB:g}): "
-                   f"{verdict(peak <= RSS_TARGET_MB)}; READY in at most "
-                   f"{max(pop['ready_s']):.3f} s (< {READY_TARGET_S:g}): "
-                   f"{verdict(max(pop['ready_s']) < READY_TARGET_S)}")
+        out.append(
+            f"{pop['users']:,} users ({pop['nss']} NSS): peak RSS {peak} MB "
+            f"(≤ {RSS_TARGET_MB:g}): "
+            f"{verdict(peak <= RSS_TARGET_MB)}; READY in at most "
+            f"{max(pop['ready_s']):.3f} s (< {READY_TARGET_S:g}): "
+            f"{verdict(max(pop['ready_s']) < READY_TARGET_S)}"
+        )
     return out
 
 
@@ -1159,23 +1402,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small counts, about 2 minutes")
     parser.add_argument("--only", choices=("pam", "capacity"), help="run one part")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
-    parser.add_argument("--wait-quiet", type=float, default=120, metavar="SECONDS",
-                        help="wait up to this long for the machine to be idle first "
-                             "(default: %(default)s; 0: start at once)")
-    parser.add_argument("--daemon-path", type=Path, metavar="DIR",
-                        help="run the mfad package found in DIR (e.g. a patched copy) instead "
-                             "of this tree's; DIR goes first on the daemon's PYTHONPATH")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120,
+        metavar="SECONDS",
+        help="wait up to this long for the machine to be idle first "
+        "(default: %(default)s; 0: start at once)",
+    )
+    parser.add_argument(
+        "--daemon-path",
+        type=Path,
+        metavar="DIR",
+        help="run the mfad package found in DIR (e.g. a patched copy) instead "
+        "of this tree's; DIR goes first on the daemon's PYTHONPATH",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        print("run as root: mfad's PAM socket must be root's, and GA runs with user=root",
-              file=sys.stderr)
+        print(
+            "run as root: mfad's PAM socket must be root's, and GA runs with user=root",
+            file=sys.stderr,
+        )
         return 2
     if args.daemon_path:
         if not (args.daemon_path / "mfad" / "__init__.py").exists():
             print(f"{args.daemon_path}/mfad is not a package", file=sys.stderr)
             return 2
         os.environ["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(args.daemon_path.resolve()), os.environ.get("PYTHONPATH")]))
+            filter(None, [str(args.daemon_path.resolve()), os.environ.get("PYTHONPATH")])
+        )
 
     count, warmup, rounds = (600, 10, 2) if args.quick else (4000, 10, 4)
     populations = [2000, 20000] if args.quick else [10000, 100000]
@@ -1184,7 +1439,9 @@ def main(argv: list[str] | None = None) -> int:
 
     busy = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else cpu_busy()
     results: dict[str, Any] = {
-        "machine": machine(), "load_start": os.getloadavg()[0], "busy_start": busy,
+        "machine": machine(),
+        "load_start": os.getloadavg()[0],
+        "busy_start": busy,
         "command": " ".join(["bash bench/run.sh", *(sys.argv[1:] if argv is None else argv)]),
         "daemon_path": str(args.daemon_path) if args.daemon_path else None,
     }
@@ -1196,16 +1453,19 @@ def main(argv: list[str] | None = None) -> int:
             probe = speed_probe()
             with OtherWork() as other:
                 results["pam"] = bench_pam(tmp, bins, count, warmup, rounds)
-            results["pam"].update(other_work_pct=other.others_pct,
-                                  speed_probe_ms=[probe, speed_probe()])
+            results["pam"].update(
+                other_work_pct=other.others_pct, speed_probe_ms=[probe, speed_probe()]
+            )
         if args.only in (None, "capacity"):
             probe = speed_probe()
             with OtherWork() as other:
-                results["capacity"] = bench_capacity(tmp, bins, populations, seconds,
-                                                     profile_seconds)
+                results["capacity"] = bench_capacity(
+                    tmp, bins, populations, seconds, profile_seconds
+                )
                 results["ceiling"] = bench_ceiling(tmp, bins, seconds)
-            results["capacity"].update(other_work_pct=other.others_pct,
-                                       speed_probe_ms=[probe, speed_probe()])
+            results["capacity"].update(
+                other_work_pct=other.others_pct, speed_probe_ms=[probe, speed_probe()]
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["load_end"] = os.getloadavg()[0]

@@ -40,8 +40,9 @@ async def fill(store: SqliteStore, users: int) -> None:
         await asyncio.gather(*(one(i) for i in range(first, min(first + 1000, users))))
 
 
-async def measure(store: SqliteStore, users: int, logins: int, site: Site | None,
-                  first_step: int) -> float:
+async def measure(
+    store: SqliteStore, users: int, logins: int, site: Site | None, first_step: int
+) -> float:
     names = [f"u{random.randrange(users):07d}" for _ in range(logins)]
     start = time.process_time()
     for i, user in enumerate(names):
@@ -55,9 +56,10 @@ async def main_async(users: int, logins: int) -> None:
         try:
             await fill(store, users)
             step = 1_000_000  # each call a new, higher step, so every UPDATE changes a row
-            for label, site in (("consume_step for a login (UPDATE + history row)",
-                                 Site("sshd", "198.51.100.7")),
-                                ("consume_step for a proof (UPDATE alone)", None)):
+            for label, site in (
+                ("consume_step for a login (UPDATE + history row)", Site("sshd", "198.51.100.7")),
+                ("consume_step for a proof (UPDATE alone)", None),
+            ):
                 us = await measure(store, users, logins, site, step)
                 step += logins
                 print(f"{label}: {us:.1f} µs CPU per call")

@@ -60,9 +60,8 @@ fi
 echo "== building pam_module"
 make -s -C pam_module
 
-echo "== ruff + mypy + clang-format"
+echo "== ruff (check, format) + mypy (daemon, cli, tests) + clang-format"
 make -s lint
-make -s -C pam_module format-check
 
 echo "== pytest"
 rc=0

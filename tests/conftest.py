@@ -35,6 +35,13 @@ from mfad.secretbox import SecretBox
 from mfad.store import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
+
+MakeUser = Callable[..., str]
+"""The `make_user` fixture: `make_user(password=None)` makes a throwaway user, returns its name."""
+MakeGroup = Callable[..., str]
+"""The `make_group` fixture: `make_group(*members)` makes a throwaway group, returns its name."""
+PamLogin = Callable[..., Any]
+"""The `pam_login` fixture: `pam_login(user, answers, service=, rhost=)`, a pamtest.PamResult."""
 MODULE_DIR = ROOT / "pam_module"
 
 
@@ -51,6 +58,13 @@ def totp_now(secret: str, offset_steps: int = 0, *, digits: int = 6, period: int
     SEEN["secret"].add(secret)
     SEEN["code"].add(code)
     return code
+
+
+def totp_from_uri(uri: str) -> pyotp.TOTP:
+    """The authenticator an app makes of an otpauth:// URI (what a phone scans)."""
+    otp = pyotp.parse_uri(uri)
+    assert isinstance(otp, pyotp.TOTP), uri
+    return otp
 
 
 def _remember(response: dict[str, Any]) -> None:
@@ -183,7 +197,10 @@ class Daemon:
         mfa = Path(sys.executable).with_name("mfa")
         return subprocess.run(
             ["runuser", "-u", user, "--", str(mfa), "--socket", str(self.control_socket), *args],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
 
     def enroll(self, user: str) -> str:
@@ -254,7 +271,7 @@ def mfad() -> Iterator[Daemon]:
 
 
 @pytest.fixture
-def pam_login(pam_module: Path, mfad: Daemon) -> Callable[..., Any]:
+def pam_login(pam_module: Path, mfad: Daemon) -> PamLogin:
     """Log in through the real libpam (pam_wrapper) with pam_mfa.so talking to `mfad`.
 
     `pam_login(user, answers, service="sshd", rhost="192.0.2.1")` returns a
@@ -272,8 +289,9 @@ def pam_login(pam_module: Path, mfad: Daemon) -> Callable[..., Any]:
         "auth required pam_deny.so",
     ]
 
-    def login(user: str, answers: list[str], service: str = "sshd",
-              rhost: str = "192.0.2.1") -> Any:
+    def login(
+        user: str, answers: list[str], service: str = "sshd", rhost: str = "192.0.2.1"
+    ) -> Any:
         write_service(service_dir, service, stack)
         result = authenticate(service_dir, service, user, answers, rhost=rhost)
         if marker in result.texts("info"):
@@ -284,7 +302,7 @@ def pam_login(pam_module: Path, mfad: Daemon) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def make_group() -> Iterator[Callable[..., str]]:
+def make_group() -> Iterator[MakeGroup]:
     """Factory for throwaway NSS groups with the given members, removed after."""
     created: list[str] = []
 
@@ -306,7 +324,7 @@ def _run(*argv: str) -> None:
 
 
 @pytest.fixture
-def make_user() -> Iterator[Callable[..., str]]:
+def make_user() -> Iterator[MakeUser]:
     """Factory for throwaway local users (with a home and optional password), removed after."""
     created: list[str] = []
 

@@ -78,8 +78,11 @@ def the_success_login(lines: list[bytes], user: str) -> int:
     """Index of the user's first successful login record: a record in the middle of the log."""
     for i, line in enumerate(lines):
         record = json.loads(line)
-        if (record["event"], record.get("outcome"), record.get("user")) == ("login", "success",
-                                                                            user):
+        if (record["event"], record.get("outcome"), record.get("user")) == (
+            "login",
+            "success",
+            user,
+        ):
             return i
     raise AssertionError("no successful login in the log")
 
@@ -107,13 +110,13 @@ def test_verify_passes_an_untouched_log_of_real_logins(
 def _edit(lines: list[bytes], i: int) -> list[bytes]:
     edited = lines[i].replace(b'"outcome":"success"', b'"outcome":"failure"')
     assert edited != lines[i]
-    return [*lines[:i], edited, *lines[i + 1:]]
+    return [*lines[:i], edited, *lines[i + 1 :]]
 
 
 TAMPERINGS: dict[str, Callable[[list[bytes], int], list[bytes]]] = {
     "edited": _edit,
-    "deleted": lambda lines, i: [*lines[:i], *lines[i + 1:]],
-    "reordered": lambda lines, i: [*lines[:i], lines[i + 1], lines[i], *lines[i + 2:]],
+    "deleted": lambda lines, i: [*lines[:i], *lines[i + 1 :]],
+    "reordered": lambda lines, i: [*lines[:i], lines[i + 1], lines[i], *lines[i + 2 :]],
     "truncated": lambda lines, i: lines[:i],
 }
 
@@ -209,8 +212,7 @@ def test_truncation_while_running_is_reported_against_the_head(
 
     bad = mfad.request("audit_verify")["first_bad"]
 
-    assert (bad["line"], bad["seq"], bad["reason"]) == (len(lines) - 1, last_seq - 1,
-                                                        "truncated")
+    assert (bad["line"], bad["seq"], bad["reason"]) == (len(lines) - 1, last_seq - 1, "truncated")
     assert bad["record"] is None
 
 
@@ -218,8 +220,11 @@ def rotate(mfad: Daemon, compress_older: bool = False) -> None:
     """What logrotate does: shift the rotated files up, move the live log to .1, SIGHUP."""
     log = mfad.audit_path
     rotated = sorted(
-        (p for p in log.parent.iterdir() if p.name.startswith(log.name + ".")
-         and p.name.split(".")[2].isdigit()),
+        (
+            p
+            for p in log.parent.iterdir()
+            if p.name.startswith(log.name + ".") and p.name.split(".")[2].isdigit()
+        ),
         key=lambda p: -int(p.name.split(".")[2]),
     )
     for path in rotated:
@@ -269,10 +274,16 @@ def test_rotation_keeps_the_chain_verifiable_across_files(
     assert verdict["intact"] is True, verdict["first_bad"]
     assert verdict["files"] == [str(oldest), str(middle), str(log)]
     assert verdict["records"] == sum(len(f) for f in files)
-    logins = [r for f in DaemonClient(mfad.control_socket).stream("audit_query", event="login")
-              for r in f["records"]]
+    logins = [
+        r
+        for f in DaemonClient(mfad.control_socket).stream("audit_query", event="login")
+        for r in f["records"]
+    ]
     assert [(r["user"], r["outcome"]) for r in logins] == [
-        (user, "success"), (user, "success"), (other, "success")]
+        (user, "success"),
+        (user, "success"),
+        (other, "success"),
+    ]
 
     lines = lines_of(middle)
     middle.write_bytes(b"".join([*lines[:-1], lines[-1].replace(b'"host":"', b'"host":"x')]))
@@ -285,8 +296,12 @@ def test_audit_ops_need_no_user_but_refuse_bad_filters(mfad: Daemon) -> None:
     is refused as a bad request, and the refusal is audited."""
     assert mfad.request("audit_verify")["ok"] is True
 
-    for fields in ({"since": "yesterday"}, {"until": "2025-01-01T00:00:00"}, {"limit": -1},
-                   {"user": 7}):
+    for fields in (
+        {"since": "yesterday"},
+        {"until": "2025-01-01T00:00:00"},
+        {"limit": -1},
+        {"user": 7},
+    ):
         response = mfad.request("audit_query", **fields)
 
         assert response["ok"] is False

@@ -81,9 +81,7 @@ def test_help_shows_examples_time_forms_and_exit_code_7() -> None:
     assert "the exit code is 7" in " ".join(verify.output.split())
 
 
-def test_listing_is_a_table_that_filters_combine_on(
-    mfad: Daemon, traffic: dict[str, str]
-) -> None:
+def test_listing_is_a_table_that_filters_combine_on(mfad: Daemon, traffic: dict[str, str]) -> None:
     """`mfa audit` prints a table (time, event, outcome, user, service, remote host,
     reason), oldest first. --user, --event, --outcome, --service and --rhost each narrow
     it, and together they must all match."""
@@ -93,15 +91,15 @@ def test_listing_is_a_table_that_filters_combine_on(
 
     assert everything.exit_code == 0, everything.output
     table = rows(everything.stdout)
-    assert table[0] == ["TIME", "(UTC)", "EVENT", "OUTCOME", "USER", "SERVICE", "RHOST",
-                        "REASON"]
-    assert [r[2] for r in table[1:5]] == ["daemon_start", "daemon_stop", "daemon_start",
-                                          "control"]
+    assert table[0] == ["TIME", "(UTC)", "EVENT", "OUTCOME", "USER", "SERVICE", "RHOST", "REASON"]
+    assert [r[2] for r in table[1:5]] == ["daemon_start", "daemon_stop", "daemon_start", "control"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d", table[1][0])
 
     mine = rows(mfa(mfad, "audit", "--user", alice, "--event", "login").stdout)[1:]
     assert [(r[3], r[4], r[5], r[6]) for r in mine] == [
-        ("success", alice, "sshd", "203.0.113.7"), ("success", alice, "sudo", "-")]
+        ("success", alice, "sshd", "203.0.113.7"),
+        ("success", alice, "sudo", "-"),
+    ]
     assert mine[0][7] == "correct_code"
 
     refused = rows(mfa(mfad, "audit", "--event", "login", "--outcome", "failure").stdout)[1:]
@@ -132,14 +130,14 @@ def test_json_lines_are_the_logged_records(mfad: Daemon, traffic: dict[str, str]
     assert all(json.loads(line)["user"] == traffic["alice"] for line in printed)
 
 
-def test_since_and_until_take_durations_and_times(
-    mfad: Daemon, traffic: dict[str, str]
-) -> None:
+def test_since_and_until_take_durations_and_times(mfad: Daemon, traffic: dict[str, str]) -> None:
     """--since/--until accept a duration back from now (2h), an RFC 3339 time, or a local
     `YYYY-MM-DD HH:MM`. --since keeps records at or after the time, --until those
     before it. Anything else is a usage error (exit 2) that names the accepted forms."""
-    logins = [json.loads(line) for line in mfa(mfad, "audit", "--json", "--event", "login")
-              .stdout.splitlines()]
+    logins = [
+        json.loads(line)
+        for line in mfa(mfad, "audit", "--json", "--event", "login").stdout.splitlines()
+    ]
     second = logins[1]["time"]
 
     assert len(_json(mfa(mfad, "audit", "--json", "--event", "login", "--since", "2h"))) == 3
@@ -185,8 +183,7 @@ def test_verify_exit_0_when_intact_and_7_naming_the_bad_record(
     as found; --json gives the daemon's verdict with the same exit code."""
     intact = mfa(mfad, "audit", "verify")
     assert intact.exit_code == 0, intact.output
-    assert re.match(r"Audit trail intact: \d+ records \(records 1-\d+\) in 1 file\.",
-                    intact.stdout)
+    assert re.match(r"Audit trail intact: \d+ records \(records 1-\d+\) in 1 file\.", intact.stdout)
 
     mfad.stop()
     lines = mfad.audit_path.read_text().splitlines(keepends=True)
@@ -229,8 +226,7 @@ def test_summary_shows_what_a_reviewer_looks_at_first(
     text = result.stdout
     section = _sections(text)
     assert re.search(rf"^  {alice}\s+\d+\s+[12]$", section["Failures by user"], re.M)
-    assert re.search(r"^  198\.51\.100\.66\s+\d+\s+[12]$", section["Failures by remote host"],
-                     re.M)
+    assert re.search(r"^  198\.51\.100\.66\s+\d+\s+[12]$", section["Failures by remote host"], re.M)
     assert alice in section["Accounts locked"]
     assert section["Locked now"].strip() == alice
     assert f"root: enroll_begin {pending}" in section["Administrative actions"]
@@ -265,8 +261,10 @@ def test_follow_shows_a_login_made_after_it_started(
     user = make_user()
     secret = mfad.enroll(user)
     child = pexpect.spawn(
-        str(MFA), ["--socket", str(mfad.control_socket), "audit", "--follow", "--user", user],
-        encoding="utf-8", timeout=15,
+        str(MFA),
+        ["--socket", str(mfad.control_socket), "audit", "--follow", "--user", user],
+        encoding="utf-8",
+        timeout=15,
     )
     try:
         child.expect(rf"control\s+success\s+{user}\s+-\s+-\s+enroll_confirm by root")
@@ -292,9 +290,12 @@ def test_a_non_admin_is_refused_the_audit_trail_and_the_refusal_is_audited(
     audit trail with the caller's name and uid. Made a member of the admin group, the same
     user may read it."""
     mallory = make_user()
-    for args, op in ((["audit"], "audit_query"), (["audit", "--follow"], "audit_follow"),
-                     (["audit", "verify"], "audit_verify"),
-                     (["audit", "summary"], "audit_summary")):
+    for args, op in (
+        (["audit"], "audit_query"),
+        (["audit", "--follow"], "audit_follow"),
+        (["audit", "verify"], "audit_verify"),
+        (["audit", "summary"], "audit_summary"),
+    ):
         refused = mfad.mfa_as(mallory, *args)
 
         assert refused.returncode == 4, refused.stderr
@@ -318,8 +319,10 @@ def test_a_stopped_daemon_ends_a_follow_with_exit_3(mfad: Daemon) -> None:
     """When mfad stops under `mfa audit --follow`, the follow ends at once (it does not
     hold up the daemon's shutdown) and exits 3, saying the daemon closed the connection."""
     child = pexpect.spawn(
-        str(MFA), ["--socket", str(mfad.control_socket), "audit", "--follow"],
-        encoding="utf-8", timeout=15,
+        str(MFA),
+        ["--socket", str(mfad.control_socket), "audit", "--follow"],
+        encoding="utf-8",
+        timeout=15,
     )
     try:
         child.expect("following new records")
@@ -340,9 +343,7 @@ def test_a_stopped_daemon_ends_a_follow_with_exit_3(mfad: Daemon) -> None:
 def test_times_are_sent_to_mfad_in_utc(mfad: Daemon) -> None:
     """An absolute time with an offset is converted to UTC before it is sent: records
     written now are found from one minute ago given in a +05:00 zone."""
-    minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).astimezone(
-        timezone(timedelta(hours=5))
-    )
+    minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).astimezone(timezone(timedelta(hours=5)))
     result = mfa(mfad, "audit", "--json", "--since", minute_ago.isoformat())
 
     assert [r["event"] for r in _json(result)] == ["daemon_start"]

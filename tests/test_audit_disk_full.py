@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Daemon, totp_now
+from conftest import Daemon, MakeUser, totp_now
 from diskfull import fill, small_tmpfs
 from wire import PamWire
 
 
 @pytest.mark.parametrize("required", [True, False])
-def test_full_disk_refuses_logins_until_space_returns(
-    mfad: Daemon, required: bool
-) -> None:
+def test_full_disk_refuses_logins_until_space_returns(mfad: Daemon, required: bool) -> None:
     """Disk full under the audit log: logins fail closed (or go on, with audit.required false),
     the daemon keeps running and says why, and freeing space lets logins through again."""
     secret = mfad.enroll("root")
@@ -42,7 +40,7 @@ def test_full_disk_refuses_logins_until_space_returns(
 
 
 def test_on_a_full_disk_an_admin_change_is_not_made_without_its_record(
-    mfad: Daemon, make_user
+    mfad: Daemon, make_user: MakeUser
 ) -> None:
     """With the audit log's disk full, `exempt` and `recovery_codes --regenerate` answer
     "unavailable" and change nothing: the user is not exempt (a code is still asked for),

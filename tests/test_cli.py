@@ -86,15 +86,34 @@ def test_help_documents_exit_codes() -> None:
     result = CliRunner().invoke(cli, ["--help"])
 
     assert result.exit_code == 0
-    for line in ("0  success", "1  any other error", "2  usage error", "3  mfad is not reachable",
-                 "4  not allowed", "5  no such user", "6  the ver", "7  mfa audit verify",
-                 "8  an account change was refused", "9  locked", "10  too many requests"):
+    for line in (
+        "0  success",
+        "1  any other error",
+        "2  usage error",
+        "3  mfad is not reachable",
+        "4  not allowed",
+        "5  no such user",
+        "6  the ver",
+        "7  mfa audit verify",
+        "8  an account change was refused",
+        "9  locked",
+        "10  too many requests",
+    ):
         assert line in result.output
     assert "mfa enroll alice" in result.output
     for name in cli.commands:
         assert re.search(rf"^\s+mfa {name}\b", result.output, re.MULTILINE), name
-    for name in ("require", "suspend", "resume", "disable", "reset", "exempt", "unexempt",
-                 "unlock", "forget"):
+    for name in (
+        "require",
+        "suspend",
+        "resume",
+        "disable",
+        "reset",
+        "exempt",
+        "unexempt",
+        "unlock",
+        "forget",
+    ):
         own = CliRunner().invoke(cli, [name, "--help"]).output
         assert re.search(rf"Example:\n\s+mfa {name} ", own), name
 
@@ -221,9 +240,13 @@ def test_a_code_on_the_command_line_is_refused(mfad: Any, make_user: Any) -> Non
     user = make_user()
     _, totp = begin(mfad, user)
 
-    for args, instead in ((["enroll", user, "--code", "123456"], "mfa enroll USER --confirm"),
-                          (["recovery-codes", "--regenerate", "--code", "123456"],
-                           "mfa recovery-codes --regenerate` asks for the code")):
+    for args, instead in (
+        (["enroll", user, "--code", "123456"], "mfa enroll USER --confirm"),
+        (
+            ["recovery-codes", "--regenerate", "--code", "123456"],
+            "mfa recovery-codes --regenerate` asks for the code",
+        ),
+    ):
         result = mfa(mfad, *args)
 
         assert result.exit_code == 2, result.output
@@ -243,21 +266,34 @@ def test_scripted_enrolment_gives_the_code_on_stdin(mfad: Any, make_user: Any) -
     never the code."""
     user = make_user()
     command = [str(MFA), "--socket", str(mfad.control_socket), "enroll", user]
-    begun = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=30, check=False)
+    begun = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False
+    )
     assert begun.returncode == 1, begun.stderr
     assert "pending, not active" in begun.stderr
     totp = totp_of(shown_uri(begun.stdout))
 
-    empty = subprocess.run([*command, "--confirm"], stdin=subprocess.DEVNULL,
-                           capture_output=True, text=True, timeout=30, check=False)
+    empty = subprocess.run(
+        [*command, "--confirm"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert empty.returncode == 1, empty.stderr
     assert "No code given" in empty.stderr
     assert state_of(mfad, user) == "none"
 
     code = totp.now()
-    confirmed = subprocess.run([*command, "--confirm"], input=f"{code}\n", capture_output=True,
-                               text=True, timeout=30, check=False)
+    confirmed = subprocess.run(
+        [*command, "--confirm"],
+        input=f"{code}\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
     assert confirmed.returncode == 0, confirmed.stderr
     assert confirmed.stdout.startswith(f"Enrolment of {user} is active.\n")
@@ -351,11 +387,16 @@ def test_disable_erases_the_enrolment(mfad: Any, make_user: Any) -> None:
     done = mfa(mfad, "disable", user, input="y\n")
 
     assert done.exit_code == 0, done.output
-    assert (f"{user}: active -> disabled (secret and recovery codes erased, history kept)"
-            in done.stdout)
+    assert (
+        f"{user}: active -> disabled (secret and recovery codes erased, history kept)"
+        in done.stdout
+    )
     status = json.loads(mfa(mfad, "status", user, "--json").stdout)
     assert (status["state"], status["method"], status["recovery_codes_left"]) == (
-        "disabled", None, 0)
+        "disabled",
+        None,
+        0,
+    )
     again, _ = begin(mfad, user)
     assert "otpauth://" in again.stdout
 
@@ -382,9 +423,7 @@ def test_daemon_down_exits_3_with_a_clear_message(mfad: Any, make_user: Any, how
         assert "Traceback" not in result.output
 
 
-def test_non_root_user_is_refused_other_accounts(
-    mfad: Any, make_user: Callable[..., str]
-) -> None:
+def test_non_root_user_is_refused_other_accounts(mfad: Any, make_user: Callable[..., str]) -> None:
     """A non-root user may see their own status (the default user), but asking about or
     disabling another account is refused with exit code 4, and so is disabling their own:
     only root or the admin group may remove a second factor."""

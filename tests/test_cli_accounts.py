@@ -24,7 +24,7 @@ import pexpect
 import pyotp
 import pytest
 from click.testing import CliRunner, Result
-from conftest import Daemon, totp_now
+from conftest import Daemon, totp_from_uri, totp_now
 
 from mfa_cli.main import cli
 
@@ -49,15 +49,22 @@ def mfa_as_with_input(
     """The installed `mfa` as ``user`` (like Daemon.mfa_as), ``stdin`` on its standard input."""
     return subprocess.run(
         ["runuser", "-u", user, "--", str(MFA), "--socket", str(mfad.control_socket), *args],
-        input=stdin, capture_output=True, text=True, timeout=30, check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
 def spawn_as(user: str, mfad: Daemon, *args: str) -> pexpect.spawn:
     """The installed `mfa` as ``user`` in a pseudo-terminal, for its prompts."""
     return pexpect.spawn(
-        "runuser", ["-u", user, "--", str(MFA), "--socket", str(mfad.control_socket), *args],
-        encoding="utf-8", timeout=20, dimensions=(60, 100),
+        "runuser",
+        ["-u", user, "--", str(MFA), "--socket", str(mfad.control_socket), *args],
+        encoding="utf-8",
+        timeout=20,
+        dimensions=(60, 100),
     )
 
 
@@ -98,7 +105,7 @@ def test_non_root_user_enrols_itself_and_is_refused_on_others(
     child.expect("Verification code: ")
     uri = re.search(r"URI:\s+(otpauth://\S+)", child.before)
     assert uri, child.before
-    otp = pyotp.parse_uri(uri.group(1))
+    otp = totp_from_uri(uri.group(1))
     assert f":{alice}?" in uri.group(1)
     child.sendline(otp.now())
     child.expect(f"Enrolment of {alice} is active.")
@@ -120,8 +127,11 @@ def test_non_root_user_enrols_itself_and_is_refused_on_others(
         assert "otpauth://" not in refused.stdout
     assert state_of(mfad, bob) == "none"
 
-    refusals = [r for r in mfad.audit()
-                if (r["event"], r["outcome"], r.get("actor")) == ("control", "refused", alice)]
+    refusals = [
+        r
+        for r in mfad.audit()
+        if (r["event"], r["outcome"], r.get("actor")) == ("control", "refused", alice)
+    ]
     assert [r["op"] for r in refusals] == ["status", "enroll_begin", "suspend", "list"]
     assert all(r["actor_uid"] > 0 for r in refusals)
     assert bob in refusals[0]["message"] and bob in refusals[1]["message"]
@@ -146,8 +156,9 @@ def test_user_regenerates_own_recovery_codes_only_with_a_current_code(
     assert child.exitstatus == 6
     assert wrong_code(secret) not in child.before
 
-    mine = mfa_as_with_input(mfad, user, f"{totp_now(secret, +1)}\n",
-                             "recovery-codes", "--regenerate")
+    mine = mfa_as_with_input(
+        mfad, user, f"{totp_now(secret, +1)}\n", "recovery-codes", "--regenerate"
+    )
 
     assert mine.returncode == 0, mine.stderr
     new = RECOVERY_CODE.findall(mine.stdout)
@@ -181,9 +192,12 @@ def test_list_json_and_csv_show_every_state(
     mfad.enroll(suspended)
     mfad.enroll(disabled)
     locked_secret = mfad.enroll(locked)
-    for args in (["require", pending], ["suspend", suspended],
-                 ["exempt", exempt, "--reason", "backup service account", "--until", "7d"],
-                 ["disable", "--yes", disabled]):
+    for args in (
+        ["require", pending],
+        ["suspend", suspended],
+        ["exempt", exempt, "--reason", "backup service account", "--until", "7d"],
+        ["disable", "--yes", disabled],
+    ):
         assert mfa(mfad, *args).exit_code == 0, args
     assert pam_login(active, [totp_now(secret)], rhost="198.51.100.4").name == "PAM_SUCCESS"
     lock(pam_login, locked, locked_secret)
@@ -193,8 +207,13 @@ def test_list_json_and_csv_show_every_state(
     assert set(rows) == {active, pending, suspended, exempt, disabled, locked}
     assert never not in rows
     assert {u: r["state"] for u, r in rows.items()} == {
-        active: "active", pending: "pending", suspended: "suspended", exempt: "exempt",
-        disabled: "disabled", locked: "active"}
+        active: "active",
+        pending: "pending",
+        suspended: "suspended",
+        exempt: "exempt",
+        disabled: "disabled",
+        locked: "active",
+    }
     assert rows[active]["method"] == "totp" and rows[active]["enrolled_at"]
     assert rows[active]["last_rhost"] == "198.51.100.4" and rows[active]["last_verified_at"]
     assert rows[suspended]["method"] == "totp"  # suspend keeps the token
@@ -277,16 +296,21 @@ LIFECYCLE = [
     ("require", "none", "none -> pending", "pending", "is already required to enrol"),
     ("suspend", "active", "active -> suspended", "suspended", "is already suspended"),
     ("resume", "suspended", "suspended -> active", "active", "is not suspended"),
-    ("disable", "active",
-     "active -> disabled (secret and recovery codes erased, history kept)", "disabled",
-     "is disabled"),
+    (
+        "disable",
+        "active",
+        "active -> disabled (secret and recovery codes erased, history kept)",
+        "disabled",
+        "is disabled",
+    ),
     ("exempt", "active", "active -> exempt (on leave; no expiry)", "exempt", "is exempt"),
     ("unexempt", "exempt", "exempt -> active", "active", "is active"),
 ]
 
 
-@pytest.mark.parametrize(("action", "start", "line", "end", "why"), LIFECYCLE,
-                         ids=[row[0] for row in LIFECYCLE])
+@pytest.mark.parametrize(
+    ("action", "start", "line", "end", "why"), LIFECYCLE, ids=[row[0] for row in LIFECYCLE]
+)
 def test_lifecycle_command_changes_then_refuses(
     mfad: Daemon, make_user: MakeUser, action: str, start: str, line: str, end: str, why: str
 ) -> None:
@@ -309,7 +333,11 @@ def test_lifecycle_command_changes_then_refuses(
     assert state_of(mfad, user) == end
     record = mfad.audit()[-1]
     assert (record["op"], record["outcome"], record["actor"], record["user"]) == (
-        action, "success", "root", user)
+        action,
+        "success",
+        "root",
+        user,
+    )
 
     again = mfa(mfad, action, user, *extra, "--yes")
 
@@ -333,8 +361,10 @@ def test_reset_and_mixed_outcomes(mfad: Daemon, make_user: MakeUser) -> None:
     reset = mfa(mfad, "reset", a)
 
     assert reset.exit_code == 0, reset.output
-    assert reset.stdout == f"{a}: active -> pending (token and recovery codes erased; must " \
+    assert (
+        reset.stdout == f"{a}: active -> pending (token and recovery codes erased; must "
         "enrol again)\n"
+    )
     assert mfad.request("status", user=a)["method"] is None
 
     mixed = mfa(mfad, "suspend", a, b, c)
@@ -389,11 +419,21 @@ def test_group_targeting(mfad: Daemon, make_user: MakeUser, make_group: Any) -> 
 
     assert required.exit_code == 0, required.output
     assert sorted(required.stdout.splitlines()) == sorted(
-        [f"{a}: none -> pending", f"{b}: none -> pending"])
+        [f"{a}: none -> pending", f"{b}: none -> pending"]
+    )
     assert state_of(mfad, outsider) == "none"
 
-    exempted = mfa(mfad, "exempt", outsider, "--group", group, "--reason", "pilot",
-                   "--until", "2099-01-01T00:00:00Z")
+    exempted = mfa(
+        mfad,
+        "exempt",
+        outsider,
+        "--group",
+        group,
+        "--reason",
+        "pilot",
+        "--until",
+        "2099-01-01T00:00:00Z",
+    )
 
     assert exempted.exit_code == 0, exempted.output
     assert len(exempted.stdout.splitlines()) == 3
@@ -410,8 +450,11 @@ def test_exempt_checks_reason_and_expiry_before_asking(mfad: Daemon, make_user: 
     """`mfa exempt` without --reason, or with an expiry in the past or unreadable, is a
     usage error (exit 2) and changes nothing."""
     user = make_user()
-    for args in ([], ["--reason", "x", "--until", "2001-01-01"],
-                 ["--reason", "x", "--until", "next tuesday"]):
+    for args in (
+        [],
+        ["--reason", "x", "--until", "2001-01-01"],
+        ["--reason", "x", "--until", "next tuesday"],
+    ):
         result = mfa(mfad, "exempt", user, *args)
 
         assert result.exit_code == 2, result.output
@@ -435,8 +478,10 @@ def test_unlock_lifts_a_lock(mfad: Daemon, make_user: MakeUser, pam_login: Any) 
 
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{user}: unlocked\n{other}: was not locked\n"
-    assert any((r["event"], r.get("op"), r.get("user")) == ("control", "unlock", user)
-               for r in mfad.audit())
+    assert any(
+        (r["event"], r.get("op"), r.get("user")) == ("control", "unlock", user)
+        for r in mfad.audit()
+    )
     assert re.search(r"^Locked:\s+-$", mfa(mfad, "status", user).stdout, re.MULTILINE)
     assert pam_login(user, [totp_now(secret, +1)]).name == "PAM_SUCCESS"
 
@@ -451,19 +496,23 @@ def test_show_lists_second_factor_logins_newest_first(
     secret = mfad.enroll(user)
     codes = mfad.request("recovery_codes", user=user, regenerate=True)["codes"]
     assert pam_login(user, [totp_now(secret)], rhost="192.0.2.10").name == "PAM_SUCCESS"
-    assert pam_login(user, [codes[0]], service="sudo",
-                     rhost="192.0.2.20").name == "PAM_SUCCESS"
+    assert pam_login(user, [codes[0]], service="sudo", rhost="192.0.2.20").name == "PAM_SUCCESS"
 
     shown = mfa(mfad, "show", user)
 
     assert shown.exit_code == 0, shown.output
     status = mfa(mfad, "status", user).stdout
     assert shown.stdout.startswith(status)
-    history = shown.stdout[len(status):].splitlines()
-    assert history[:3] == ["", "Second-factor logins, newest first:",
-                           "  TIME (UTC)           SERVICE  REMOTE HOST  METHOD"]
+    history = shown.stdout[len(status) :].splitlines()
+    assert history[:3] == [
+        "",
+        "Second-factor logins, newest first:",
+        "  TIME (UTC)           SERVICE  REMOTE HOST  METHOD",
+    ]
     assert [line.split()[2:] for line in history[3:]] == [
-        ["sudo", "192.0.2.20", "recovery"], ["sshd", "192.0.2.10", "totp"]]
+        ["sudo", "192.0.2.20", "recovery"],
+        ["sshd", "192.0.2.10", "totp"],
+    ]
     assert "Recovery codes:   9 left" in status
     as_json = json.loads(mfa(mfad, "show", user, "--json").stdout)
     assert [h["method"] for h in as_json["history"]] == ["recovery", "totp"]
@@ -475,20 +524,22 @@ def test_enroll_with_token_parameters(mfad: Daemon, make_user: MakeUser, pam_log
     an 8-digit code logs in."""
     user = make_user()
 
-    begun = mfa(mfad, "enroll", user, "--digits", "8", "--algorithm", "sha256",
-                "--period", "60", input="")
+    begun = mfa(
+        mfad, "enroll", user, "--digits", "8", "--algorithm", "sha256", "--period", "60", input=""
+    )
 
     assert "time-based, SHA256, 8 digits, every 60 s" in begun.stdout
     uri = re.search(r"URI:\s+(otpauth://\S+)", begun.stdout)
     assert uri, begun.stdout
-    otp = pyotp.parse_uri(uri.group(1))
+    otp = totp_from_uri(uri.group(1))
     assert (otp.digits, otp.interval, otp.digest().name) == (8, 60, "sha256")
     confirmed = mfa(mfad, "enroll", user, "--confirm", input=f"{otp.at(time.time() - 60)}\n")
 
     assert confirmed.exit_code == 0, confirmed.output
     assert len(RECOVERY_CODE.findall(confirmed.stdout)) == 10
-    assert "Token:            totp, SHA256, 8 digits, every 60 s" in mfa(
-        mfad, "status", user).stdout
+    assert (
+        "Token:            totp, SHA256, 8 digits, every 60 s" in mfa(mfad, "status", user).stdout
+    )
     assert pam_login(user, [otp.now()]).name == "PAM_SUCCESS"
 
 
@@ -502,8 +553,7 @@ def test_forget_names_its_users_and_asks_before_asking_mfad(tmp_path: Path) -> N
     assert CliRunner().invoke(cli, ["--socket", nowhere, "forget"]).exit_code == 2
     assert CliRunner().invoke(cli, ["--socket", nowhere, "forget", "--all"]).exit_code == 2
 
-    declined = CliRunner().invoke(cli, ["--socket", nowhere, "forget", "alice", "bob"],
-                                  input="n\n")
+    declined = CliRunner().invoke(cli, ["--socket", nowhere, "forget", "alice", "bob"], input="n\n")
 
     assert declined.exit_code == 1, declined.output
     assert declined.stdout.startswith("Forget alice, bob: erase their tokens, recovery codes")
@@ -513,5 +563,6 @@ def test_forget_names_its_users_and_asks_before_asking_mfad(tmp_path: Path) -> N
 
     assert unasked.exit_code == 3, unasked.output
     assert "Forget" not in unasked.output
-    assert re.search(r"Example:\n\s+mfa forget alice",
-                     CliRunner().invoke(cli, ["forget", "--help"]).output)
+    assert re.search(
+        r"Example:\n\s+mfa forget alice", CliRunner().invoke(cli, ["forget", "--help"]).output
+    )

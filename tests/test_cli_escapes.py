@@ -85,9 +85,11 @@ def test_a_refused_request_naming_a_user_with_escapes_is_listed_escaped(
     assert refused.returncode != 0, refused.stdout
     assert refused.stderr.startswith("Error: "), refused.stderr
     assert_no_raw_control(refused.stdout + refused.stderr, "the refusal")
-    records = [r for r in mfad.audit()
-               if (r.get("event"), r.get("outcome"), r.get("actor")) == ("control", "refused",
-                                                                          alice)]
+    records = [
+        r
+        for r in mfad.audit()
+        if (r.get("event"), r.get("outcome"), r.get("actor")) == ("control", "refused", alice)
+    ]
     assert records, "the refused request is audited"
     naming = [r for r in records if EVIL_USER in json.dumps(r, ensure_ascii=False)]
 
@@ -125,8 +127,14 @@ def test_a_remote_host_with_escapes_is_shown_escaped_everywhere(
     # What mfad kept is what must be shown escaped; today that is the host as given.
     stored = str(mfad.request("status", user=user)["last_rhost"])
 
-    for args in (["audit", "--user", user], ["audit", "summary"], ["status", user],
-                 ["show", user], ["list"], ["list", "--csv"]):
+    for args in (
+        ["audit", "--user", user],
+        ["audit", "summary"],
+        ["status", user],
+        ["show", user],
+        ["list"],
+        ["list", "--csv"],
+    ):
         result = mfa(mfad, *args)
 
         assert result.exit_code == 0, (args, result.output)
@@ -136,15 +144,22 @@ def test_a_remote_host_with_escapes_is_shown_escaped_everywhere(
     rows = list(csv.DictReader(io.StringIO(mfa(mfad, "list", "--csv").stdout)))
     assert [r["last_rhost"] for r in rows if r["user"] == user] == [escaped(stored)]
 
-    for args in (["audit", "--json", "--user", user], ["status", user, "--json"],
-                 ["show", user, "--json"], ["list", "--json"]):
+    for args in (
+        ["audit", "--json", "--user", user],
+        ["status", user, "--json"],
+        ["show", user, "--json"],
+        ["list", "--json"],
+    ):
         result = mfa(mfad, *args)
 
         assert result.exit_code == 0, (args, result.output)
         assert_no_raw_control(result.output, f"mfa {' '.join(args)}")
         assert "\x9b" not in stored or "\\u009b" in result.stdout
-        decoded = ([json.loads(line) for line in result.stdout.splitlines()]
-                   if args[0] == "audit" else json.loads(result.stdout))
+        decoded = (
+            [json.loads(line) for line in result.stdout.splitlines()]
+            if args[0] == "audit"
+            else json.loads(result.stdout)
+        )
         assert stored in _strings(decoded)
 
 
@@ -178,64 +193,155 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 _ROW = {
-    "user": "alice", "state": "active", "method": "totp", "algorithm": "SHA1", "digits": 6,
-    "period": 30, "enrolled_at": "2025-01-31T08:00:00+00:00",
-    "last_verified_at": "2025-02-01T08:00:00+00:00", "last_rhost": "192.0.2.1",
-    "failed_attempts": 1, "locked_until": "2025-02-02T08:00:00+00:00",
-    "exempt_reason": "service", "exempt_until": "2025-03-01T00:00:00+00:00",
-    "enrol_by": "2025-04-01T00:00:00+00:00", "clock_offset_steps": 1,
-    "recovery_codes_left": 9, "enrolment_pending": False,
+    "user": "alice",
+    "state": "active",
+    "method": "totp",
+    "algorithm": "SHA1",
+    "digits": 6,
+    "period": 30,
+    "enrolled_at": "2025-01-31T08:00:00+00:00",
+    "last_verified_at": "2025-02-01T08:00:00+00:00",
+    "last_rhost": "192.0.2.1",
+    "failed_attempts": 1,
+    "locked_until": "2025-02-02T08:00:00+00:00",
+    "exempt_reason": "service",
+    "exempt_until": "2025-03-01T00:00:00+00:00",
+    "enrol_by": "2025-04-01T00:00:00+00:00",
+    "clock_offset_steps": 1,
+    "recovery_codes_left": 9,
+    "enrolment_pending": False,
 }
 _RECORDS = [
-    {"seq": 1, "time": "2025-01-31T08:00:00Z", "event": "login", "outcome": "success",
-     "user": "alice", "service": "sshd", "rhost": "192.0.2.1", "reason": "correct_code"},
-    {"seq": 2, "time": "2025-01-31T08:00:01Z", "event": "control", "outcome": "refused",
-     "user": "bob", "op": "status", "actor": "mallory", "reason": "Forbidden"},
-    {"seq": 3, "time": "2025-01-31T08:00:02Z", "event": "lock_set", "outcome": "locked",
-     "user": "bob", "until": "2025-01-31T09:00:00Z"},
-    {"seq": 4, "time": "2025-01-31T08:00:03Z", "event": "attempt", "outcome": "failure",
-     "user": "bob", "reason": "wrong_code", "attempt": 2},
+    {
+        "seq": 1,
+        "time": "2025-01-31T08:00:00Z",
+        "event": "login",
+        "outcome": "success",
+        "user": "alice",
+        "service": "sshd",
+        "rhost": "192.0.2.1",
+        "reason": "correct_code",
+    },
+    {
+        "seq": 2,
+        "time": "2025-01-31T08:00:01Z",
+        "event": "control",
+        "outcome": "refused",
+        "user": "bob",
+        "op": "status",
+        "actor": "mallory",
+        "reason": "Forbidden",
+    },
+    {
+        "seq": 3,
+        "time": "2025-01-31T08:00:02Z",
+        "event": "lock_set",
+        "outcome": "locked",
+        "user": "bob",
+        "until": "2025-01-31T09:00:00Z",
+    },
+    {
+        "seq": 4,
+        "time": "2025-01-31T08:00:03Z",
+        "event": "attempt",
+        "outcome": "failure",
+        "user": "bob",
+        "reason": "wrong_code",
+        "attempt": 2,
+    },
     {"seq": 5, "time": "2025-01-31T08:00:04Z", "event": "daemon_start", "message": "hello"},
 ]
-_CHANGES = {"changed": [{"user": "alice", "from": "active", "to": "suspended"}],
-            "refused": [{"user": "bob", "error": "bad_state", "message": "bob is disabled"}]}
+_CHANGES = {
+    "changed": [{"user": "alice", "from": "active", "to": "suspended"}],
+    "refused": [{"user": "bob", "error": "bad_state", "message": "bob is disabled"}],
+}
 ANSWERS: dict[str, Any] = {
     "status": _ROW,
-    "show": {**_ROW, "history": [{"time": "2025-02-01T08:00:00+00:00", "service": "sshd",
-                                  "rhost": "192.0.2.1", "method": "totp"}]},
-    "list": [{"accounts": [_ROW, {**_ROW, "user": "bob", "state": "pending"}], "more": False,
-              "matched": 2}],
-    "enroll_begin": {"user": "alice", "secret": "JBSWY3DPEHPK3PXP", "algorithm": "SHA1",
-                     "digits": 6, "period": 30,
-                     "uri": "otpauth://totp/x:alice?secret=JBSWY3DPEHPK3PXP&issuer=x"},
+    "show": {
+        **_ROW,
+        "history": [
+            {
+                "time": "2025-02-01T08:00:00+00:00",
+                "service": "sshd",
+                "rhost": "192.0.2.1",
+                "method": "totp",
+            }
+        ],
+    },
+    "list": [
+        {
+            "accounts": [_ROW, {**_ROW, "user": "bob", "state": "pending"}],
+            "more": False,
+            "matched": 2,
+        }
+    ],
+    "enroll_begin": {
+        "user": "alice",
+        "secret": "JBSWY3DPEHPK3PXP",
+        "algorithm": "SHA1",
+        "digits": 6,
+        "period": 30,
+        "uri": "otpauth://totp/x:alice?secret=JBSWY3DPEHPK3PXP&issuer=x",
+    },
     "enroll_confirm": {"state": "active", "recovery_codes": ["ABCDE-FGHJK"]},
     "recovery_codes": {"remaining": 1, "codes": ["ABCDE-FGHJK"]},
     "unlock": {"unlocked": ["alice"]},
-    "forget": {"forgotten": [{"user": "alice", "uid": 1001, "state": "active"}],
-               "refused": [{"user": "bob", "error": "bad_state", "message": "bob is enrolled"}]},
+    "forget": {
+        "forgotten": [{"user": "alice", "uid": 1001, "state": "active"}],
+        "refused": [{"user": "bob", "error": "bad_state", "message": "bob is enrolled"}],
+    },
     "audit_query": [{"records": _RECORDS, "more": False, "matched": 5}],
-    "audit_follow": [{"records": _RECORDS, "more": True},
-                     {"records": [], "more": True, "following": True, "matched": 5},
-                     {"records": [], "more": True, "missed": 3},
-                     {"records": _RECORDS[:1], "more": False}],
-    "audit_verify": {"records": 4, "files": ["audit.jsonl"], "first_seq": 1, "last_seq": 4,
-                     "head": None, "first_bad": {"reason": "hash_mismatch", "file": "audit.jsonl",
-                                                 "line": 5, "seq": 5, "message": "edited",
-                                                 "record": "{\"x\": 1}"}},
+    "audit_follow": [
+        {"records": _RECORDS, "more": True},
+        {"records": [], "more": True, "following": True, "matched": 5},
+        {"records": [], "more": True, "missed": 3},
+        {"records": _RECORDS[:1], "more": False},
+    ],
+    "audit_verify": {
+        "records": 4,
+        "files": ["audit.jsonl"],
+        "first_seq": 1,
+        "last_seq": 4,
+        "head": None,
+        "first_bad": {
+            "reason": "hash_mismatch",
+            "file": "audit.jsonl",
+            "line": 5,
+            "seq": 5,
+            "message": "edited",
+            "record": '{"x": 1}',
+        },
+    },
     "audit_summary": {
-        "since": "2025-01-31T08:00:00Z", "records": 5, "logins": {"success": 1},
+        "since": "2025-01-31T08:00:00Z",
+        "records": 5,
+        "logins": {"success": 1},
         "failures_by_user": [{"user": "bob", "failures": 1, "wrong_codes": 2}],
         "failures_by_rhost": [{"rhost": "192.0.2.9", "failures": 1, "wrong_codes": 2}],
         "failure_reasons": [{"reason": "wrong_code", "count": 2}],
-        "locks": [{"time": "2025-01-31T08:00:02Z", "user": "bob", "failures": 3,
-                   "until": "2025-01-31T09:00:00Z"}],
+        "locks": [
+            {
+                "time": "2025-01-31T08:00:02Z",
+                "user": "bob",
+                "failures": 3,
+                "until": "2025-01-31T09:00:00Z",
+            }
+        ],
         "locked_now": ["bob"],
-        "source_blocks": [{"time": "2025-01-31T08:00:02Z", "rhost": "192.0.2.9", "user": "bob",
-                           "until": "2025-01-31T09:00:00Z"}],
-        "exempt_now": ["backup"], "suspended_now": ["carol"],
+        "source_blocks": [
+            {
+                "time": "2025-01-31T08:00:02Z",
+                "rhost": "192.0.2.9",
+                "user": "bob",
+                "until": "2025-01-31T09:00:00Z",
+            }
+        ],
+        "exempt_now": ["backup"],
+        "suspended_now": ["carol"],
         "skipped": [{"user": "backup", "reason": "exempt", "count": 4}],
-        "control": [{"time": "2025-01-31T08:00:01Z", "actor": "root", "op": "suspend",
-                     "user": "carol"}],
+        "control": [
+            {"time": "2025-01-31T08:00:01Z", "actor": "root", "op": "suspend", "user": "carol"}
+        ],
         "refused": [{"actor": "mallory", "op": "status", "count": 1}],
         "never_enrolled": [{"user": "dave", "pending": True, "refused_logins": 2}],
         "tampered": [{"time": "2025-01-31T08:00:00Z", "reason": "head ahead of the log"}],
@@ -245,16 +351,30 @@ for _action in ("require", "suspend", "resume", "disable", "reset", "exempt", "u
     ANSWERS[_action] = _CHANGES
 
 COMMANDS = [
-    ["status", "alice"], ["show", "alice"], ["list"], ["list", "--csv"],
-    ["enroll", "alice"], ["recovery-codes", EVIL_USER], ["recovery-codes", "alice", "--regenerate"],
-    ["unlock", "alice", EVIL_USER], ["forget", "--yes", "alice", "bob"],
-    ["audit"], ["audit", "--follow"], ["audit", "verify"], ["audit", "summary"],
-    ["suspend", "alice", "bob"], ["disable", "alice", EVIL_USER],
+    ["status", "alice"],
+    ["show", "alice"],
+    ["list"],
+    ["list", "--csv"],
+    ["enroll", "alice"],
+    ["recovery-codes", EVIL_USER],
+    ["recovery-codes", "alice", "--regenerate"],
+    ["unlock", "alice", EVIL_USER],
+    ["forget", "--yes", "alice", "bob"],
+    ["audit"],
+    ["audit", "--follow"],
+    ["audit", "verify"],
+    ["audit", "summary"],
+    ["suspend", "alice", "bob"],
+    ["disable", "alice", EVIL_USER],
     ["exempt", "alice", "--reason", "why\x1b[2J"],
 ]
 JSON_COMMANDS = [
-    ["status", "alice", "--json"], ["show", "alice", "--json"], ["list", "--json"],
-    ["audit", "--json"], ["audit", "verify", "--json"], ["audit", "summary", "--json"],
+    ["status", "alice", "--json"],
+    ["show", "alice", "--json"],
+    ["list", "--json"],
+    ["audit", "--json"],
+    ["audit", "verify", "--json"],
+    ["audit", "summary", "--json"],
 ]
 
 
@@ -283,11 +403,9 @@ def test_every_command_shows_daemon_text_escaped(hostile_daemon: None, args: lis
     too."""
     result = CliRunner().invoke(cli, args, input="123456\ny\n")
 
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert_no_raw_control(result.output, f"mfa {' '.join(args)}")
-    assert escaped(POISON) in result.output or escaped(EVIL_USER) in result.output, (
-        result.output)
+    assert escaped(POISON) in result.output or escaped(EVIL_USER) in result.output, result.output
 
 
 @pytest.mark.parametrize("args", JSON_COMMANDS, ids=" ".join)

@@ -54,17 +54,21 @@ def test_a_flood_of_refused_requests_leaves_logins_working_and_the_log_bounded(
         mfad.start(mode="optional")
         size_before = mfad.audit_path.stat().st_size
         floods = [
-            subprocess.Popen([sys.executable, "-c", _FLOOD, str(mfad.control_socket),
-                              str(FLOOD_SECONDS)], user=flooder, stdout=subprocess.PIPE,
-                             text=True)
+            subprocess.Popen(
+                [sys.executable, "-c", _FLOOD, str(mfad.control_socket), str(FLOOD_SECONDS)],
+                user=flooder,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             for _ in range(FLOODERS)
         ]
         results, used_steps = [], set()
         deadline = time.monotonic() + FLOOD_SECONDS
         while time.monotonic() < deadline:
             step = int(time.time()) // 30
-            user, answers = (enrolled, [totp_now(secret)]) if step not in used_steps else (
-                unenrolled, [])
+            user, answers = (
+                (enrolled, [totp_now(secret)]) if step not in used_steps else (unenrolled, [])
+            )
             used_steps.add(step)
             with PamWire(mfad.pam_socket, timeout=10) as wire:  # the module's own timeout
                 results.append((user == enrolled, wire.login(user, answers)[-1].payload))
@@ -85,7 +89,8 @@ def test_a_flood_of_refused_requests_leaves_logins_working_and_the_log_bounded(
     mine = [r for r in records if r.get("actor_uid") == uid]
     assert len(mine) <= 8, mine
     assert sum(r.get("repeated", 0) for r in mine) + len(
-        [r for r in mine if r["event"] == "control"]) == sum(answered.values())
+        [r for r in mine if r["event"] == "control"]
+    ) == sum(answered.values())
     assert growth < 256 * 1024
 
 
@@ -106,7 +111,8 @@ def test_refusals_of_made_up_ops_are_coalesced_and_short(
         "        recv_frame_blocking(s)\n"
     )
     before = mfad.audit_path.stat().st_size
-    subprocess.run([sys.executable, "-c", child, str(mfad.control_socket)], user=user,
-                   check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", child, str(mfad.control_socket)], user=user, check=True, timeout=60
+    )
     mfad.stop()
     assert mfad.audit_path.stat().st_size - before < 4096

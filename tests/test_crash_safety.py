@@ -67,7 +67,11 @@ CLIENT_TIMEOUT = 5.0  # a dead daemon gives EOF at once; waiting this long is a 
 GENESIS = "0" * 64
 # count every wrong code, but never lock, block or slow anyone down within a run
 NEVER_LOCK = {
-    "deny": 1000, "source_deny": 1000, "fail_interval": 7 * 86400, "delay": 0, "lifetime_deny": 0,
+    "deny": 1000,
+    "source_deny": 1000,
+    "fail_interval": 7 * 86400,
+    "delay": 0,
+    "lifetime_deny": 0,
 }
 
 
@@ -270,8 +274,10 @@ def _login_client(
         elif outcome == "S":
             assert step is not None
             if user.accepted and step <= user.accepted[-1]:
-                tally.violation(f"{user.name}: step {step} accepted after step "
-                                f"{user.accepted[-1]} was (a replayed code)")
+                tally.violation(
+                    f"{user.name}: step {step} accepted after step "
+                    f"{user.accepted[-1]} was (a replayed code)"
+                )
             user.accepted.append(step)
             user.in_doubt.discard(step)
         elif outcome == "M":
@@ -376,8 +382,10 @@ class AuditChain:
                 problems.append(f"{when}: audit line is not a record: {line[:300]!r}")
                 seq, prev, record = self.seq + 1, self.prev, {}
             if (seq, prev) != (self.seq + 1, self.prev):
-                problems.append(f"{when}: audit chain broken at seq {seq} "
-                                f"(expected {self.seq + 1}): {line[:300]!r}")
+                problems.append(
+                    f"{when}: audit chain broken at seq {seq} "
+                    f"(expected {self.seq + 1}): {line[:300]!r}"
+                )
             if record.get("event") == "audit_tampered" and self.tamper_is_problem:
                 problems.append(f"{when}: a kill was reported as tampering: {record['reason']}")
             self.seq, self.prev = seq, hashlib.sha256(line).hexdigest()
@@ -408,27 +416,37 @@ def _check_store(
             problems.append(f"{when}: {user.name}'s account is gone")
             continue
         if step < user.store_step:
-            problems.append(f"{when}: {user.name}'s last step went back from "
-                            f"{user.store_step} to {step} (a commit was lost)")
+            problems.append(
+                f"{when}: {user.name}'s last step went back from "
+                f"{user.store_step} to {step} (a commit was lost)"
+            )
         if user.accepted and step < user.accepted[-1]:
-            problems.append(f"{when}: {user.name} got S for step {user.accepted[-1]} "
-                            f"but the store only has step {step}")
+            problems.append(
+                f"{when}: {user.name} got S for step {user.accepted[-1]} "
+                f"but the store only has step {step}"
+            )
         if not len(user.accepted) <= count <= len(user.accepted) + user.cut:
-            problems.append(f"{when}: {user.name} has {count} recorded logins for "
-                            f"{len(user.accepted)} S results and {user.cut} cut off")
+            problems.append(
+                f"{when}: {user.name} has {count} recorded logins for "
+                f"{len(user.accepted)} S results and {user.cut} cut off"
+            )
         user.store_step = step
         counted = failures.get((user.name, ACCOUNT_SOURCE), 0)
         if not user.fails_low <= counted <= user.fails_high:
-            problems.append(f"{when}: {user.name} has {counted} failures counted, the clients "
-                            f"saw between {user.fails_low} and {user.fails_high}")
+            problems.append(
+                f"{when}: {user.name} has {counted} failures counted, the clients "
+                f"saw between {user.fails_low} and {user.fails_high}"
+            )
         if failures.get((user.name, login_source("")), 0) != counted:
             problems.append(f"{when}: {user.name}'s source and account counters differ")
         user.fails_low = user.fails_high = counted
     for enrol in enrols:
         status = mfad.request("status", user=enrol.name)
         if status["state"] not in enrol.states:
-            problems.append(f"{when}: {enrol.name} is {status['state']!r}, "
-                            f"expected one of {sorted(enrol.states)}")
+            problems.append(
+                f"{when}: {enrol.name} is {status['state']!r}, "
+                f"expected one of {sorted(enrol.states)}"
+            )
         enrol.states = {status["state"]}
     return problems
 
@@ -484,13 +502,17 @@ def test_kill_9_during_login_storm_loses_nothing_and_replays_nothing(
     problems += chain.check("at the end")
     problems += tally.violations
     outcomes = tally.outcomes
-    print(f"{KILL_CYCLES} cycles in {elapsed:.1f}s, restart mean "
-          f"{sum(restart_times) / max(len(restart_times), 1):.3f}s max {max(restart_times):.3f}s")
+    print(
+        f"{KILL_CYCLES} cycles in {elapsed:.1f}s, restart mean "
+        f"{sum(restart_times) / max(len(restart_times), 1):.3f}s max {max(restart_times):.3f}s"
+    )
     print(f"outcomes: {dict(sorted(outcomes.items()))}")
-    print(f"accepted steps: {sum(len(u.accepted) for u in logins)}, "
-          f"cut after a right code: {sum(u.cut for u in logins)}, "
-          f"enrolments confirmed: {sum(e.confirmed for e in enrols)}, "
-          f"audit records checked: {chain.records}")
+    print(
+        f"accepted steps: {sum(len(u.accepted) for u in logins)}, "
+        f"cut after a right code: {sum(u.cut for u in logins)}, "
+        f"enrolments confirmed: {sum(e.confirmed for e in enrols)}, "
+        f"audit records checked: {chain.records}"
+    )
     assert not problems, "\n".join(problems[:40])
     assert outcomes["timeout"] == 0, "a login hung instead of ending at the kill"
     assert outcomes["S"] > 0 and outcomes["M"] > 0

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import Daemon, totp_now
+from conftest import Daemon, MakeUser, totp_now
 from wire import PamWire, start_payload
 
 
@@ -29,7 +29,9 @@ def test_mode_off_skips_everyone_and_never_succeeds(mfad: Daemon) -> None:
     assert mfad.audit()[-1] | {"outcome": "skipped", "reason": "mode_off"} == mfad.audit()[-1]
 
 
-def test_optional_mode_skips_unenrolled_but_asks_enrolled(mfad: Daemon, make_user) -> None:
+def test_optional_mode_skips_unenrolled_but_asks_enrolled(
+    mfad: Daemon, make_user: MakeUser
+) -> None:
     """In optional mode an unenrolled user is skipped and an enrolled one must give a code."""
     mfad.restart(mode="optional")
     plain, enrolled = make_user(), make_user()
@@ -40,7 +42,7 @@ def test_optional_mode_skips_unenrolled_but_asks_enrolled(mfad: Daemon, make_use
 
 
 def test_required_mode_refuses_known_unenrolled_user_with_a_message(
-    mfad: Daemon, make_user
+    mfad: Daemon, make_user: MakeUser
 ) -> None:
     """Required mode, no enrolment at login: a user without a token is told to ask an admin."""
     mfad.restart(enrolment={"at_login": False})
@@ -139,7 +141,9 @@ def test_sighup_with_broken_config_keeps_the_running_one(mfad: Daemon) -> None:
     assert _result(mfad, "root", []) == "K"
 
 
-def test_secrets_are_sealed_at_rest_and_bound_to_their_user(mfad: Daemon, make_user) -> None:
+def test_secrets_are_sealed_at_rest_and_bound_to_their_user(
+    mfad: Daemon, make_user: MakeUser
+) -> None:
     """The store holds no readable key; a sealed secret moved to another user fails closed."""
     victim = make_user()
     secret = mfad.enroll("root")

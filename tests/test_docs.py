@@ -128,8 +128,12 @@ def test_the_readme_precedence_table_is_the_one_policy_applies() -> None:
     """README's "Who must give a code" table lists exactly policy.RULES, in order, with the
     same words, result and recorded reason: the precedence is written down once in code
     and the documentation cannot drift from it."""
-    words = {Action.SKIP: "skip", Action.REFUSE: "refused", Action.CODE: "code asked for",
-             Action.ENROL: "must enrol"}
+    words = {
+        Action.SKIP: "skip",
+        Action.REFUSE: "refused",
+        Action.CODE: "code asked for",
+        Action.ENROL: "must enrol",
+    }
     readme = (ROOT / "README.md").read_text()
     table = readme.split("| # | rule | result | reason recorded |", 1)[1].split("\n\n", 1)[0]
     rows = [line.split(" | ") for line in table.strip().splitlines()[1:]]

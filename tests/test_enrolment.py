@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pyotp
 import pytest
-from conftest import Daemon, totp_now
+from conftest import Daemon, MakeGroup, MakeUser, PamLogin, totp_from_uri, totp_now
 from fakeclock import FakeClock
 from qrimage import decode as decode_terminal_qr
 
@@ -19,14 +20,14 @@ pytest_plugins = ["fakeclock"]
 CODE_RE = re.compile(r"^\s+([2-9A-Z]{5}-[2-9A-Z]{5}-[2-9A-Z]{5})$", re.M)
 
 
-def _enrol_at_login(pam_login, user: str) -> tuple[str, list[str]]:
+def _enrol_at_login(pam_login: PamLogin, user: str) -> tuple[str, list[str]]:
     """Go through enrolment at login as a person would: scan, type the code, keep the codes."""
     first = pam_login(user, [])  # no answer: the user reads the screen and gives up
     info = "\n".join(first.texts("info"))
     uri = decode_terminal_qr(info)
     assert uri in info  # the QR code carries exactly the URI shown beside it
     secret = parse_qs(urlparse(uri).query)["secret"][0]
-    assert f"Key: {' '.join(secret[i:i + 4] for i in range(0, len(secret), 4))}" in info
+    assert f"Key: {' '.join(secret[i : i + 4] for i in range(0, len(secret), 4))}" in info
     second = pam_login(user, [pyotp.TOTP(secret).now(), ""])  # "" presses Enter at the end
     assert second.name == "PAM_SUCCESS", second
     assert second.messages[-1] == ("prompt_on", "Press Enter once the recovery codes are saved: ")
@@ -35,7 +36,7 @@ def _enrol_at_login(pam_login, user: str) -> tuple[str, list[str]]:
 
 
 def test_pending_user_enrols_at_login_then_uses_code_and_recovery_code(
-    mfad: Daemon, pam_login, make_user
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser
 ) -> None:
     """Scan the QR shown at login, confirm, get 10 recovery codes; then a code logs in, and a
     recovery code logs in exactly once."""
@@ -54,7 +55,9 @@ def test_pending_user_enrols_at_login_then_uses_code_and_recovery_code(
     assert [h["method"] for h in history][:2] == ["recovery", "totp"]
 
 
-def test_unconfirmed_enrolment_never_becomes_active(mfad: Daemon, pam_login, make_user) -> None:
+def test_unconfirmed_enrolment_never_becomes_active(
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser
+) -> None:
     """Three wrong codes at enrolment: the user stays pending and nothing was activated."""
     user = make_user()
     mfad.request("require", user=user)
@@ -62,7 +65,9 @@ def test_unconfirmed_enrolment_never_becomes_active(mfad: Daemon, pam_login, mak
     assert mfad.request("status", user=user)["state"] == "pending"
 
 
-def test_low_recovery_codes_warn_at_login(mfad: Daemon, pam_login, make_user) -> None:
+def test_low_recovery_codes_warn_at_login(
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser
+) -> None:
     """With two or fewer codes left, logging in with one says how many remain."""
     user = make_user()
     mfad.restart(enrolment={"recovery_codes": 3})
@@ -75,7 +80,7 @@ def test_low_recovery_codes_warn_at_login(mfad: Daemon, pam_login, make_user) ->
     assert result.messages[-1] == ("prompt_on", "Press Enter to continue: ")
 
 
-def test_regenerated_recovery_codes_replace_the_old_ones(mfad: Daemon, pam_login) -> None:
+def test_regenerated_recovery_codes_replace_the_old_ones(mfad: Daemon, pam_login: PamLogin) -> None:
     """After regeneration the old codes fail and the new ones work."""
     mfad.enroll("root")
     old = mfad.request("recovery_codes", user="root", regenerate=True)["codes"]
@@ -95,32 +100,49 @@ def test_recovery_codes_are_stored_only_as_digests(mfad: Daemon) -> None:
         assert code.encode() not in raw and code.replace("-", "").encode() not in raw
 
 
-@pytest.mark.parametrize(("algorithm", "digits", "period"), [
-    ("SHA1", 6, 30), ("SHA256", 8, 30), ("SHA512", 6, 60),
-])
+@pytest.mark.parametrize(
+    ("algorithm", "digits", "period"),
+    [
+        ("SHA1", 6, 30),
+        ("SHA256", 8, 30),
+        ("SHA512", 6, 60),
+    ],
+)
 def test_token_parameters_travel_in_the_uri_and_work(
-    mfad: Daemon, pam_login, algorithm: str, digits: int, period: int
+    mfad: Daemon, pam_login: PamLogin, algorithm: str, digits: int, period: int
 ) -> None:
     """8 digits, SHA256/SHA512 and 60 s tokens: the URI carries them and their codes log in."""
-    begun = mfad.request("enroll_begin", user="root", algorithm=algorithm, digits=digits,
-                         period=period)
-    otp = pyotp.parse_uri(begun["uri"])
+    begun = mfad.request(
+        "enroll_begin", user="root", algorithm=algorithm, digits=digits, period=period
+    )
+    otp = totp_from_uri(begun["uri"])
     assert (otp.digits, otp.interval, otp.digest().name.upper().replace("SHA", "SHA")) == (
-        digits, period, algorithm)
-    assert mfad.request("enroll_confirm", user="root", code=otp.at(
-        __import__("time").time() - period))["ok"]
+        digits,
+        period,
+        algorithm,
+    )
+    assert mfad.request(
+        "enroll_confirm", user="root", code=otp.at(__import__("time").time() - period)
+    )["ok"]
     assert pam_login("root", [otp.now()]).name == "PAM_SUCCESS"
 
 
 LIFECYCLE = [
     # action, starting state, resulting state (None: refused)
-    ("require", "none", "pending"), ("require", "active", None),
-    ("suspend", "active", "suspended"), ("suspend", "none", None),
-    ("resume", "suspended", "active"), ("resume", "active", None),
-    ("disable", "active", "disabled"), ("disable", "none", None),
-    ("reset", "active", "pending"), ("reset", "suspended", "pending"),
-    ("exempt", "active", "exempt"), ("exempt", "exempt", None),
-    ("unexempt", "exempt", "active"), ("unexempt", "active", None),
+    ("require", "none", "pending"),
+    ("require", "active", None),
+    ("suspend", "active", "suspended"),
+    ("suspend", "none", None),
+    ("resume", "suspended", "active"),
+    ("resume", "active", None),
+    ("disable", "active", "disabled"),
+    ("disable", "none", None),
+    ("reset", "active", "pending"),
+    ("reset", "suspended", "pending"),
+    ("exempt", "active", "exempt"),
+    ("exempt", "exempt", None),
+    ("unexempt", "exempt", "active"),
+    ("unexempt", "active", None),
 ]
 
 
@@ -136,7 +158,7 @@ def _put_in(mfad: Daemon, user: str, state: str) -> None:
 
 @pytest.mark.parametrize(("action", "start", "end"), LIFECYCLE)
 def test_lifecycle_transitions_are_applied_or_refused_with_a_reason(
-    mfad: Daemon, make_user, action: str, start: str, end: str | None
+    mfad: Daemon, make_user: MakeUser, action: str, start: str, end: str | None
 ) -> None:
     """Each action moves the account as documented or refuses, and either way is audited."""
     user = make_user()
@@ -153,17 +175,22 @@ def test_lifecycle_transitions_are_applied_or_refused_with_a_reason(
         assert mfad.request("status", user=user)["state"] == end
 
 
-def test_reset_and_disable_erase_the_token_and_recovery_codes(mfad: Daemon, make_user) -> None:
+def test_reset_and_disable_erase_the_token_and_recovery_codes(
+    mfad: Daemon, make_user: MakeUser
+) -> None:
     """reset sends the user back to pending with nothing left of the old token."""
     user = make_user()
     mfad.enroll(user)
     mfad.request("reset", user=user)
     status = mfad.request("status", user=user)
     assert (status["state"], status["method"], status["recovery_codes_left"]) == (
-        "pending", None, 0)
+        "pending",
+        None,
+        0,
+    )
 
 
-def test_group_actions_and_list(mfad: Daemon, make_user, make_group) -> None:
+def test_group_actions_and_list(mfad: Daemon, make_user: MakeUser, make_group: MakeGroup) -> None:
     """`require --group` reaches every member; list filters by state and group and sorts."""
     a, b, outsider = make_user(), make_user(), make_user()
     group = make_group(a, b)
@@ -179,7 +206,7 @@ def test_group_actions_and_list(mfad: Daemon, make_user, make_group) -> None:
 
 
 def test_a_key_from_mfa_enroll_expires_with_the_enrolment_deadline(
-    mfad_clock: Daemon, fake_clock: FakeClock, make_user
+    mfad_clock: Daemon, fake_clock: FakeClock, make_user: MakeUser
 ) -> None:
     """A key `mfa enroll` showed and nobody confirmed stops working at the enrolment
     deadline (grace_days): its code no longer activates it, and a new enrolment is needed."""
@@ -194,7 +221,7 @@ def test_a_key_from_mfa_enroll_expires_with_the_enrolment_deadline(
     assert mfad.request("status", user=user)["enrolment_pending"] is False
 
 
-def test_recovery_codes_carry_at_least_64_bits(mfad: Daemon, make_user) -> None:
+def test_recovery_codes_carry_at_least_64_bits(mfad: Daemon, make_user: MakeUser) -> None:
     """Each recovery code is drawn from the 30-symbol alphabet with enough symbols for 64
     bits or more (NIST SP 800-63B's minimum for a look-up secret)."""
     user = make_user()
@@ -206,13 +233,13 @@ def test_recovery_codes_carry_at_least_64_bits(mfad: Daemon, make_user) -> None:
         assert len(symbols) * math.log2(len(recovery.ALPHABET)) >= 64, code
 
 
-def _key_shown(pam_login, user: str, rhost: str) -> str:
+def _key_shown(pam_login: PamLogin, user: str, rhost: str) -> str:
     info = "\n".join(pam_login(user, [], rhost=rhost).texts("info"))
     return info.split("Key: ", 1)[1].split("\n", 1)[0]
 
 
 def test_an_unconfirmed_key_is_shown_again_only_where_it_was_shown(
-    mfad: Daemon, pam_login, make_user
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser
 ) -> None:
     """A key shown at login is shown again to the same host (the user was cut off), never to
     another one, and a key made by `mfa enroll` is never shown at login: whoever next gets
@@ -228,7 +255,7 @@ def test_an_unconfirmed_key_is_shown_again_only_where_it_was_shown(
 
 
 def test_an_enrolment_is_not_confirmed_once_an_administrator_suspended_the_account(
-    mfad: Daemon, make_user
+    mfad: Daemon, make_user: MakeUser
 ) -> None:
     """A key begun before an administrator suspends the account does not make it active
     afterwards: the confirmation is refused and the account stays suspended."""
@@ -243,7 +270,7 @@ def test_an_enrolment_is_not_confirmed_once_an_administrator_suspended_the_accou
 
 @pytest.mark.parametrize("params", [{"algorithm": []}, {"digits": 6.0}, {"period": "30"}])
 def test_token_parameters_of_the_wrong_type_are_a_bad_request(
-    mfad: Daemon, make_user, params: dict
+    mfad: Daemon, make_user: MakeUser, params: dict[str, Any]
 ) -> None:
     """Token parameters of the wrong JSON type are refused as a bad request, not taken
     for a fault in mfad (`unavailable`)."""

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from conftest import Daemon, totp_now
+from conftest import Daemon, MakeUser, totp_now
 from pamtest import authenticate, write_service
 from wire import PamWire
 
@@ -61,7 +61,7 @@ def test_a_store_from_before_key_checks_is_checked_by_opening_a_secret(mfad: Dae
 
 
 def test_a_bug_before_the_first_frame_still_answers_a_result_even_with_fail_open(
-    mfad: Daemon, pam_module: Path, make_user
+    mfad: Daemon, pam_module: Path, make_user: MakeUser
 ) -> None:
     """A lock row the code cannot format (a tampered store: a lock until the year 10^292)
     makes mfad fail on that login before its first frame: it still answers UNAVAILABLE, so
@@ -70,21 +70,29 @@ def test_a_bug_before_the_first_frame_still_answers_a_result_even_with_fail_open
     user = make_user()
     mfad.enroll(user)
     with sqlite3.connect(mfad.db_path) as db:
-        db.execute("INSERT INTO guard (user, source, failures, first_at, until)"
-                    " VALUES (?, '*', 5, 0, 1e300)", (user,))
+        db.execute(
+            "INSERT INTO guard (user, source, failures, first_at, until)"
+            " VALUES (?, '*', 5, 0, 1e300)",
+            (user,),
+        )
     service_dir = mfad.tmp / "pam.d"
     marker = "pam_mfa returned PAM_IGNORE"
-    write_service(service_dir, "sshd", [
-        f"auth [success=done ignore=ignore default=die] {pam_module} "
-        f"socket={mfad.pam_socket} fail=open",
-        f"auth optional pam_echo.so {marker}",
-        "auth required pam_deny.so",
-    ])
+    write_service(
+        service_dir,
+        "sshd",
+        [
+            f"auth [success=done ignore=ignore default=die] {pam_module} "
+            f"socket={mfad.pam_socket} fail=open",
+            f"auth optional pam_echo.so {marker}",
+            "auth required pam_deny.so",
+        ],
+    )
     result = authenticate(service_dir, "sshd", user, ["123456"], rhost="192.0.2.1")
     assert marker not in result.texts("info")
     assert result.name == "PAM_AUTHINFO_UNAVAIL", result
-    errors = [json.loads(line) for line in mfad.stderr().splitlines()
-              if '"login_internal_error"' in line]
+    errors = [
+        json.loads(line) for line in mfad.stderr().splitlines() if '"login_internal_error"' in line
+    ]
     assert errors and errors[-1]["exception"][0]["exc_type"] in ("OverflowError", "ValueError")
     frames = errors[-1]["exception"][0]["frames"]
     assert frames and not any("locals" in frame for frame in frames)  # they hold codes
@@ -97,8 +105,12 @@ def test_mfad_leaves_an_existing_private_socket_directory_private(tmp_path: Path
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     try:
-        daemon.start(sockets={"pam": str(tmp_path / "run" / "pam.sock"),
-                              "control": str(private / "control.sock")})
+        daemon.start(
+            sockets={
+                "pam": str(tmp_path / "run" / "pam.sock"),
+                "control": str(private / "control.sock"),
+            }
+        )
         assert private.stat().st_mode & 0o777 == 0o700
         assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755  # one mfad made itself
     finally:
@@ -106,7 +118,7 @@ def test_mfad_leaves_an_existing_private_socket_directory_private(tmp_path: Path
 
 
 def test_a_code_refused_because_the_clock_went_back_is_reported(
-    mfad: Daemon, make_user
+    mfad: Daemon, make_user: MakeUser
 ) -> None:
     """When a later step than now was already used (this host's clock stepped back), the
     right code is refused as replayed and a clock_anomaly record tells the administrator

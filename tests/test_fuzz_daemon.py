@@ -190,16 +190,54 @@ def test_parse_start_of_any_decoded_frame(body: bytes) -> None:
 
 # --- in-process: config ------------------------------------------------------------------
 
-_scalars = st.sampled_from([
-    "1", "0", "-1", "16", "1024", "65536", "3.5", "1e3", ".inf", ".nan", "~", "null", "yes",
-    "no", "true", "off", "on", "required", "optional", "SHA1", "SHA256", "'/abs/path'", "rel",
-    "''", "0x10", "0o17", "2001-01-01", "[]", "{}", "[1, 2]", "{a: 1}", '"\\x00"', "&a 5",
-    "*a", "|\n  block", ">-\n  folded", "- x", "'unterminated", "{", "]", ": x",
-])
+_scalars = st.sampled_from(
+    [
+        "1",
+        "0",
+        "-1",
+        "16",
+        "1024",
+        "65536",
+        "3.5",
+        "1e3",
+        ".inf",
+        ".nan",
+        "~",
+        "null",
+        "yes",
+        "no",
+        "true",
+        "off",
+        "on",
+        "required",
+        "optional",
+        "SHA1",
+        "SHA256",
+        "'/abs/path'",
+        "rel",
+        "''",
+        "0x10",
+        "0o17",
+        "2001-01-01",
+        "[]",
+        "{}",
+        "[1, 2]",
+        "{a: 1}",
+        '"\\x00"',
+        "&a 5",
+        "*a",
+        "|\n  block",
+        ">-\n  folded",
+        "- x",
+        "'unterminated",
+        "{",
+        "]",
+        ": x",
+    ]
+)
 _sections = {"totp", "login", "lockout", "sockets", "store", "audit"}
 _sub_keys = {
-    section: [k.split(".", 1)[1] for k in config._SCHEMA if k.startswith(section + ".")]
-    + ["bogus"]
+    section: [k.split(".", 1)[1] for k in config._SCHEMA if k.startswith(section + ".")] + ["bogus"]
     for section in _sections
 }
 _top_keys = [k for k in config._SCHEMA if "." not in k] + sorted(_sections) + ["bogus"]
@@ -236,10 +274,20 @@ def test_config_parse_returns_a_config_or_raises_config_error(text: str) -> None
     assert parsed.mode in config.MODES
 
 
-_tagged = st.sampled_from([
-    "!!python/name:os.system", "!foo bar", "!!int abc", "!!float x", "!!timestamp 2001-13-99",
-    "!!binary AAAA", "!!str 5", "!!bool maybe", "!!null x", "!!set {a}",
-])
+_tagged = st.sampled_from(
+    [
+        "!!python/name:os.system",
+        "!foo bar",
+        "!!int abc",
+        "!!float x",
+        "!!timestamp 2001-13-99",
+        "!!binary AAAA",
+        "!!str 5",
+        "!!bool maybe",
+        "!!null x",
+        "!!set {a}",
+    ]
+)
 _CONFIG_CRASHES = {
     "unknown tag": "mode: !foo bar\n",
     "python tag": "mode: !!python/name:os.system\n",
@@ -282,9 +330,9 @@ _users = st.one_of(
     st.sampled_from(["root", "nobody", "fuzz-ghost", "", "a/b"]), st.text(max_size=12)
 )
 _answers = st.one_of(st.from_regex(r"[0-9]{6}", fullmatch=True), st.text(max_size=12))
-_pam_start = st.tuples(
-    st.sampled_from(["1", "1", "1", "2"]), _users, _start_items
-).map(lambda t: f"v={t[0]}\0user={t[1]}\0{t[2]}")
+_pam_start = st.tuples(st.sampled_from(["1", "1", "1", "2"]), _users, _start_items).map(
+    lambda t: f"v={t[0]}\0user={t[1]}\0{t[2]}"
+)
 _pam_frames = st.lists(
     st.one_of(
         st.tuples(st.just(ord("S")), _pam_start.map(str.encode)),
@@ -348,10 +396,12 @@ def test_live_daemon_survives_random_bytes_on_the_pam_socket(mfad: Daemon) -> No
     secret = _seed_login_user(mfad)
 
     @fuzz(150)
-    @given(st.one_of(
-        st.binary(max_size=400),
-        st.tuples(_headers, st.binary(max_size=100)).map(b"".join),
-    ))
+    @given(
+        st.one_of(
+            st.binary(max_size=400),
+            st.tuples(_headers, st.binary(max_size=100)).map(b"".join),
+        )
+    )
     def one(data: bytes) -> None:
         _check_pam_reply(*_exchange(mfad.pam_socket, data))
 
@@ -377,22 +427,44 @@ def test_live_daemon_survives_random_frame_sequences_on_the_pam_socket(mfad: Dae
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 SINGLE_OPS = [
-    "status", "show", "enroll_begin", "enroll_confirm", "recovery_codes", "unlock", "require",
-    "suspend", "resume", "disable", "reset", "exempt", "unexempt", "audit_verify",
+    "status",
+    "show",
+    "enroll_begin",
+    "enroll_confirm",
+    "recovery_codes",
+    "unlock",
+    "require",
+    "suspend",
+    "resume",
+    "disable",
+    "reset",
+    "exempt",
+    "unexempt",
+    "audit_verify",
     "audit_summary",
 ]
 STREAMED_OPS = ["list", "audit_query", "audit_follow"]
 # ops that change no account, or only clear counters: safe with `all: true`
-HARMLESS_OPS = {"status", "show", "list", "unlock", "audit_verify", "audit_summary",
-                "audit_query", "audit_follow"}
+HARMLESS_OPS = {
+    "status",
+    "show",
+    "list",
+    "unlock",
+    "audit_verify",
+    "audit_summary",
+    "audit_query",
+    "audit_follow",
+}
 _ops = st.sampled_from([*SINGLE_OPS, *STREAMED_OPS, "nope", "", "STATUS"])
-_times = st.one_of(st.sampled_from(["2025-01-31T08:00:00Z", "2999-01-01T00:00:00+00:00",
-                                    "yesterday", ""]), _json)
+_times = st.one_of(
+    st.sampled_from(["2025-01-31T08:00:00Z", "2999-01-01T00:00:00+00:00", "yesterday", ""]), _json
+)
 _fields = {
     "user": st.one_of(_users, _json),
     "users": st.one_of(st.lists(_users, max_size=3), _json),
@@ -400,7 +472,8 @@ _fields = {
     "all": st.one_of(st.booleans(), _json),
     "code": st.one_of(_answers, _json),
     "reason": st.one_of(st.text(max_size=30), st.just("x" * 501), _json),
-    "until": _times, "since": _times,
+    "until": _times,
+    "since": _times,
     "limit": st.one_of(st.integers(-2, 5), _json),
     "state": st.one_of(st.sampled_from(["active", "pending", "exempt", "bogus"]), _json),
     "sort": st.one_of(st.sampled_from(["user", "failed_attempts", "bogus"]), _json),
@@ -417,8 +490,16 @@ _requests = st.one_of(
     st.text(max_size=60),
 )
 # the codes docs/protocol.md lists; anything else would be news to every client
-ERROR_CODES = {"bad_request", "forbidden", "no_such_user", "not_enrolled", "already_enrolled",
-               "wrong_code", "no_pending_enrolment", "unavailable"}
+ERROR_CODES = {
+    "bad_request",
+    "forbidden",
+    "no_such_user",
+    "not_enrolled",
+    "already_enrolled",
+    "wrong_code",
+    "no_pending_enrolment",
+    "unavailable",
+}
 
 
 def _control_exchange(mfad: Daemon, data: bytes) -> list[Frame]:
@@ -495,8 +576,11 @@ def test_live_daemon_handles_random_bytes_on_the_control_socket(mfad: Daemon) ->
     secret = _seed_login_user(mfad)
 
     @fuzz(100)
-    @given(st.one_of(st.binary(max_size=200), st.tuples(_headers, st.binary(max_size=60))
-                     .map(b"".join)))
+    @given(
+        st.one_of(
+            st.binary(max_size=200), st.tuples(_headers, st.binary(max_size=60)).map(b"".join)
+        )
+    )
     @example(_CONTROL_CRASHES["a START frame on the control socket"])
     def one(data: bytes) -> None:
         assume(LOGIN_USER.encode() not in data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pyotp
 from conftest import Daemon, totp_now
@@ -31,7 +32,7 @@ def _wrong(secret: str, now: float | None = None) -> str:
     return next(c for c in (f"{n:06d}" for n in range(1000000)) if c not in near)
 
 
-def _attempts(mfad: Daemon, user: str) -> list[dict]:
+def _attempts(mfad: Daemon, user: str) -> list[dict[str, Any]]:
     return [r for r in mfad.audit() if r["event"] == "attempt" and r.get("user") == user]
 
 
@@ -46,8 +47,10 @@ def test_guessing_over_the_control_socket_is_slowed_counted_and_locked(
     user = make_user()
     secret = mfad.enroll(user)
     with ControlAs(mfad.control_socket, user) as me:
-        answers = [me.request("recovery_codes", user=user, regenerate=True,
-                              code=_wrong(secret)) for _ in range(5)]
+        answers = [
+            me.request("recovery_codes", user=user, regenerate=True, code=_wrong(secret))
+            for _ in range(5)
+        ]
         assert [a["error"] for a in answers] == ["wrong_code"] * 4 + ["locked"]
         sixth = me.request("recovery_codes", user=user, regenerate=True, code=totp_now(secret))
     assert sixth["ok"] is False and sixth["error"] == "locked", sixth
@@ -73,8 +76,9 @@ def test_enrolment_confirmation_over_the_control_socket_is_guarded(
     with ControlAs(mfad.control_socket, user) as me:
         begun = me.request("enroll_begin", user=user)
         assert begun["ok"], begun
-        wrong = [me.request("enroll_confirm", user=user, code=_wrong(begun["secret"]))
-                 for _ in range(5)]
+        wrong = [
+            me.request("enroll_confirm", user=user, code=_wrong(begun["secret"])) for _ in range(5)
+        ]
         right = me.request("enroll_confirm", user=user, code=totp_now(begun["secret"]))
     assert [w["error"] for w in wrong] == ["wrong_code"] * 4 + ["locked"]
     assert right["error"] == "locked", right
@@ -91,8 +95,10 @@ def test_a_guesser_on_the_control_socket_is_blocked_before_the_owner_is_locked_o
     user = make_user()
     secret = mfad.enroll(user)
     with ControlAs(mfad.control_socket, user) as me:
-        wrong = [me.request("recovery_codes", user=user, regenerate=True,
-                            code=_wrong(secret)) for _ in range(4)]
+        wrong = [
+            me.request("recovery_codes", user=user, regenerate=True, code=_wrong(secret))
+            for _ in range(4)
+        ]
         after = me.request("recovery_codes", user=user, regenerate=True, code=totp_now(secret))
     assert [w["error"] for w in wrong] == ["wrong_code"] * 3 + ["locked"]
     assert after["error"] == "locked" and "blocked" in after["message"]
@@ -101,13 +107,17 @@ def test_a_guesser_on_the_control_socket_is_blocked_before_the_owner_is_locked_o
     assert frames[-1].payload == "S"
 
 
-def _guess_round(mfad: Daemon, user: str, secret: str, wrong: int,
-                 now: float | None = None) -> list[str]:
+def _guess_round(
+    mfad: Daemon, user: str, secret: str, wrong: int, now: float | None = None
+) -> list[str]:
     results = []
     for _ in range(wrong):
         with PamWire(mfad.pam_socket) as wire:
-            results.append(wire.login(user, [_wrong(secret, now)], service="sshd",
-                                      rhost="192.0.2.50")[-1].payload)
+            results.append(
+                wire.login(user, [_wrong(secret, now)], service="sshd", rhost="192.0.2.50")[
+                    -1
+                ].payload
+            )
     return results
 
 
@@ -119,9 +129,15 @@ def test_lifetime_cap_locks_until_an_administrator_unlocks(
     until `mfa unlock`; then the right code logs in."""
     mfad, clock = mfad_clock, fake_clock
     now = clock.now  # the daemon's time, for codes that are right for no step near it
-    mfad.restart(login={"max_attempts": 1}, lockout={
-        "deny": 2, "unlock_time": 1, "lifetime_deny": 5, "source_deny": 100,
-    })
+    mfad.restart(
+        login={"max_attempts": 1},
+        lockout={
+            "deny": 2,
+            "unlock_time": 1,
+            "lifetime_deny": 5,
+            "source_deny": 100,
+        },
+    )
     user = make_user()
     secret = clock.enroll(mfad, user)
     assert _guess_round(mfad, user, secret, 2, now()) == ["M", "F"]  # the 2nd locks, for 1 s
@@ -138,8 +154,10 @@ def test_lifetime_cap_locks_until_an_administrator_unlocks(
     assert mfad.request("status", user=user)["failures_since_success"] == 5
     assert mfad.request("unlock", user=user)["unlocked"] == [user]
     with PamWire(mfad.pam_socket) as wire:
-        assert wire.login(user, [clock.totp(secret)], service="sshd",
-                          rhost="192.0.2.50")[-1].payload == "S"
+        assert (
+            wire.login(user, [clock.totp(secret)], service="sshd", rhost="192.0.2.50")[-1].payload
+            == "S"
+        )
     assert mfad.request("status", user=user)["failures_since_success"] == 0
 
 
@@ -148,9 +166,15 @@ def test_with_silent_lockout_a_locked_answer_takes_as_long_as_a_wrong_one(
 ) -> None:
     """`lockout.silent`: once locked, an answer is refused only after the back-off a wrong
     code from that host would get, not at once, so timing does not reveal the lock."""
-    mfad.restart(login={"max_attempts": 1}, lockout={
-        "silent": True, "deny": 2, "delay": 0.4, "source_deny": 100,
-    })
+    mfad.restart(
+        login={"max_attempts": 1},
+        lockout={
+            "silent": True,
+            "deny": 2,
+            "delay": 0.4,
+            "source_deny": 100,
+        },
+    )
     user = make_user()
     secret = mfad.enroll(user)
     assert _guess_round(mfad, user, secret, 2) == ["M", "M"]  # locked now, silently
@@ -177,11 +201,16 @@ def test_with_silent_lockout_every_answer_of_a_conversation_slows_down_alike(
     with PamWire(mfad.pam_socket) as wire:  # lock it from elsewhere
         wire.login(user, [_wrong(secret)] * 2, service="sshd", rhost="192.0.2.60")
     with PamWire(mfad.pam_socket) as wire:
-        assert wire.login(user, [_wrong(secret)] * 3, service="sshd",
-                          rhost="192.0.2.61")[-1].payload == "M"
+        assert (
+            wire.login(user, [_wrong(secret)] * 3, service="sshd", rhost="192.0.2.61")[-1].payload
+            == "M"
+        )
     refused = [r for r in _attempts(mfad, user) if r.get("rhost") == "192.0.2.61"]
     assert [(r["outcome"], r["delay_s"]) for r in refused] == [
-        ("refused", 0.2), ("refused", 0.4), ("refused", 0.8)]
+        ("refused", 0.2),
+        ("refused", 0.4),
+        ("refused", 0.8),
+    ]
 
 
 def test_the_lifetime_cap_locks_root_too(mfad: Daemon) -> None:

@@ -44,7 +44,9 @@ def test_another_spelling_of_a_name_is_the_same_account(ci_daemon: Daemon) -> No
     assert _login(ci_daemon, "ALICE", [totp_now(secret)])[-1] == "S"
     logins = [r for r in ci_daemon.audit() if r["event"] == "login"]
     assert [(r["user"], r["typed_user"], r["uid"]) for r in logins] == [
-        ("alice", "Alice", ALICE.uid), ("alice", "ALICE", ALICE.uid)]
+        ("alice", "Alice", ALICE.uid),
+        ("alice", "ALICE", ALICE.uid),
+    ]
     status = ci_daemon.request("status", user="aLiCe")
     assert status["user"] == "alice" and status["state"] == "active"
 
@@ -61,9 +63,7 @@ def test_self_service_is_decided_by_uid_not_by_spelling(ci_daemon: Daemon) -> No
     assert "nosuchuser" in nobody["message"] and CAROL.name not in other["message"]
 
 
-def test_a_recreated_user_does_not_inherit_the_old_token(
-    ci_daemon: Daemon, nss_ci: NssCi
-) -> None:
+def test_a_recreated_user_does_not_inherit_the_old_token(ci_daemon: Daemon, nss_ci: NssCi) -> None:
     """alice is deleted and a new alice gets another uid: her old token no longer logs in
     (the login fails closed, saying to contact the administrator), the account is shown as
     stale, and after `mfa forget alice` the new alice is asked to enrol."""

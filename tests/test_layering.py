@@ -58,8 +58,11 @@ def sources(directory: Path) -> list[Path]:
 @pytest.mark.parametrize("path", sources(CLI), ids=lambda p: p.name)
 def test_the_cli_imports_nothing_from_the_daemon(path: Path) -> None:
     """No module of mfa_cli imports mfad or a submodule of it; the wire package is shared."""
-    bad = [f"{path.name}:{line}: {module}" for line, module in imported_modules(path, "mfa_cli")
-           if top(module) == "mfad"]
+    bad = [
+        f"{path.name}:{line}: {module}"
+        for line, module in imported_modules(path, "mfa_cli")
+        if top(module) == "mfad"
+    ]
     assert bad == []
 
 
@@ -67,9 +70,12 @@ def test_the_cli_imports_nothing_from_the_daemon(path: Path) -> None:
 def test_the_wire_package_imports_only_the_standard_library(path: Path) -> None:
     """mfa_wire imports itself and the standard library: not mfad, not mfa_cli, nothing
     installed beside them."""
-    bad = [f"{path.name}:{line}: {module}" for line, module in imported_modules(path, "mfa_wire")
-           if top(module) not in {"mfa_wire", "__future__"}
-           and top(module) not in sys.stdlib_module_names]
+    bad = [
+        f"{path.name}:{line}: {module}"
+        for line, module in imported_modules(path, "mfa_wire")
+        if top(module) not in {"mfa_wire", "__future__"}
+        and top(module) not in sys.stdlib_module_names
+    ]
     assert bad == []
 
 
@@ -85,5 +91,10 @@ def test_the_import_reader_sees_every_form_of_import(tmp_path: Path) -> None:
         "from .client import DaemonClient\n"
     )
     assert [m for _, m in imported_modules(source, "mfa_cli")] == [
-        "os", "mfad.store", "mfad", "mfa_cli.display", "mfa_cli.client", "mfad.qrtext",
+        "os",
+        "mfad.store",
+        "mfad",
+        "mfa_cli.display",
+        "mfa_cli.client",
+        "mfad.qrtext",
     ]

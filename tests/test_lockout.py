@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, totp_now
+from conftest import Daemon, MakeUser, totp_now
 from fakeclock import FakeClock
 from pamtest import authenticate, write_service
 from wire import PamWire, start_payload
@@ -40,7 +40,7 @@ def _reasons(mfad: Daemon) -> list[str]:
 
 
 def test_two_hundred_parallel_guesses_check_exactly_the_threshold(
-    mfad: Daemon, make_user
+    mfad: Daemon, make_user: MakeUser
 ) -> None:
     """200 guesses at once from 200 hosts: 5 are checked, the lock engages, 195 are not checked."""
     user = make_user()
@@ -74,7 +74,7 @@ def test_two_hundred_parallel_guesses_check_exactly_the_threshold(
 
 
 def test_one_guessing_host_is_blocked_while_the_owner_logs_in_from_another(
-    mfad: Daemon, make_user
+    mfad: Daemon, make_user: MakeUser
 ) -> None:
     """Host A is blocked after 4 wrong codes; the owner on host B still logs in; only guesses
     from several hosts reaching the account threshold lock the owner out too."""
@@ -94,7 +94,7 @@ def test_one_guessing_host_is_blocked_while_the_owner_logs_in_from_another(
 
 
 def test_wrong_code_far_outside_the_window_is_refused_but_reported_as_clock_offset(
-    mfad: Daemon, make_user
+    mfad: Daemon, make_user: MakeUser
 ) -> None:
     """A code from 10 minutes ahead is refused, and audited with the suspected offset."""
     user = make_user()
@@ -105,7 +105,7 @@ def test_wrong_code_far_outside_the_window_is_refused_but_reported_as_clock_offs
     assert attempt["suspected_clock_offset_s"] == 600
 
 
-def test_back_off_delays_each_wrong_answer_more(mfad: Daemon, make_user) -> None:
+def test_back_off_delays_each_wrong_answer_more(mfad: Daemon, make_user: MakeUser) -> None:
     """With delay 0.3 s, three wrong codes from one host take at least 0.3 + 0.6 + 1.2 s."""
     mfad.restart(lockout={"delay": 0.3})
     user = make_user()
@@ -116,7 +116,7 @@ def test_back_off_delays_each_wrong_answer_more(mfad: Daemon, make_user) -> None
     assert time.monotonic() - begun >= 2.1
 
 
-def test_silent_lock_gives_no_hint(mfad: Daemon, make_user) -> None:
+def test_silent_lock_gives_no_hint(mfad: Daemon, make_user: MakeUser) -> None:
     """With silent: true a locked user sees the usual prompts and refusals, nothing about a lock."""
     mfad.restart(lockout={"silent": True, "deny": 2, "source_deny": 100})
     user = make_user()
@@ -156,7 +156,7 @@ class _Pam:
 
 
 def test_lock_survives_restart_and_expires_after_unlock_time(
-    pam_module: Path, mfad_clock: Daemon, fake_clock: FakeClock, make_user
+    pam_module: Path, mfad_clock: Daemon, fake_clock: FakeClock, make_user: MakeUser
 ) -> None:
     """Through libpam: locked, still locked after a daemon restart, free once unlock_time passed."""
     mfad = mfad_clock
@@ -174,7 +174,7 @@ def test_lock_survives_restart_and_expires_after_unlock_time(
 
 
 def test_admin_unlock_lifts_a_lock_without_expiry(
-    pam_module: Path, mfad: Daemon, make_user
+    pam_module: Path, mfad: Daemon, make_user: MakeUser
 ) -> None:
     """unlock_time 0 locks until `unlock`; after it the right code works again, all audited."""
     mfad.restart(lockout={"deny": 2, "source_deny": 100, "unlock_time": 0})
@@ -190,7 +190,7 @@ def test_admin_unlock_lifts_a_lock_without_expiry(
     assert "lock_set" in events and "lock_cleared" in events
 
 
-def test_counters_survive_a_restart(mfad: Daemon, make_user) -> None:
+def test_counters_survive_a_restart(mfad: Daemon, make_user: MakeUser) -> None:
     """Three wrong codes, a restart, two more: the fifth still locks (counts are in the store)."""
     user = make_user()
     secret = mfad.enroll(user)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from conftest import Daemon, totp_now
+from conftest import Daemon, MakeGroup, MakeUser, PamLogin, totp_now
 from fakeclock import FakeClock
 
 pytest_plugins = ["fakeclock"]
@@ -27,7 +27,7 @@ def _expect(mfad: Daemon, result: Any, name: str, outcome: str, reason: str) -> 
     assert (record["outcome"], record["reason"]) == (outcome, reason)
 
 
-def test_mode_off_beats_everything(mfad: Daemon, pam_login, make_user) -> None:
+def test_mode_off_beats_everything(mfad: Daemon, pam_login: PamLogin, make_user: MakeUser) -> None:
     """mode off: even an enrolled user is skipped (PAM_IGNORE), recorded as mode_off."""
     user = make_user()
     mfad.enroll(user)
@@ -36,7 +36,7 @@ def test_mode_off_beats_everything(mfad: Daemon, pam_login, make_user) -> None:
 
 
 def test_exempt_user_is_skipped_until_the_exemption_expires(
-    mfad: Daemon, fake_clock: FakeClock, pam_login, make_user
+    mfad: Daemon, fake_clock: FakeClock, pam_login: PamLogin, make_user: MakeUser
 ) -> None:
     """An exempt user is skipped; once the expiry passes, their kept token is required again."""
     fake_clock.attach(mfad)
@@ -47,12 +47,13 @@ def test_exempt_user_is_skipped_until_the_exemption_expires(
     assert changed == [{"user": user, "from": "active", "to": "exempt"}]
     _expect(mfad, pam_login(user, []), "PAM_IGNORE", "skipped", "exempt")
     fake_clock.advance(2.2)
-    _expect(mfad, pam_login(user, [fake_clock.totp(secret)]), "PAM_SUCCESS", "success",
-            "correct_code")
+    _expect(
+        mfad, pam_login(user, [fake_clock.totp(secret)]), "PAM_SUCCESS", "success", "correct_code"
+    )
 
 
 def test_suspended_user_is_skipped_and_resumes_with_the_same_token(
-    mfad: Daemon, pam_login, make_user
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser
 ) -> None:
     """suspend keeps the secret and skips; resume makes the same token work again."""
     user = make_user()
@@ -64,7 +65,7 @@ def test_suspended_user_is_skipped_and_resumes_with_the_same_token(
 
 
 def test_active_user_needs_a_code_even_in_an_exempt_group(
-    mfad: Daemon, pam_login, make_user, make_group
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser, make_group: MakeGroup
 ) -> None:
     """An enrolled user's own token outranks an exempt group: a wrong code is refused."""
     user = make_user()
@@ -74,7 +75,7 @@ def test_active_user_needs_a_code_even_in_an_exempt_group(
 
 
 def test_explicit_requirement_outranks_an_exempt_group(
-    mfad: Daemon, pam_login, make_user, make_group
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser, make_group: MakeGroup
 ) -> None:
     """`mfa require` on a member of an exempt group: that user must still enrol."""
     user = make_user()
@@ -84,7 +85,7 @@ def test_explicit_requirement_outranks_an_exempt_group(
 
 
 def test_exempt_group_outranks_required_mode(
-    mfad: Daemon, pam_login, make_user, make_group
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser, make_group: MakeGroup
 ) -> None:
     """mode required, user in exempt_groups and not enrolled: skipped as exempt_group."""
     user = make_user()
@@ -93,12 +94,13 @@ def test_exempt_group_outranks_required_mode(
 
 
 def test_require_group_in_optional_mode(
-    mfad: Daemon, pam_login, make_user, make_group
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser, make_group: MakeGroup
 ) -> None:
     """mode optional: members of a require group must enrol, others are skipped."""
     member, other = make_user(), make_user()
-    mfad.restart(mode="optional", require_groups=[make_group(member)],
-                 enrolment={"at_login": False})
+    mfad.restart(
+        mode="optional", require_groups=[make_group(member)], enrolment={"at_login": False}
+    )
     _expect(mfad, pam_login(other, []), "PAM_IGNORE", "skipped", "optional_not_enrolled")
     result = pam_login(member, [])
     _expect(mfad, result, "PAM_AUTH_ERR", "failure", "not_enrolled")
@@ -106,7 +108,9 @@ def test_require_group_in_optional_mode(
     assert mfad.request("status", user=member)["state"] == "pending"
 
 
-def test_required_mode_offers_enrolment_at_login(mfad: Daemon, pam_login, make_user) -> None:
+def test_required_mode_offers_enrolment_at_login(
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser
+) -> None:
     """mode required, not enrolled: the login shows a QR code and asks to confirm a code."""
     user = make_user()
     result = pam_login(user, ["000000"] * 3)
@@ -118,24 +122,32 @@ def test_required_mode_offers_enrolment_at_login(mfad: Daemon, pam_login, make_u
     assert _last_login(mfad)["reason"] == "too_many_attempts"
 
 
-def test_service_override_tightens_and_loosens(mfad: Daemon, pam_login, make_user) -> None:
+def test_service_override_tightens_and_loosens(
+    mfad: Daemon, pam_login: PamLogin, make_user: MakeUser
+) -> None:
     """services: sudo required, cron off, on top of mode optional."""
     user = make_user()
     secret = mfad.enroll(user)
     plain = make_user()
-    mfad.restart(mode="optional", services={"sudo": "required", "cron": "off"},
-                 enrolment={"at_login": False})
-    _expect(mfad, pam_login(plain, [], service="sshd"), "PAM_IGNORE", "skipped",
-            "optional_not_enrolled")
-    _expect(mfad, pam_login(plain, [], service="sudo"), "PAM_AUTH_ERR", "failure",
-            "not_enrolled")
+    mfad.restart(
+        mode="optional", services={"sudo": "required", "cron": "off"}, enrolment={"at_login": False}
+    )
+    _expect(
+        mfad, pam_login(plain, [], service="sshd"), "PAM_IGNORE", "skipped", "optional_not_enrolled"
+    )
+    _expect(mfad, pam_login(plain, [], service="sudo"), "PAM_AUTH_ERR", "failure", "not_enrolled")
     _expect(mfad, pam_login(user, [], service="cron"), "PAM_IGNORE", "skipped", "mode_off")
-    _expect(mfad, pam_login(user, [totp_now(secret)], service="sudo"), "PAM_SUCCESS",
-            "success", "correct_code")
+    _expect(
+        mfad,
+        pam_login(user, [totp_now(secret)], service="sudo"),
+        "PAM_SUCCESS",
+        "success",
+        "correct_code",
+    )
 
 
 def test_enrolment_deadline_passed_refuses_with_a_message(
-    mfad: Daemon, fake_clock: FakeClock, pam_login, make_user
+    mfad: Daemon, fake_clock: FakeClock, pam_login: PamLogin, make_user: MakeUser
 ) -> None:
     """A pending user past the enrolment deadline is refused and told to contact an admin."""
     user = make_user()
@@ -149,7 +161,7 @@ def test_enrolment_deadline_passed_refuses_with_a_message(
 
 @pytest.mark.parametrize("mode", ["optional", "required"])
 def test_unknown_name_is_treated_like_a_real_unenrolled_user_would_be(
-    mfad: Daemon, pam_login, mode: str
+    mfad: Daemon, pam_login: PamLogin, mode: str
 ) -> None:
     """A name NSS does not know: skipped in optional mode, prompted (and failed) in required."""
     mfad.restart(mode=mode)

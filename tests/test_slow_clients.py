@@ -137,8 +137,10 @@ def test_silent_and_trickling_clients_do_not_delay_a_real_login(
     try:
         time.sleep(2)  # every trickler has sent a few bytes of its START
         result, took = _timed_login(mfad, user, totp_now(secret))
-        print(f"\nlogin beside {IDLE} idle and {TRICKLERS} trickling connections: "
-              f"{result} in {took * 1000:.0f} ms")
+        print(
+            f"\nlogin beside {IDLE} idle and {TRICKLERS} trickling connections: "
+            f"{result} in {took * 1000:.0f} ms"
+        )
         assert result == "S"
         assert took < 5.0
         closed = _wait_all_closed(idle, opened + START_TIMEOUT + SLACK)
@@ -278,8 +280,14 @@ def _held_control_connections(mfad: Daemon, user: str) -> int:
         "        return False\n"
         "print(sum(open_(s) for s in socks))\n"
     )
-    out = subprocess.run([sys.executable, "-c", child, str(mfad.control_socket)], user=user,
-                         capture_output=True, text=True, timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", child, str(mfad.control_socket)],
+        user=user,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     return int(out.stdout)
 
 

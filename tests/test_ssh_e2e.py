@@ -39,9 +39,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-import pyotp
 import pytest
-from conftest import Daemon, totp_now
+from conftest import Daemon, totp_from_uri, totp_now
 from qrimage import decode as decode_terminal_qr
 from sshd import CODE_PROMPT, PASSWORD_PROMPT, SAVED_PROMPT, Login, PrivateSshd
 
@@ -227,7 +226,7 @@ class Phone:
         return self.code()
 
     def code(self, steps_ahead: int = 0) -> str:
-        otp = pyotp.parse_uri(self.uri)
+        otp = totp_from_uri(self.uri)
         return str(otp.at(time.time() + steps_ahead * otp.interval))
 
 
@@ -264,7 +263,7 @@ def test_pending_user_enrols_at_ssh_login(
     secret = parse_qs(urlparse(phone.uri).query)["secret"][0]
     key = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
     assert f"Key: {key}" in before
-    otp = pyotp.parse_uri(phone.uri)
+    otp = totp_from_uri(phone.uri)
     assert (otp.name, otp.issuer, otp.digits, otp.interval) == (user, "pam-mfa-test", 6, 30)
     shown, _, session = after.partition(SAVED_PROMPT)
     assert ENROLLED in shown

@@ -53,8 +53,13 @@ def test_no_secret_code_or_recovery_code_appears_in_any_log() -> None:
             for text in _texts(record):
                 # a code would stand as a run of digits of its own; a longer run (a frame
                 # length a fuzzer sent, say) that merely contains one is no leak
-                found += [f"code in {log}: {text[:80]!r}"
-                          for run in DIGITS.findall(text) if run in SEEN["code"]]
-    print(f"searched {len(logs)} logs for {len(SEEN['secret'])} keys, {len(SEEN['code'])} "
-          f"codes and {len(SEEN['recovery code'])} recovery codes")
+                found += [
+                    f"code in {log}: {text[:80]!r}"
+                    for run in DIGITS.findall(text)
+                    if run in SEEN["code"]
+                ]
+    print(
+        f"searched {len(logs)} logs for {len(SEEN['secret'])} keys, {len(SEEN['code'])} "
+        f"codes and {len(SEEN['recovery code'])} recovery codes"
+    )
     assert not found, "\n".join(found[:20])

@@ -111,8 +111,13 @@ class ControlAs:
         knows; its primary group is taken to be the same number)."""
         uid, gid = (user, user) if isinstance(user, int) else pwd.getpwnam(user)[2:4]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CONTROL_CHILD, str(path)], user=uid, group=gid,
-            extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-c", _CONTROL_CHILD, str(path)],
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
 
     def __enter__(self) -> ControlAs:

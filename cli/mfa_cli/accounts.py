@@ -37,8 +37,9 @@ COLUMNS = (
 SORT_KEYS = tuple(key for key, _ in COLUMNS)
 TABLE_ORDER = (*(k for k in SORT_KEYS if k != "exempt_reason"), "exempt_reason")
 """The free-text reason goes last in the table so that it cannot push the others apart."""
-TIME_KEYS = frozenset({"enrolled_at", "last_verified_at", "locked_until", "exempt_until",
-                       "enrol_by"})
+TIME_KEYS = frozenset(
+    {"enrolled_at", "last_verified_at", "locked_until", "exempt_until", "enrol_by"}
+)
 CSV_KEYS = (*SORT_KEYS, "algorithm", "digits", "period", "clock_offset_steps")
 STATES = ("pending", "active", "suspended", "disabled", "exempt")
 UNLOCKED_BY_ADMIN = "until unlocked"
@@ -66,8 +67,10 @@ def _offset(result: dict[str, Any]) -> str:
 def _token(result: dict[str, Any]) -> str:
     if not result.get("method"):
         return "-"
-    return (f"{result['method']}, {result.get('algorithm')}, {result.get('digits')} digits, "
-            f"every {result.get('period')} s")
+    return (
+        f"{result['method']}, {result.get('algorithm')}, {result.get('digits')} digits, "
+        f"every {result.get('period')} s"
+    )
 
 
 def _locked(result: dict[str, Any]) -> str:
@@ -146,8 +149,12 @@ def show(client: DaemonClient, user: str | None, as_json: bool) -> None:
     click.echo("Second-factor logins, newest first:")
     table = [("TIME (UTC)", "SERVICE", "REMOTE HOST", "METHOD")]
     table += [
-        (utc_text(h.get("time")), h.get("service") or "-", h.get("rhost") or "-",
-         h.get("method") or "-")
+        (
+            utc_text(h.get("time")),
+            h.get("service") or "-",
+            h.get("rhost") or "-",
+            h.get("method") or "-",
+        )
         for h in history
     ]
     for line in _aligned(table):
@@ -157,8 +164,10 @@ def show(client: DaemonClient, user: str | None, as_json: bool) -> None:
 def _aligned(table: Sequence[Sequence[str]]) -> list[str]:
     """Rows of cells padded to each column's widest cell; the last column is not padded."""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in table]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
@@ -173,17 +182,29 @@ def _cell(row: dict[str, Any], key: str) -> str:
 @click.command("list", short_help="Every account: state, logins, locks, exemptions.")
 @click.option("--state", type=click.Choice(STATES), help="Only accounts in this state.")
 @click.option("--group", metavar="GROUP", help="Only members of this group (from NSS).")
-@click.option("--sort", "sort_key", type=click.Choice(SORT_KEYS), default="user",
-              metavar="COLUMN", show_default=True,
-              help=f"Sort by COLUMN, one of: {', '.join(SORT_KEYS)}. Unset values come last.")
+@click.option(
+    "--sort",
+    "sort_key",
+    type=click.Choice(SORT_KEYS),
+    default="user",
+    metavar="COLUMN",
+    show_default=True,
+    help=f"Sort by COLUMN, one of: {', '.join(SORT_KEYS)}. Unset values come last.",
+)
 @click.option("--reverse", is_flag=True, help="Sort in descending order.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects, one per account.")
-@click.option("--csv", "as_csv", is_flag=True,
-              help="CSV with a header row; empty fields for unset values.")
+@click.option(
+    "--csv", "as_csv", is_flag=True, help="CSV with a header row; empty fields for unset values."
+)
 @pass_client
 def list_accounts(
-    client: DaemonClient, state: str | None, group: str | None, sort_key: str, reverse: bool,
-    as_json: bool, as_csv: bool,
+    client: DaemonClient,
+    state: str | None,
+    group: str | None,
+    sort_key: str,
+    reverse: bool,
+    as_json: bool,
+    as_csv: bool,
 ) -> None:
     """Every account mfad knows (root and the admin group only), one row each: state,
     method, when enrolled, last verified code and its remote host, failed attempts, lock,
@@ -213,8 +234,7 @@ def list_accounts(
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_KEYS)
-        writer.writerows([("" if r.get(k) is None else safe(r[k])) for k in CSV_KEYS]
-                         for r in rows)
+        writer.writerows([("" if r.get(k) is None else safe(r[k])) for k in CSV_KEYS] for r in rows)
         click.echo(out.getvalue(), nl=False)
     elif not rows:
         click.echo("No accounts match.", err=True)

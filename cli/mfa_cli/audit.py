@@ -27,8 +27,13 @@ FOLLOW_BACKLOG = 10
 """Records `mfa audit --follow` shows before the new ones, like `tail -f`."""
 
 COLUMNS = (
-    ("TIME (UTC)", 19), ("EVENT", 14), ("OUTCOME", 8), ("USER", 12), ("SERVICE", 8),
-    ("RHOST", 15), ("REASON", 0),
+    ("TIME (UTC)", 19),
+    ("EVENT", 14),
+    ("OUTCOME", 8),
+    ("USER", 12),
+    ("SERVICE", 8),
+    ("RHOST", 15),
+    ("REASON", 0),
 )
 
 
@@ -82,11 +87,18 @@ class _Printer:
             return
         record = clean(record)
         self.header()
-        click.echo(_row([
-            _shown_time(record),
-            *(str(record.get(k) or "-") for k in ("event", "outcome", "user", "service", "rhost")),
-            _detail(record),
-        ]))
+        click.echo(
+            _row(
+                [
+                    _shown_time(record),
+                    *(
+                        str(record.get(k) or "-")
+                        for k in ("event", "outcome", "user", "service", "rhost")
+                    ),
+                    _detail(record),
+                ]
+            )
+        )
 
 
 @click.group(
@@ -114,13 +126,26 @@ otherwise; --limit 0 shows all.""",
 @click.option("--until", metavar="TIME", callback=_time_option, help="Only records before TIME.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as logged.")
 @click.option("--follow", "-f", is_flag=True, help="Keep going: show new records as they come.")
-@click.option("--limit", "-n", type=click.IntRange(min=0), metavar="N",
-              help="Show the most recent N matching records (0: all).")
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Show the most recent N matching records (0: all).",
+)
 @click.pass_context
 def audit(
-    ctx: click.Context, user: str | None, event: str | None, outcome: str | None,
-    service: str | None, rhost: str | None, since: str | None, until: str | None,
-    as_json: bool, follow: bool, limit: int | None,
+    ctx: click.Context,
+    user: str | None,
+    event: str | None,
+    outcome: str | None,
+    service: str | None,
+    rhost: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+    follow: bool,
+    limit: int | None,
 ) -> None:
     """List the audit trail (root and the admin group only).
 
@@ -135,9 +160,15 @@ def audit(
     assert client is not None
     filters = {
         name: value
-        for name, value in (("user", user), ("event", event), ("outcome", outcome),
-                            ("service", service), ("rhost", rhost), ("since", since),
-                            ("until", until))
+        for name, value in (
+            ("user", user),
+            ("event", event),
+            ("outcome", outcome),
+            ("service", service),
+            ("rhost", rhost),
+            ("since", since),
+            ("until", until),
+        )
         if value is not None
     }
     if limit is None:
@@ -146,8 +177,9 @@ def audit(
     matched = 0
     following = False
     try:
-        for result in client.stream("audit_follow" if follow else "audit_query",
-                                    limit=limit, **filters):
+        for result in client.stream(
+            "audit_follow" if follow else "audit_query", limit=limit, **filters
+        ):
             for record in result.get("records", []):
                 printer.record(record)
             matched = int(result.get("matched", matched))
@@ -156,8 +188,11 @@ def audit(
                 printer.header()
                 click.echo("-- following new records; Ctrl-C to stop --", err=True)
             if result.get("missed"):
-                click.echo(f"-- {safe(result['missed'])} records skipped: this terminal fell "
-                           "behind; `mfa audit` lists them --", err=True)
+                click.echo(
+                    f"-- {safe(result['missed'])} records skipped: this terminal fell "
+                    "behind; `mfa audit` lists them --",
+                    err=True,
+                )
     except KeyboardInterrupt:
         return
     except DaemonUnreachable as exc:
@@ -169,8 +204,9 @@ def audit(
     if matched == 0 and not as_json:
         click.echo("No matching records.", err=True)
     elif limit and matched > limit:
-        click.echo(f"(the last {limit} of {matched} matching records; --limit 0 shows all)",
-                   err=True)
+        click.echo(
+            f"(the last {limit} of {matched} matching records; --limit 0 shows all)", err=True
+        )
 
 
 @audit.command()
@@ -194,8 +230,10 @@ def verify(client: DaemonClient, as_json: bool) -> None:
     else:
         shown = clean(bad)
         click.echo(f"Audit trail BROKEN: {shown['reason']}")
-        click.echo(f"  where:   {shown['file']} line {shown['line']}"
-                   + (f" (record {shown['seq']})" if shown.get("seq") is not None else ""))
+        click.echo(
+            f"  where:   {shown['file']} line {shown['line']}"
+            + (f" (record {shown['seq']})" if shown.get("seq") is not None else "")
+        )
         click.echo(f"  why:     {shown['message']}")
         click.echo(f"  found:   {shown.get('record') or '(nothing: the line is gone)'}")
         click.echo(f"  records intact before it: {safe(verdict['records'])}")
@@ -208,8 +246,10 @@ def _say_intact(verdict: dict[str, Any]) -> None:
     files = len(verdict.get("files") or [])
     first, last = verdict.get("first_seq"), verdict.get("last_seq")
     span = f"records {first}-{last}" if first is not None else "no records"
-    click.echo(f"Audit trail intact: {verdict['records']} records ({span}) "
-               f"in {files} file{'s' if files != 1 else ''}.")
+    click.echo(
+        f"Audit trail intact: {verdict['records']} records ({span}) "
+        f"in {files} file{'s' if files != 1 else ''}."
+    )
     if first is not None and first > 1:
         click.echo(f"Records before {first} are no longer kept (rotated away).")
     head = verdict.get("head")
@@ -220,8 +260,14 @@ def _say_intact(verdict: dict[str, Any]) -> None:
 
 
 @audit.command()
-@click.option("--since", metavar="TIME", callback=_time_option, default="7d", show_default=True,
-              help="Summarise the records at or after TIME.")
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=_time_option,
+    default="7d",
+    show_default=True,
+    help="Summarise the records at or after TIME.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_client
 def summary(client: DaemonClient, since: str, as_json: bool) -> None:
@@ -237,39 +283,72 @@ def summary(client: DaemonClient, since: str, as_json: bool) -> None:
     click.echo(f"Audit summary since {utc_text(result['since'])} UTC ({result['records']} records)")
     logins = result.get("logins") or {}
     click.echo("Logins: " + (", ".join(f"{k} {n}" for k, n in sorted(logins.items())) or "none"))
-    _section("Failures by user (failed logins, wrong codes)", [
-        f"{r['user']:<20} {r['failures']:>6} {r['wrong_codes']:>6}"
-        for r in result["failures_by_user"]])
-    _section("Failures by remote host (failed logins, wrong codes)", [
-        f"{r['rhost']:<20} {r['failures']:>6} {r['wrong_codes']:>6}"
-        for r in result["failures_by_rhost"]])
-    _section("Failure reasons", [f"{r['reason']:<20} {r['count']:>6}"
-                                 for r in result["failure_reasons"]])
-    _section("Accounts locked", [
-        f"{utc_text(r.get('time'))}  {r.get('user', '?')} after {r.get('failures', '?')} wrong "
-        "codes, " + (f"until {utc_text(r['until'])}" if r.get("until") else "until unlocked")
-        for r in result["locks"]])
+    _section(
+        "Failures by user (failed logins, wrong codes)",
+        [
+            f"{r['user']:<20} {r['failures']:>6} {r['wrong_codes']:>6}"
+            for r in result["failures_by_user"]
+        ],
+    )
+    _section(
+        "Failures by remote host (failed logins, wrong codes)",
+        [
+            f"{r['rhost']:<20} {r['failures']:>6} {r['wrong_codes']:>6}"
+            for r in result["failures_by_rhost"]
+        ],
+    )
+    _section(
+        "Failure reasons", [f"{r['reason']:<20} {r['count']:>6}" for r in result["failure_reasons"]]
+    )
+    _section(
+        "Accounts locked",
+        [
+            f"{utc_text(r.get('time'))}  {r.get('user', '?')} after {r.get('failures', '?')} wrong "
+            "codes, " + (f"until {utc_text(r['until'])}" if r.get("until") else "until unlocked")
+            for r in result["locks"]
+        ],
+    )
     _section("Locked now", [", ".join(result["locked_now"])] if result["locked_now"] else [])
-    _section("Remote hosts blocked", [
-        f"{utc_text(r.get('time'))}  {r.get('rhost', '?')} for {r.get('user', '?')}"
-        + (f", until {utc_text(r['until'])}" if r.get("until") else "")
-        for r in result["source_blocks"]])
+    _section(
+        "Remote hosts blocked",
+        [
+            f"{utc_text(r.get('time'))}  {r.get('rhost', '?')} for {r.get('user', '?')}"
+            + (f", until {utc_text(r['until'])}" if r.get("until") else "")
+            for r in result["source_blocks"]
+        ],
+    )
     for key, title in (("exempt_now", "Exempt now"), ("suspended_now", "Suspended now")):
         users = result.get(key) or []
         _section(title, [", ".join(users)] if users else [])
-    _section("Logins without a second factor (skipped)", [
-        f"{r['user']:<20} {r['reason']:<24} {r['count']:>6}" for r in result["skipped"]])
-    _section("Administrative actions", [
-        f"{utc_text(r.get('time'))}  {r.get('actor', '?')}: {r.get('op', '?')} {r.get('user', '')}"
-        for r in result["control"]])
-    _section("Refused control requests", [
-        f"{r['actor']:<20} {r['op']:<16} {r['count']:>6}" for r in result["refused"]])
-    _section("Users who never enrolled", [
-        r["user"] + (" (enrolment pending)" if r["pending"] else "")
-        + (f" ({_count(r['refused_logins'], 'login')} refused)" if r["refused_logins"] else "")
-        for r in result["never_enrolled"]])
-    _section("Tampering found by mfad at start", [
-        f"{utc_text(r.get('time'))}  {r.get('reason', '')}" for r in result["tampered"]])
+    _section(
+        "Logins without a second factor (skipped)",
+        [f"{r['user']:<20} {r['reason']:<24} {r['count']:>6}" for r in result["skipped"]],
+    )
+    _section(
+        "Administrative actions",
+        [
+            f"{utc_text(r.get('time'))}  {r.get('actor', '?')}: {r.get('op', '?')} "
+            f"{r.get('user', '')}"
+            for r in result["control"]
+        ],
+    )
+    _section(
+        "Refused control requests",
+        [f"{r['actor']:<20} {r['op']:<16} {r['count']:>6}" for r in result["refused"]],
+    )
+    _section(
+        "Users who never enrolled",
+        [
+            r["user"]
+            + (" (enrolment pending)" if r["pending"] else "")
+            + (f" ({_count(r['refused_logins'], 'login')} refused)" if r["refused_logins"] else "")
+            for r in result["never_enrolled"]
+        ],
+    )
+    _section(
+        "Tampering found by mfad at start",
+        [f"{utc_text(r.get('time'))}  {r.get('reason', '')}" for r in result["tampered"]],
+    )
 
 
 def _count(n: int, noun: str) -> str:

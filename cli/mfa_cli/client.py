@@ -11,7 +11,7 @@ says when either fails. `mfa` imports nothing from mfad (tests/test_layering.py)
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class DaemonClient:
         with self._connect(op, fields) as sock:
             return self._receive(sock, op)
 
-    def stream(self, op: str, **fields: Any) -> Iterator[dict[str, Any]]:
+    def stream(self, op: str, **fields: Any) -> Generator[dict[str, Any], None, None]:
         """Send a request answered by several frames; yield each result until one has
         ``more`` false. Once a result says ``following`` (audit_follow), the wait for the
         next one has no time limit: new records come when they come."""
@@ -119,8 +119,7 @@ class DaemonClient:
 
     def _hung_up(self) -> DaemonUnreachable:
         return DaemonUnreachable(
-            f"mfad at {self.socket_path} closed the connection without answering; "
-            "its log says why"
+            f"mfad at {self.socket_path} closed the connection without answering; its log says why"
         )
 
     def _no_answer(self) -> str:

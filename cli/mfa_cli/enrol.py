@@ -43,8 +43,7 @@ def no_code_option(instead: str) -> Callable[[F], F]:
         if value is not None:
             raise click.UsageError(f"{CODE_IN_PS} {instead}", ctx=ctx)
 
-    return click.option("--code", metavar="CODE", hidden=True, expose_value=False,
-                        callback=refuse)
+    return click.option("--code", metavar="CODE", hidden=True, expose_value=False, callback=refuse)
 
 
 def read_code(prompt: str) -> str | None:
@@ -145,20 +144,32 @@ def _show_enrolment(begun: dict[str, Any], invert: bool) -> None:
     "Confirm a pending enrolment with `mfa enroll USER --confirm`: it asks for the code "
     "(hidden), or reads it from stdin (echo CODE | mfa enroll USER --confirm)."
 )
-@click.option("--digits", type=click.Choice(["6", "8"]),
-              help="Digits per code, for apps or hardware tokens that need 8 (default: mfad's, "
-              "normally 6).")
-@click.option("--algorithm", type=click.Choice(["SHA1", "SHA256", "SHA512"],
-                                               case_sensitive=False),
-              help="Hash of the codes (default: mfad's, normally SHA1; some apps ignore the "
-              "others and show wrong codes).")
-@click.option("--period", type=click.Choice(["30", "60"]),
-              help="Seconds each code lasts (default: mfad's, normally 30).")
+@click.option(
+    "--digits",
+    type=click.Choice(["6", "8"]),
+    help="Digits per code, for apps or hardware tokens that need 8 (default: mfad's, normally 6).",
+)
+@click.option(
+    "--algorithm",
+    type=click.Choice(["SHA1", "SHA256", "SHA512"], case_sensitive=False),
+    help="Hash of the codes (default: mfad's, normally SHA1; some apps ignore the "
+    "others and show wrong codes).",
+)
+@click.option(
+    "--period",
+    type=click.Choice(["30", "60"]),
+    help="Seconds each code lasts (default: mfad's, normally 30).",
+)
 @click.option("--invert", is_flag=True, help="Draw the QR code for a light-background terminal.")
 @pass_client
 def enroll(
-    client: DaemonClient, user: str | None, confirm: bool, digits: str | None,
-    algorithm: str | None, period: str | None, invert: bool,
+    client: DaemonClient,
+    user: str | None,
+    confirm: bool,
+    digits: str | None,
+    algorithm: str | None,
+    period: str | None,
+    invert: bool,
 ) -> None:
     """Enrol USER (default: you) for authenticator codes.
 
@@ -177,12 +188,15 @@ def enroll(
     user = user or invoking_user()
     if confirm:
         if digits or algorithm or period:
-            raise click.UsageError("--digits, --algorithm and --period go with a new "
-                                   "enrolment, not with --confirm")
+            raise click.UsageError(
+                "--digits, --algorithm and --period go with a new enrolment, not with --confirm"
+            )
         code = read_code("Verification code")
         if code is None:
-            raise CliError(f"No code given; the enrolment of {user} is pending, not active. "
-                           "Type the code the app shows at the prompt, or give it on stdin.")
+            raise CliError(
+                f"No code given; the enrolment of {user} is pending, not active. "
+                "Type the code the app shows at the prompt, or give it on stdin."
+            )
         outcome = _confirm(client, user, code, digits=None)
         if isinstance(outcome, str):
             raise WrongCode(f"{outcome} The enrolment of {user} is pending, not active.")
@@ -222,10 +236,13 @@ def enroll(
 
 @click.command("recovery-codes", short_help="Recovery codes left; --regenerate a new set.")
 @click.argument("user", required=False)
-@click.option("--regenerate", is_flag=True,
-              help="Make a new set and show it; the old codes stop working. On your own "
-              "account it asks for a current code from your app (hidden), or reads it from "
-              "stdin. Root and the admin group need none for other users.")
+@click.option(
+    "--regenerate",
+    is_flag=True,
+    help="Make a new set and show it; the old codes stop working. On your own "
+    "account it asks for a current code from your app (hidden), or reads it from "
+    "stdin. Root and the admin group need none for other users.",
+)
 @no_code_option(
     "`mfa recovery-codes --regenerate` asks for the code (hidden), or reads it from stdin "
     "(echo CODE | mfa recovery-codes --regenerate)."
@@ -256,10 +273,13 @@ def recovery_codes(client: DaemonClient, user: str | None, regenerate: bool) -> 
     if not is_root() and target == invoking_user():
         code = read_code("Current verification code")
         if code is None:
-            raise CliError("No code given: a new set of recovery codes for your own account "
-                           "needs a current code from your authenticator app, typed at the "
-                           "prompt or given on stdin.")
+            raise CliError(
+                "No code given: a new set of recovery codes for your own account "
+                "needs a current code from your authenticator app, typed at the "
+                "prompt or given on stdin."
+            )
         fields["code"] = normalise_code(code)
     codes = list(client.request("recovery_codes", **fields).get("codes") or [])
-    show_recovery_codes(codes, f"New recovery codes for {safe(target)} "
-                        "(the old ones no longer work):")
+    show_recovery_codes(
+        codes, f"New recovery codes for {safe(target)} (the old ones no longer work):"
+    )

@@ -31,8 +31,10 @@ from mfa_wire.errors import ErrorCode
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EPILOG = ("Exit code 5 if a user named does not exist, else 8 if the change was refused "
-          "for any user (the reasons are printed); the others are changed.")
+EPILOG = (
+    "Exit code 5 if a user named does not exist, else 8 if the change was refused "
+    "for any user (the reasons are printed); the others are changed."
+)
 """The epilog of every state change's help."""
 
 
@@ -42,8 +44,12 @@ def _whom_options(yes_help: str = "Do not ask for confirmation (of --all).") -> 
     options = [
         click.argument("users", nargs=-1, metavar="[USER]..."),
         click.option("--group", metavar="GROUP", help="Also every member of GROUP (from NSS)."),
-        click.option("--all", "everyone", is_flag=True,
-                     help="Every account mfad knows (asks first unless --yes)."),
+        click.option(
+            "--all",
+            "everyone",
+            is_flag=True,
+            help="Every account mfad knows (asks first unless --yes).",
+        ),
         click.option("--yes", "-y", is_flag=True, help=yes_help),
     ]
 
@@ -66,8 +72,9 @@ def _targets(
     if everyone and (users or group):
         raise click.UsageError("--all cannot be combined with users or --group")
     if not (users or group or everyone):
-        raise click.UsageError("name at least one USER, or --group GROUP"
-                               + (", or --all" if can_all else ""))
+        raise click.UsageError(
+            "name at least one USER, or --group GROUP" + (", or --all" if can_all else "")
+        )
     fields: dict[str, Any] = {}
     if users:
         fields["users"] = list(users)
@@ -110,8 +117,11 @@ def _change(client: DaemonClient, action: str, fields: dict[str, Any], note: str
     if not refused:
         return
     total = len(changed) + len(refused)
-    summary = ("not changed (see above)" if total == 1 else
-               f"{len(refused)} of {total} users not changed (see above)")
+    summary = (
+        "not changed (see above)"
+        if total == 1
+        else f"{len(refused)} of {total} users not changed (see above)"
+    )
     if any(r.get("error") == ErrorCode.NO_SUCH_USER for r in refused):
         raise NotFound(summary)
     raise Refused(summary)
@@ -120,8 +130,9 @@ def _change(client: DaemonClient, action: str, fields: dict[str, Any], note: str
 def _print_refusals(refused: list[dict[str, Any]]) -> None:
     """Each refusal, ``USER: refused: why``, to stderr."""
     for refusal in clean(refused):
-        click.echo(f"{refusal['user']}: refused: {refusal.get('message') or refusal['error']}",
-                   err=True)
+        click.echo(
+            f"{refusal['user']}: refused: {refusal.get('message') or refusal['error']}", err=True
+        )
 
 
 def _with_reason(fields: dict[str, Any], reason: str | None) -> dict[str, Any]:
@@ -134,7 +145,11 @@ def _with_reason(fields: dict[str, Any], reason: str | None) -> dict[str, Any]:
 @_reason_option
 @pass_client
 def require(
-    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    client: DaemonClient,
+    users: tuple[str, ...],
+    group: str | None,
+    everyone: bool,
+    yes: bool,
     reason: str | None,
 ) -> None:
     """Require USERS to use a second factor: they must enrol (state pending),
@@ -152,13 +167,18 @@ def require(
     _change(client, "require", _with_reason(fields, reason))
 
 
-@click.command(short_help="Skip USERS' codes for now, keep the token (-> suspended).",
-               epilog=EPILOG)
+@click.command(
+    short_help="Skip USERS' codes for now, keep the token (-> suspended).", epilog=EPILOG
+)
 @_whom_options()
 @_reason_option
 @pass_client
 def suspend(
-    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    client: DaemonClient,
+    users: tuple[str, ...],
+    group: str | None,
+    everyone: bool,
+    yes: bool,
     reason: str | None,
 ) -> None:
     """Suspend the second factor of USERS: the token is kept but no code is asked
@@ -181,7 +201,11 @@ def suspend(
 @_reason_option
 @pass_client
 def resume(
-    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    client: DaemonClient,
+    users: tuple[str, ...],
+    group: str | None,
+    everyone: bool,
+    yes: bool,
     reason: str | None,
 ) -> None:
     """Resume the second factor of suspended USERS: active again if they have a
@@ -197,13 +221,16 @@ def resume(
     _change(client, "resume", _with_reason(fields, reason))
 
 
-@click.command(short_help="Erase USERS' secret and recovery codes (-> disabled).",
-               epilog=EPILOG)
+@click.command(short_help="Erase USERS' secret and recovery codes (-> disabled).", epilog=EPILOG)
 @_whom_options(yes_help="Do not ask for confirmation.")
 @_reason_option
 @pass_client
 def disable(
-    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    client: DaemonClient,
+    users: tuple[str, ...],
+    group: str | None,
+    everyone: bool,
+    yes: bool,
     reason: str | None,
 ) -> None:
     """Disable the second factor of USERS: erase the secret and recovery codes,
@@ -223,8 +250,12 @@ def disable(
             _confirm(f"Erase the authenticator secret of {users[0]} (state: {state})?")
         else:
             _confirm(f"Erase the authenticator secrets of {_who(fields)}?")
-    _change(client, "disable", _with_reason(fields, reason),
-            note=" (secret and recovery codes erased, history kept)")
+    _change(
+        client,
+        "disable",
+        _with_reason(fields, reason),
+        note=" (secret and recovery codes erased, history kept)",
+    )
 
 
 @click.command(short_help="Erase USERS' token; enrol again (-> pending).", epilog=EPILOG)
@@ -232,7 +263,11 @@ def disable(
 @_reason_option
 @pass_client
 def reset(
-    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    client: DaemonClient,
+    users: tuple[str, ...],
+    group: str | None,
+    everyone: bool,
+    yes: bool,
     reason: str | None,
 ) -> None:
     """Reset USERS to enrol again (state pending): the token and recovery codes
@@ -246,10 +281,16 @@ def reset(
     """
     fields = _targets(users, group, everyone)
     if everyone and not yes:
-        _confirm(f"Reset {_who(fields)} (their tokens and recovery codes are erased; "
-                 "each must enrol again)?")
-    _change(client, "reset", _with_reason(fields, reason),
-            note=" (token and recovery codes erased; must enrol again)")
+        _confirm(
+            f"Reset {_who(fields)} (their tokens and recovery codes are erased; "
+            "each must enrol again)?"
+        )
+    _change(
+        client,
+        "reset",
+        _with_reason(fields, reason),
+        note=" (token and recovery codes erased; must enrol again)",
+    )
 
 
 def _until_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -268,14 +309,24 @@ def _until_option(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 @click.command(short_help="Exempt USERS, with a reason and an optional expiry.", epilog=EPILOG)
 @_whom_options()
-@click.option("--reason", required=True,
-              help="Why (recorded with the exemption and in the audit log).")
-@click.option("--until", metavar="TIME", callback=_until_option,
-              help=f"When the exemption ends: {TIME_HELP}. Default: no expiry.")
+@click.option(
+    "--reason", required=True, help="Why (recorded with the exemption and in the audit log)."
+)
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=_until_option,
+    help=f"When the exemption ends: {TIME_HELP}. Default: no expiry.",
+)
 @pass_client
 def exempt(
-    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
-    reason: str, until: str | None,
+    client: DaemonClient,
+    users: tuple[str, ...],
+    group: str | None,
+    everyone: bool,
+    yes: bool,
+    reason: str,
+    until: str | None,
 ) -> None:
     """Exempt USERS from the second factor (service accounts, break-glass
     accounts), with a reason and optionally an expiry; the token, if any, is
@@ -300,7 +351,11 @@ def exempt(
 @_reason_option
 @pass_client
 def unexempt(
-    client: DaemonClient, users: tuple[str, ...], group: str | None, everyone: bool, yes: bool,
+    client: DaemonClient,
+    users: tuple[str, ...],
+    group: str | None,
+    everyone: bool,
+    yes: bool,
     reason: str | None,
 ) -> None:
     """End the exemption of USERS: active again if they kept a token, else
@@ -358,9 +413,13 @@ def forget(client: DaemonClient, users: tuple[str, ...], yes: bool) -> None:
       mfa forget alice                after `userdel alice`
     """
     if not yes:
-        click.confirm(safe(f"Forget {', '.join(users)}: erase their tokens, recovery codes, "
-                           "counters and login history (the audit trail keeps its records)?"),
-                      abort=True)
+        click.confirm(
+            safe(
+                f"Forget {', '.join(users)}: erase their tokens, recovery codes, "
+                "counters and login history (the audit trail keeps its records)?"
+            ),
+            abort=True,
+        )
     answer = client.request("forget", users=list(users))
     forgotten = answer.get("forgotten") or []
     refused = answer.get("refused") or []
@@ -371,5 +430,8 @@ def forget(client: DaemonClient, users: tuple[str, ...], yes: bool) -> None:
     _print_refusals(refused)
     if refused:
         total = len(forgotten) + len(refused)
-        raise Refused("not forgotten (see above)" if total == 1 else
-                      f"{len(refused)} of {total} users not forgotten (see above)")
+        raise Refused(
+            "not forgotten (see above)"
+            if total == 1
+            else f"{len(refused)} of {total} users not forgotten (see above)"
+        )

@@ -67,7 +67,7 @@ Examples, for root and the admin group:
                                  her (token, codes, history; the audit keeps all)
   mfa audit --since 2h           the audit trail; see `mfa audit --help`
 
-{EXIT_CODES}"""
+{EXIT_CODES}""",
 )
 @click.option(
     "--socket",
@@ -91,9 +91,23 @@ def cli(ctx: click.Context, socket_path: Path) -> None:
     ctx.obj = DaemonClient(socket_path)
 
 
-for command in (enroll, status, show, recovery_codes, list_accounts,
-                require, suspend, resume, disable, reset, exempt, unexempt, unlock, forget,
-                audit):
+for command in (
+    enroll,
+    status,
+    show,
+    recovery_codes,
+    list_accounts,
+    require,
+    suspend,
+    resume,
+    disable,
+    reset,
+    exempt,
+    unexempt,
+    unlock,
+    forget,
+    audit,
+):
     cli.add_command(command)
 
 
