@@ -14,7 +14,7 @@ import secrets
 import subprocess
 from collections.abc import Callable
 
-from conftest import Daemon, totp_now
+from conftest import Daemon, MakeGroup, totp_now
 from nsswrap import (
     ALICE,
     CAROL,
@@ -140,3 +140,24 @@ def test_an_account_stored_under_another_spelling_is_never_passed_over(
 def test_forget_takes_names_only(mfad: Daemon) -> None:
     """`forget` refuses a group or `all`: during an NSS outage every user would look deleted."""
     assert mfad.request("forget", all=True)["error"] == "bad_request"
+
+
+def test_unlock_names_each_user_once_whatever_the_spelling(ci_daemon: Daemon) -> None:
+    """`mfa unlock ALICE` for a user who was not locked says so once, under the name given,
+    instead of also claiming that `alice` was unlocked."""
+    from click.testing import CliRunner
+
+    from mfa_cli.main import cli
+
+    out = CliRunner().invoke(cli, ["--socket", str(ci_daemon.control_socket), "unlock", "ALICE"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines() == ["ALICE: was not locked"]
+    assert ci_daemon.request("unlock", users=["ALICE"])["canonical"] == {"ALICE": "alice"}
+
+
+def test_listing_by_a_group_with_no_members_is_an_empty_list(
+    mfad: Daemon, make_group: MakeGroup
+) -> None:
+    """`mfa list --group G` for a group with no members lists nobody, not an error."""
+    answer = mfad.request("list", group=make_group())
+    assert answer["ok"] is True and answer["accounts"] == [], answer

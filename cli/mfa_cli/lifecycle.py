@@ -384,13 +384,16 @@ def unlock(client: DaemonClient, users: tuple[str, ...], group: str | None) -> N
       mfa unlock alice
     """
     fields = _targets(users, group, can_all=False)
-    unlocked = list(client.request("unlock", **fields).get("unlocked") or [])
+    answer = client.request("unlock", **fields)
+    unlocked = list(answer.get("unlocked") or [])
+    spelt = answer.get("canonical") or {}  # each name as given -> as NSS spells it
     for user in unlocked:
         click.echo(f"{safe(user)}: unlocked")
-    for user in users:
-        if user not in unlocked:
+    named = {spelt.get(user, user): user for user in users}
+    for canonical, user in named.items():
+        if canonical not in unlocked:
             click.echo(f"{safe(user)}: was not locked")
-    if group and not any(u not in users for u in unlocked):
+    if group and not any(u not in named for u in unlocked):
         click.echo(f"No other member of group {safe(group)} was locked.")
 
 

@@ -301,7 +301,9 @@ class AccountOps:
         if state:
             rows = [r for r in rows if r["state"] == state]
         if group:
-            members = set(await lifecycle.targets(self.ctx, {"group": group}))
+            if not isinstance(group, str):
+                raise RequestError("`group` must be a group name")
+            members = set(await lifecycle.group_members(group))
             rows = [r for r in rows if r["user"] in members]
         present = [r for r in rows if r[sort] is not None]
         present.sort(key=lambda r: r[sort], reverse=bool(request.get("descending")))
@@ -333,7 +335,6 @@ class AccountOps:
             "enroll_begin",
             user,
             lambda: enrolment.begin(self.ctx, ident, origin, params),
-            state="pending",
         )
         return {
             "user": user,
@@ -413,10 +414,10 @@ class AccountOps:
 
     async def unlock(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """Clear locks, source blocks and failure counts (pam_faillock --reset)."""
-        unlocked = []
+        unlocked, canonical = [], {}
         for name in await lifecycle.targets(self.ctx, _with_user(request)):
             ident = await identity.resolve(name)
-            user = ident.name if ident is not None else name
+            user = canonical[name] = ident.name if ident is not None else name
             if await self._audited(caller, "unlock", user, partial(self.ctx.guard.unlock, user)):
                 unlocked.append(user)
                 try:
@@ -430,7 +431,7 @@ class AccountOps:
                     )
                 except AuditError as err:  # the unlock itself is on record already
                     log.error("audit_unwritable", error=str(err), op="unlock", user=user)
-        return {"unlocked": unlocked}
+        return {"unlocked": unlocked, "canonical": canonical}
 
     async def forget(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """Remove the accounts of users who were deleted or re-created with another uid.

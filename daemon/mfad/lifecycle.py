@@ -110,8 +110,9 @@ async def commit(ctx: Context, planned: Plan) -> None:
     await ctx.store.set_state(planned.user, planned.change, ctx.clock())
 
 
-def _group_members(group: str) -> list[str]:
-    members = nss.group_members(group)
+async def group_members(group: str) -> list[str]:
+    """The members of `group` from NSS (none is an answer); NoSuchUser if there is no group."""
+    members = await asyncio.to_thread(nss.group_members, group)
     if members is None:
         raise NoSuchUser(f"there is no group {group!r} on this system")
     return members
@@ -131,7 +132,7 @@ async def targets(ctx: Context, request: dict[str, Any]) -> list[str]:
     if group is not None:
         if not isinstance(group, str) or not group:
             raise RequestError("`group` must be a group name")
-        names += await asyncio.to_thread(_group_members, group)
+        names += await group_members(group)
     if request.get("all") is True:
         names += [account.user for account, _ in await ctx.store.accounts()]
     if not names:

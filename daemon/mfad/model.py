@@ -23,10 +23,6 @@ class State(enum.StrEnum):
     EXEMPT = "exempt"  # skipped, with a reason and an optional expiry
 
 
-STORED = frozenset(State) - {State.NONE}
-"""The states an account row can hold."""
-
-
 def state_of(account: Account | None) -> State:
     return State.NONE if account is None else account.state
 

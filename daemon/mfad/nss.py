@@ -10,14 +10,6 @@ import os
 import pwd
 
 
-def user_exists(user: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        return False
-    return True
-
-
 def groups_of(user: str) -> frozenset[str]:
     """The names of every group `user` is in, primary included; empty for an unknown user."""
     try:

@@ -141,7 +141,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_accounts(self) -> dict[str, str]:
-        """Every user the store knows: `active`, `disabled`, or `pending` (never confirmed)."""
+        """Every user the store knows, with their state; `pending` also for a user with only
+        an enrolment held aside (never confirmed)."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -11,8 +11,11 @@ wire is made here, once, for both ends:
 * ``frametypes``: the frame type letters of both sockets (T) and the RESULT
   outcomes of the PAM socket (Outcome);
 * ``control``: the control socket's codec: requests and responses to and from
-  frames, and the one frame budget by which streamed answers are chunked.
+  frames, and the one frame budget by which streamed answers are chunked;
+* ``events``: the audit trail's event, outcome and reason names, which mfad
+  writes and `mfa audit` reads.
 
-What is not wire stays out: the START record's user-name rule is mfad's
-(mfad.protocol), the client's connection handling mfa_cli's (mfa_cli.client).
+What is not wire stays out: the user-name rule is mfad's
+(mfad.identity.valid_user_name), the client's connection handling mfa_cli's
+(mfa_cli.client).
 """
