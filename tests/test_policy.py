@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import Daemon, MakeGroup, MakeUser, PamLogin, totp_now
 from fakeclock import FakeClock
+from wire import PamWire
 
 pytest_plugins = ["fakeclock"]
 
@@ -168,3 +169,22 @@ def test_unknown_name_is_treated_like_a_real_unenrolled_user_would_be(
     result = pam_login("no-such-user-x", ["000000"] * 3)
     expected = "PAM_IGNORE" if mode == "optional" else "PAM_MAXTRIES"
     assert result.name == expected
+
+
+def test_a_locked_user_who_must_enrol_is_refused_before_any_key_is_shown(
+    mfad: Daemon, make_user: MakeUser
+) -> None:
+    """Locked comes before "must enrol" (README's rule 4 before rule 6): a pending user
+    whose account is locked is told so at login and shown no key to scan."""
+    mfad.restart(lockout={"source_deny": 10})  # so that five wrong codes lock the account
+    user = make_user()
+    mfad.request("require", user=user)
+    begun = mfad.request("enroll_begin", user=user)
+    assert begun["ok"], begun
+    for _ in range(5):  # wrong confirmations lock the account, like wrong codes anywhere
+        mfad.request("enroll_confirm", user=user, code="000000")
+    with PamWire(mfad.pam_socket) as wire:
+        frames = wire.login(user, [], service="sshd", rhost="192.0.2.77")
+    texts = [f.payload for f in frames]
+    assert texts[-1] == "F" and "locked" in texts[-2], texts
+    assert not any("Scan this QR code" in t for t in texts), texts
