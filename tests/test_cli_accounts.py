@@ -566,3 +566,16 @@ def test_forget_names_its_users_and_asks_before_asking_mfad(tmp_path: Path) -> N
     assert re.search(
         r"Example:\n\s+mfa forget alice", CliRunner().invoke(cli, ["forget", "--help"]).output
     )
+
+
+def test_a_user_enrolling_again_is_told_to_ask_an_administrator(
+    mfad: Daemon, make_user: MakeUser
+) -> None:
+    """`mfa enroll` on one's own enrolled account points to an administrator, not to
+    `mfa reset`, which only an administrator may run."""
+    user = make_user()
+    mfad.enroll(user)
+    out = mfad.mfa_as(user, "enroll")
+    assert out.returncode != 0
+    assert "ask an administrator to reset it" in out.stderr
+    assert "mfa reset" not in out.stderr

@@ -201,3 +201,22 @@ def test_sighup_reopens_the_audit_log_even_when_the_config_is_bad(mfad: Daemon) 
     assert fresh[0]["outcome"] == "failure"
     last_rotated = rotated.read_text().splitlines()[-1]
     assert fresh[0]["seq"] == json.loads(last_rotated)["seq"] + 1
+
+
+def test_a_reused_code_is_named_as_such_not_as_incorrect(mfad: Daemon) -> None:
+    """A right code whose step was already used says so, and to wait for the next code,
+    instead of "Incorrect verification code." (two logins within one 30 s step)."""
+    secret = mfad.enroll("root")
+    code = totp_now(secret)
+    assert _result(mfad, "root", [code]) == "S"
+    with PamWire(mfad.pam_socket) as wire:
+        texts = [f.payload for f in wire.login("root", [code, code], service="sshd")]
+    assert "That code was already used. Wait for the next code and enter it." in texts
+    assert "Incorrect verification code." not in texts
+
+
+def test_status_of_a_name_nobody_has_is_not_found(mfad: Daemon) -> None:
+    """`status` of a name NSS does not know is `no_such_user` (`mfa` exits 5), not a
+    row for a user that does not exist."""
+    answer = mfad.request("status", user="nosuchuser-mfa")
+    assert answer["ok"] is False and answer["error"] == "no_such_user", answer

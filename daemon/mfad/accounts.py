@@ -316,9 +316,12 @@ class AccountOps:
         account = await identity.account_of(self.ctx, ident)
         state = state_of(account)
         if state is State.ACTIVE:
-            raise AlreadyEnrolled(
-                f"{user} is already enrolled; `mfa reset {user}` first to replace the token"
+            todo = (
+                f"`mfa reset {user}` first"
+                if caller.is_admin
+                else "ask an administrator to reset it"
             )
+            raise AlreadyEnrolled(f"{user} is already enrolled; to replace the token, {todo}")
         if state in (State.SUSPENDED, State.EXEMPT):
             raise lifecycle.TransitionRefused(
                 f"{user} is {state}; an administrator must resume or unexempt it first"

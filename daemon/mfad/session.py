@@ -49,6 +49,9 @@ from mfad.verify import Purpose, Subject, Verifier, iso
 log = structlog.get_logger("mfad.session")
 
 MSG_INCORRECT = "Incorrect verification code."
+# a right code whose time step was used already: the commonest "it says incorrect but it
+# is right" (two logins in one 30 s step); telling it gives a guesser nothing usable
+MSG_REPLAYED = "That code was already used. Wait for the next code and enter it."
 MSG_TIMEOUT = "Correct verification code was not entered before timeout."
 MSG_TOO_MANY = "Too many failed attempts with incorrect verification code."
 MSG_UNAVAILABLE = "Verification is unavailable right now. Contact your administrator."
@@ -254,7 +257,8 @@ class LoginSession:
                 await self.conv.error(_refusal_message(verdict.refusal))
                 return Outcome.FAILURE
             if attempt < attempts:
-                await self.conv.error(MSG_INCORRECT)
+                replayed = verdict.reason == Reason.REPLAYED_CODE
+                await self.conv.error(MSG_REPLAYED if replayed else MSG_INCORRECT)
         await self._finish(Recorded.FAILURE, Reason.TOO_MANY_ATTEMPTS, attempts=attempts)
         await self.conv.error(MSG_TOO_MANY)
         return Outcome.MAXTRIES
