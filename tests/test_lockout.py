@@ -184,7 +184,11 @@ def test_admin_unlock_lifts_a_lock_without_expiry(
     pam.login(user, ["000000", "111111"])
     name, errors = pam.login(user, [totp_now(secret)])
     assert name == "PAM_AUTH_ERR" and "until an administrator unlocks it" in errors
-    assert mfad.request("unlock", user=user) == {"ok": True, "unlocked": [user]}
+    assert mfad.request("unlock", user=user) == {
+        "ok": True,
+        "unlocked": [user],
+        "canonical": {user: user},
+    }
     assert pam.login(user, [totp_now(secret)])[0] == "PAM_SUCCESS"
     events = [r["event"] for r in mfad.audit()]
     assert "lock_set" in events and "lock_cleared" in events

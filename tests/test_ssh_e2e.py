@@ -145,7 +145,8 @@ def test_three_wrong_codes_are_refused(
 def test_code_already_used_is_refused(
     mfa_sshd: PrivateSshd, mfad: Daemon, make_user: Callable[..., str]
 ) -> None:
-    """A code that just logged someone in is refused when typed again (RFC 6238 §5.2)."""
+    """A code that just logged someone in is refused when typed again (RFC 6238 §5.2), and
+    the user is told it was already used, over a real SSH login."""
     user = make_user(PASSWORD)
     secret = mfad.enroll(user)
     typed: list[str] = []
@@ -161,7 +162,8 @@ def test_code_already_used_is_refused(
     again = mfa_sshd.login(user, PASSWORD, [typed[0]], COMMAND)
 
     assert logged_in(user) not in again.output
-    assert INCORRECT in again.output
+    assert "That code was already used. Wait for the next code and enter it." in again.output
+    assert INCORRECT not in again.output
     assert again.stopped, "after the replayed code the user is asked for another code"
     assert again.prompts == [PASSWORD_PROMPT, CODE_PROMPT]
     assert "replayed_code" in [r["reason"] for r in audit_for(mfad, user, "attempt")]
