@@ -38,6 +38,8 @@ apt_packages=(
                                               # recommended by clang, so not pulled in)
     clang-format                              # the lint step's check of the C against
                                               # pam_module/.clang-format
+    postgresql                                # server binaries for the private cluster of
+                                              # tests/pgcluster.py (the PostgreSQL store)
 )
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh  # the working directory is the repository root (cd above)

@@ -1,0 +1,459 @@
+"""The Store contract, run against every backend: SQLite and PostgreSQL.
+
+Each test opens stores on a fresh database (an SQLite file in a temp dir, or a
+new database on the private PostgreSQL cluster of tests/pgcluster.py) and checks
+one promise of store.Store directly, without a daemon. Where a promise is about
+parallel use (replay protection, spending a recovery code), several stores on
+the one database stand for several hosts sharing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from pgcluster import PgCluster
+
+from mfad.errors import StoreError
+from mfad.model import (
+    Counter,
+    GuardState,
+    PendingEnrolment,
+    Site,
+    State,
+    StateChange,
+    TokenParams,
+)
+from mfad.pgstore import PostgresStore
+from mfad.store import SqliteStore, Store
+
+pytest_plugins = ["pgcluster"]
+
+HOSTS = 3  # stores on one database, standing for daemons on several hosts
+SSH = Site("sshd", "192.0.2.7")
+
+
+class Backend:
+    """Opens stores on one fresh database, and can tamper with its schema version."""
+
+    def __init__(self, name: str, tmp: Path, dsn: str | None) -> None:
+        self.name = name
+        self.path = tmp / "mfa.db"
+        self.dsn = dsn
+
+    async def open(self) -> Store:
+        if self.dsn is None:
+            return await SqliteStore.open(self.path)
+        return await PostgresStore.open(self.dsn)
+
+    def set_schema_version(self, version: int) -> None:
+        if self.dsn is None:
+            import sqlite3
+
+            db = sqlite3.connect(self.path)
+            db.execute(f"PRAGMA user_version = {version:d}")
+            db.close()
+        else:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute("UPDATE mfad_schema SET version = %s", (version,))
+
+    def run(self, body: Callable[[list[Store]], Awaitable[None]], hosts: int = 1) -> None:
+        """Open `hosts` stores on the database, run `body` with them, close them all."""
+
+        async def main() -> None:
+            stores = [await self.open() for _ in range(hosts)]
+            try:
+                await body(stores)
+            finally:
+                for store in stores:
+                    await store.close()
+
+        asyncio.run(main())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    dsn = None
+    if request.param == "postgresql":
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        dsn = cluster.create_database()
+    return Backend(request.param, tmp_path, dsn)
+
+
+def pending(
+    user: str = "alice", secret: bytes = b"sealed-1", uid: int | None = 1000
+) -> PendingEnrolment:
+    return PendingEnrolment(
+        user,
+        secret,
+        TokenParams("SHA256", 8, 60),
+        10.0,
+        uid=uid,
+        expires_at=610.0,
+        origin="login:x",
+    )
+
+
+async def enrolled(store: Store, user: str = "alice", step: int = 100, codes: int = 0) -> None:
+    p = pending(user)
+    await store.begin_enrolment(p)
+    await store.activate(p, step, 20.0, [f"code-{i}".encode() for i in range(codes)])
+
+
+def test_an_enrolment_is_held_aside_until_activated(backend: Backend) -> None:
+    """begin_enrolment keeps a secret aside (replacing an older one) without making an
+    account; activate turns it into an active token with its params, uid, confirming
+    step and recovery codes, and the pending enrolment is gone."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await s.begin_enrolment(pending(secret=b"old"))
+        await s.begin_enrolment(pending(secret=b"new"))
+        assert await s.get_pending("alice") == pending(secret=b"new")
+        assert await s.get_account("alice") is None
+        assert await s.list_accounts() == {"alice": "pending"}
+        assert await s.any_sealed_secret() == ("alice", b"new")
+
+        await s.activate(pending(secret=b"new"), 1234, 20.0, [b"d1", b"d2"])
+        a = await s.get_account("alice")
+        assert a is not None
+        assert (a.state, a.sealed_secret, a.params) == (
+            State.ACTIVE,
+            b"new",
+            TokenParams("SHA256", 8, 60),
+        )
+        assert (a.enrolled_at, a.last_step, a.clock_offset, a.uid) == (20.0, 1234, 0, 1000)
+        assert await s.get_pending("alice") is None
+        assert await s.recovery_codes_left("alice") == 2
+        assert await s.list_accounts() == {"alice": "active"}
+        assert await s.get_pending("nobody") is None
+        assert await s.get_account("nobody") is None
+
+    backend.run(body)
+
+
+def test_consume_step_refuses_the_same_or_an_earlier_step(backend: Backend) -> None:
+    """A step is used once: the confirming step, an earlier one and a step used by a
+    login are refused; a later one succeeds. A login is recorded in the history with
+    when and from where; a mere proof (no login) moves the step but records nothing.
+    Users that are not active, or unknown, never succeed."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await enrolled(s, step=100)
+        assert not await s.consume_step("alice", 100, 0, 30.0, SSH)
+        assert not await s.consume_step("alice", 99, 0, 30.0, SSH)
+        assert await s.consume_step("alice", 101, 1, 31.0, SSH)
+        assert not await s.consume_step("alice", 101, 0, 32.0, SSH)
+        assert await s.consume_step("alice", 102, 0, 40.0, None)
+        a = await s.get_account("alice")
+        assert a is not None
+        assert (a.last_step, a.clock_offset, a.last_verified_at, a.last_rhost) == (
+            102,
+            0,
+            31.0,
+            SSH.rhost,
+        )
+        history = await s.history("alice", 10)
+        assert [(h.at, h.service, h.rhost, h.method) for h in history] == [
+            (31.0, "sshd", SSH.rhost, "totp")
+        ]
+        await s.set_state("alice", StateChange(State.SUSPENDED), 50.0)
+        assert not await s.consume_step("alice", 200, 0, 50.0, SSH)
+        assert not await s.consume_step("nobody", 200, 0, 50.0, SSH)
+
+    backend.run(body)
+
+
+def test_fifty_parallel_logins_with_one_step_give_exactly_one_success(backend: Backend) -> None:
+    """50 consume_step calls for one step at once, spread over several stores on the one
+    database (several hosts), give exactly one True, and one login in the history."""
+
+    async def body(stores: list[Store]) -> None:
+        await enrolled(stores[0], step=100)
+        results = await asyncio.gather(
+            *(stores[i % HOSTS].consume_step("alice", 101, 0, 30.0, SSH) for i in range(50))
+        )
+        assert results.count(True) == 1
+        assert len(await stores[1].history("alice", 100)) == 1
+
+    backend.run(body, hosts=HOSTS)
+
+
+def test_set_state_creates_moves_and_erases(backend: Backend) -> None:
+    """set_state creates a row for a new user (with its uid and deadline), moves an
+    account between states keeping its token and the uid it has, and with erase drops
+    secret, step, pending enrolment and recovery codes while the history stays."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await s.set_state("bob", StateChange(State.PENDING, deadline=99.0, uid=1001), 5.0)
+        b = await s.get_account("bob")
+        assert b is not None
+        assert (b.state, b.deadline, b.uid, b.sealed_secret, b.state_changed_at) == (
+            State.PENDING,
+            99.0,
+            1001,
+            None,
+            5.0,
+        )
+
+        await enrolled(s, codes=3)
+        assert await s.consume_step("alice", 101, 0, 30.0, SSH)
+        await s.set_state(
+            "alice",
+            StateChange(State.EXEMPT, exempt_reason="travel", exempt_until=900.0, uid=7),
+            40.0,
+        )
+        a = await s.get_account("alice")
+        assert a is not None
+        assert (a.state, a.exempt_reason, a.exempt_until, a.uid) == (
+            State.EXEMPT,
+            "travel",
+            900.0,
+            1000,
+        )
+        assert a.sealed_secret == b"sealed-1"
+
+        await s.begin_enrolment(pending())
+        await s.set_state("alice", StateChange(State.DISABLED, erase=True), 50.0)
+        a = await s.get_account("alice")
+        assert a is not None
+        assert (a.state, a.sealed_secret, a.last_step, a.enrolled_at) == (
+            State.DISABLED,
+            None,
+            None,
+            None,
+        )
+        assert (a.exempt_reason, a.exempt_until) == (None, None)
+        assert await s.get_pending("alice") is None
+        assert await s.recovery_codes_left("alice") == 0
+        assert len(await s.history("alice", 10)) == 1
+        assert await s.list_accounts() == {"alice": "disabled", "bob": "pending"}
+        assert await s.any_sealed_secret() is None
+
+    backend.run(body)
+
+
+def test_a_recovery_code_is_spent_once_under_parallel_use(backend: Backend) -> None:
+    """20 parallel uses of one recovery code over several stores give exactly one match
+    (the number left), the rest None; a wrong code, or a user who is not active, gets
+    None; a use with a login is in the history, and replacing the codes resets them."""
+
+    async def body(stores: list[Store]) -> None:
+        s = stores[0]
+        await enrolled(s, codes=3)
+        results = await asyncio.gather(
+            *(stores[i % HOSTS].use_recovery_code("alice", b"code-1", 30.0, SSH) for i in range(20))
+        )
+        assert sorted(results, key=str) == [2] + [None] * 19
+        assert await s.use_recovery_code("alice", b"wrong", 31.0, SSH) is None
+        assert await s.use_recovery_code("alice", b"code-2", 32.0, None) == 1
+        assert [h.method for h in await s.history("alice", 10)] == ["recovery"]
+        a = await s.get_account("alice")
+        assert a is not None
+        assert (a.last_verified_at, a.last_rhost) == (30.0, SSH.rhost)
+
+        await s.replace_recovery_codes("alice", [b"n1", b"n2", b"n3", b"n4"], 40.0)
+        assert await s.recovery_codes_left("alice") == 4
+        assert await s.use_recovery_code("alice", b"code-0", 41.0, SSH) is None
+        await s.set_state("alice", StateChange(State.SUSPENDED), 42.0)
+        assert await s.use_recovery_code("alice", b"n1", 43.0, SSH) is None
+        assert await s.recovery_codes_left("alice") == 4
+
+    backend.run(body, hosts=HOSTS)
+
+
+def test_guard_counters_round_trip_including_a_lock_until_unlocked(backend: Backend) -> None:
+    """put_guard/get_guard keep both counters exactly, a lock until an admin unlocks
+    (until = inf) included, for enrolled and unknown names alike; accounts() shows the
+    account-wide counter; a zero counter is removed; clear_guard forgets every counter
+    of a user (True), and False when there was none."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await enrolled(s)
+        locked = GuardState(Counter(5, 100.5, math.inf, 12), Counter(2, 101.25, 160.0, 2))
+        await s.put_guard("alice", "rhost:h1", locked)
+        assert await s.get_guard("alice", "rhost:h1") == locked
+        assert await s.get_guard("alice", "rhost:h2") == GuardState(locked.account, Counter())
+        [(account, counter)] = await s.accounts()
+        assert (account.user, counter) == ("alice", locked.account)
+        assert math.isinf(counter.until)
+
+        await s.put_guard("ghost", "rhost:h1", GuardState(Counter(), Counter(1, 5.0, 0.0, 1)))
+        assert await s.get_guard("ghost", "rhost:h1") == GuardState(
+            Counter(), Counter(1, 5.0, 0.0, 1)
+        )
+
+        await s.put_guard("alice", "rhost:h1", GuardState(locked.account, Counter()))
+        assert await s.get_guard("alice", "rhost:h1") == GuardState(locked.account, Counter())
+        assert await s.clear_guard("alice")
+        assert await s.get_guard("alice", "rhost:h1") == GuardState(Counter(), Counter())
+        assert not await s.clear_guard("alice")
+        [(_, counter)] = await s.accounts()
+        assert counter == Counter()
+
+    backend.run(body)
+
+
+def test_spellings_bind_uid_and_forget(backend: Backend) -> None:
+    """spellings finds accounts and pending enrolments equal but for ASCII case (not
+    other letters' case); bind_uid sets a uid only where none is recorded; forget removes
+    every row of one spelling (account, enrolment, codes, counters, history), True once,
+    then False, and leaves other spellings alone."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await enrolled(s, "ALICE", codes=2)
+        assert await s.consume_step("ALICE", 101, 0, 30.0, SSH)
+        await s.put_guard("ALICE", "r", GuardState(Counter(1, 1.0, 0.0, 1), Counter()))
+        await s.begin_enrolment(pending("Alice", uid=None))
+        await s.set_state("\u00c9mile", StateChange(State.PENDING), 1.0)
+        await s.set_state("Zed", StateChange(State.PENDING), 1.0)
+        assert await s.spellings("alice") == ["ALICE", "Alice"]
+        assert await s.spellings("ALICE") == ["ALICE", "Alice"]
+        assert await s.spellings("\u00e9mile") == []
+        assert await s.spellings("\u00c9MILE") == ["\u00c9mile"]
+        assert await s.spellings("bob") == []
+        # byte order of names, as SQLite sorts them
+        assert [a.user for a, _ in await s.accounts()] == ["ALICE", "Zed", "\u00c9mile"]
+
+        await s.bind_uid("Alice", 2000)
+        await s.bind_uid("ALICE", 2000)  # already bound to 1000: kept
+        p = await s.get_pending("Alice")
+        a = await s.get_account("ALICE")
+        assert p is not None and a is not None
+        assert (p.uid, a.uid) == (2000, 1000)
+
+        assert await s.forget("ALICE")
+        assert await s.get_account("ALICE") is None
+        assert await s.history("ALICE", 10) == []
+        assert await s.recovery_codes_left("ALICE") == 0
+        assert await s.get_guard("ALICE", "r") == GuardState(Counter(), Counter())
+        assert not await s.forget("ALICE")
+        assert await s.spellings("alice") == ["Alice"]
+        assert await s.forget("Alice")
+        assert await s.list_accounts() == {"Zed": "pending", "\u00c9mile": "pending"}
+
+    backend.run(body)
+
+
+def test_history_is_newest_first_and_limited(backend: Backend) -> None:
+    """history gives a user's second-factor logins newest first, at most `limit`."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await enrolled(s, step=100)
+        for i in range(5):
+            assert await s.consume_step("alice", 101 + i, 0, 30.0 + i, Site("sshd", f"h{i}"))
+        assert [h.rhost for h in await s.history("alice", 3)] == ["h4", "h3", "h2"]
+
+    backend.run(body)
+
+
+def test_the_key_check_value_is_kept_and_replaced(backend: Backend) -> None:
+    """get_key_check is None on a new store; set_key_check records a value, a second
+    one replaces it, and it survives reopening the store."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        assert await s.get_key_check() is None
+        await s.set_key_check(b"\x00check-1")
+        await s.set_key_check(b"\x00check-2")
+        assert await s.get_key_check() == b"\x00check-2"
+
+    async def again(stores: list[Store]) -> None:
+        assert await stores[0].get_key_check() == b"\x00check-2"
+
+    backend.run(body)
+    backend.run(again)
+
+
+def test_a_store_with_a_newer_schema_is_refused(backend: Backend) -> None:
+    """Reopening keeps the data (migrations run once); a store whose schema version is
+    newer than this code knows is refused with a StoreError that says to upgrade."""
+    backend.run(lambda stores: enrolled(stores[0]))
+    backend.set_schema_version(99)
+
+    async def reopen() -> None:
+        await backend.open()
+
+    with pytest.raises(StoreError, match=r"schema version 99, newer .* upgrade pam-mfa"):
+        asyncio.run(reopen())
+
+
+def test_a_store_reopened_keeps_its_data(backend: Backend) -> None:
+    """Opening a store again (the daemon restarting) migrates nothing and loses nothing."""
+    backend.run(lambda stores: enrolled(stores[0], codes=2))
+
+    async def again(stores: list[Store]) -> None:
+        a = await stores[0].get_account("alice")
+        assert a is not None and a.state is State.ACTIVE
+        assert await stores[0].recovery_codes_left("alice") == 2
+
+    backend.run(again)
+
+
+# PostgreSQL only: what SQLite's single file cannot show.
+
+
+def test_daemons_starting_together_migrate_once(pg_cluster: PgCluster) -> None:
+    """Several daemons opening one new database at once all succeed: the advisory lock
+    lets one apply the schema while the others wait and then find it current."""
+    dsn = pg_cluster.create_database()
+
+    async def main() -> None:
+        stores = await asyncio.gather(*(PostgresStore.open(dsn) for _ in range(6)))
+        await enrolled(stores[0])
+        assert await stores[5].get_account("alice") is not None
+        for store in stores:
+            await store.close()
+
+    asyncio.run(main())
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT version FROM mfad_schema").fetchall() == [(1,)]
+
+
+def test_an_unreachable_database_fails_with_a_store_error() -> None:
+    """A DSN naming a socket directory with no server behind it gives a StoreError
+    (promptly: the call returns) that names the database and never the password."""
+    with tempfile.TemporaryDirectory() as empty:
+        dsn = f"host={empty} dbname=mfa user=mfad password=hunter2-secret"
+
+        async def main() -> None:
+            await PostgresStore.open(dsn)
+
+        with pytest.raises(StoreError) as caught:
+            asyncio.run(main())
+    message = str(caught.value)
+    assert "cannot connect to PostgreSQL mfa on " in message
+    assert empty in message
+    assert "hunter2" not in message
+
+
+def test_a_statement_stuck_behind_a_lock_fails_closed(pg_cluster: PgCluster) -> None:
+    """A login whose row is locked elsewhere (another host's long transaction) waits no
+    longer than the statement timeout, then fails with a StoreError (so the login fails
+    closed) instead of stalling; the step is not used, and works once the lock is gone."""
+    dsn = pg_cluster.create_database()
+
+    async def main() -> None:
+        store = await PostgresStore.open(dsn, statement_timeout=0.5)
+        try:
+            await enrolled(store)
+            async with await psycopg.AsyncConnection.connect(dsn) as other:
+                await other.execute("SELECT * FROM accounts FOR UPDATE")
+                with pytest.raises(StoreError, match="took too long"):
+                    await store.consume_step("alice", 101, 0, 30.0, SSH)
+                await other.rollback()
+            assert await store.consume_step("alice", 101, 0, 30.0, SSH)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
