@@ -457,3 +457,26 @@ def test_a_statement_stuck_behind_a_lock_fails_closed(pg_cluster: PgCluster) -> 
             await store.close()
 
     asyncio.run(main())
+
+
+def test_counting_is_atomic_across_daemons(backend: Backend) -> None:
+    """60 wrong codes counted at once through 3 stores on one database (3 daemons on 3
+    hosts) are 60 in the end, on the account's counter and the source's: update_guard's
+    read-modify-write is one atomic step, so no count is lost between daemons
+    (lockout.Guard's per-user lock covers one daemon only)."""
+
+    def one_more(state: GuardState) -> GuardState:
+        return GuardState(
+            Counter(state.account.failures + 1, 1.0, 0.0, state.account.total + 1),
+            Counter(state.source.failures + 1, 1.0, 0.0, state.source.total + 1),
+        )
+
+    async def body(stores: list[Store]) -> None:
+        await asyncio.gather(
+            *(stores[i % 3].update_guard("alice", "host:h", one_more) for i in range(60))
+        )
+        final = await stores[0].get_guard("alice", "host:h")
+        assert (final.account.failures, final.source.failures) == (60, 60)
+        assert (final.account.total, final.source.total) == (60, 60)
+
+    backend.run(body, hosts=3)

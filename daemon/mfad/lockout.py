@@ -23,7 +23,9 @@ Stages, for each wrong code (pam_faillock semantics for the account lock):
 A correct code clears the account counter and that source's. Counters live in
 the store, so they survive restarts. All checks for one user run under one
 asyncio lock, so with 200 parallel guesses exactly ``deny`` are checked
-against the secret; the rest are refused unseen.
+against the secret; the rest are refused unseen. Each count is one atomic
+read-modify-write in the store (``Store.update_guard``), so daemons on
+several hosts sharing one store never lose a count between them.
 
 A refused answer is delayed as a wrong one from that source would be, and
 advances that source's back-off as a wrong one does, so that with ``silent`` a
@@ -139,31 +141,33 @@ class Attempt:
         self.refusal = _refusal(state, cfg, now)
 
     async def failed(self) -> FailureEffect:
-        """Count a wrong code; lock or block when a threshold is reached."""
-        cfg, now, user = self._cfg, self._now, self._user
-        account = _count(self._state.account, now, cfg.fail_interval)
-        source = _count(self._state.source, now, cfg.fail_interval)
-        effect = FailureEffect(_delay(cfg, source.failures), failures=account.failures)
-        if source.failures >= cfg.source_deny:
-            source = replace(source, until=now + cfg.source_block_time)
-            effect = replace(effect, blocked_until=source.until)
-        # root is spared the account lock (pam_faillock's even_deny_root), never the cap:
-        # from enough addresses the per-source block alone would allow guessing for ever
-        capped = 0 < cfg.lifetime_deny <= account.total
-        denied = account.failures >= cfg.deny and (user != "root" or cfg.even_deny_root)
-        if capped or denied:
-            until = now + cfg.unlock_time if cfg.unlock_time > 0 and not capped else math.inf
-            account = replace(account, until=until)
-            effect = replace(effect, locked_until=until, capped=capped)
-        await self._store.put_guard(user, self._key, GuardState(account, source))
-        return effect
+        """Count a wrong code; lock or block when a threshold is reached.
+
+        Counted on the counters as the store has them at this instant (update_guard), not
+        as they were read before the check: another daemon sharing the store may have
+        counted in between."""
+        effects: list[FailureEffect] = []
+
+        def change(state: GuardState) -> GuardState:
+            counted, effect = _after_failure(state, self._cfg, self._user, self._now)
+            effects[:] = [effect]  # the last run's: the store may run `change` again
+            return counted
+
+        await self._store.update_guard(self._user, self._key, change)
+        return effects[0]
 
     async def refused(self) -> None:
         """An answer refused unseen still advances this source's back-off (not the account's
         count): with ``silent``, answers to a locked account slow down like wrong ones."""
-        was = self._state.source
-        source = replace(was, failures=was.failures + 1, first_at=was.first_at or self._now)
-        await self._store.put_guard(self._user, self._key, GuardState(self._state.account, source))
+        now = self._now
+
+        def change(state: GuardState) -> GuardState:
+            was = state.source
+            return replace(
+                state, source=replace(was, failures=was.failures + 1, first_at=was.first_at or now)
+            )
+
+        await self._store.update_guard(self._user, self._key, change)
 
     async def succeeded(self) -> None:
         """A correct code clears the account counter and this source's (if there is any)."""
@@ -172,6 +176,27 @@ class Attempt:
 
 
 _CLEAN = GuardState(Counter(), Counter())
+
+
+def _after_failure(
+    state: GuardState, cfg: LockoutConfig, user: str, now: float
+) -> tuple[GuardState, FailureEffect]:
+    """The counters after one more wrong code, and what it does: pure, for update_guard."""
+    account = _count(state.account, now, cfg.fail_interval)
+    source = _count(state.source, now, cfg.fail_interval)
+    effect = FailureEffect(_delay(cfg, source.failures), failures=account.failures)
+    if source.failures >= cfg.source_deny:
+        source = replace(source, until=now + cfg.source_block_time)
+        effect = replace(effect, blocked_until=source.until)
+    # root is spared the account lock (pam_faillock's even_deny_root), never the cap:
+    # from enough addresses the per-source block alone would allow guessing for ever
+    capped = 0 < cfg.lifetime_deny <= account.total
+    denied = account.failures >= cfg.deny and (user != "root" or cfg.even_deny_root)
+    if capped or denied:
+        until = now + cfg.unlock_time if cfg.unlock_time > 0 and not capped else math.inf
+        account = replace(account, until=until)
+        effect = replace(effect, locked_until=until, capped=capped)
+    return GuardState(account, source), effect
 
 
 def _count(counter: Counter, now: float, interval: float) -> Counter:

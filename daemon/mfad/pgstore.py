@@ -27,11 +27,9 @@ runs one suite against both). What differs is only how the database keeps it:
   which folds ASCII letters only, as SQLite's lower() does, whatever the
   database's locale; an expression index serves them.
 
-Not yet for a fleet: put_guard replaces both counters, as the Store contract
-says, and lockout.Guard serialises a user's read-modify-write only within one
-daemon (an asyncio.Lock). Two hosts counting wrong codes for one user at the
-same instant can therefore lose a count. The daemon does not offer this backend
-in its config until that is closed (an atomic increment or a row lock per user).
+- Counting wrong codes (update_guard) locks the user's two guard rows with
+  SELECT ... FOR UPDATE for its read-modify-write, so two hosts counting for one
+  user at the same instant take turns and neither count is lost.
 """
 
 from __future__ import annotations
@@ -172,6 +170,29 @@ def describe(dsn: str) -> str:
     db = params.get("dbname") or "the default database"
     user = f" as {params['user']}" if params.get("user") else ""
     return f"PostgreSQL {db} on {host}{port}{user}"
+
+
+async def _write_guard(db: Conn, user: str, source: str, state: GuardState) -> None:
+    for key, counter in ((ACCOUNT_SOURCE, state.account), (source, state.source)):
+        if counter == Counter():
+            await db.execute('DELETE FROM guard WHERE "user" = %s AND source = %s', (user, key))
+        else:
+            await db.execute(
+                'INSERT INTO guard ("user", source, failures, first_at, until, total)'
+                " VALUES (%s, %s, %s, %s, %s, %s)"
+                ' ON CONFLICT ("user", source) DO UPDATE SET failures = excluded.failures,'
+                " first_at = excluded.first_at, until = excluded.until,"
+                " total = excluded.total",
+                # inf is stored as 'Infinity'
+                (
+                    user,
+                    key,
+                    counter.failures,
+                    counter.first_at,
+                    float(counter.until),
+                    counter.total,
+                ),
+            )
 
 
 class PostgresStore(Store):
@@ -499,29 +520,35 @@ class PostgresStore(Store):
 
     async def put_guard(self, user: str, source: str, state: GuardState) -> None:
         async def q(db: Conn) -> None:
-            for key, counter in ((ACCOUNT_SOURCE, state.account), (source, state.source)):
-                if counter == Counter():
-                    await db.execute(
-                        'DELETE FROM guard WHERE "user" = %s AND source = %s', (user, key)
-                    )
-                else:
-                    await db.execute(
-                        'INSERT INTO guard ("user", source, failures, first_at, until, total)'
-                        " VALUES (%s, %s, %s, %s, %s, %s)"
-                        ' ON CONFLICT ("user", source) DO UPDATE SET failures = excluded.failures,'
-                        " first_at = excluded.first_at, until = excluded.until,"
-                        " total = excluded.total",
-                        (
-                            user,
-                            key,
-                            counter.failures,
-                            counter.first_at,
-                            float(counter.until),  # inf is stored as 'Infinity'
-                            counter.total,
-                        ),
-                    )
+            await _write_guard(db, user, source, state)
 
         await self._run(q)
+
+    async def update_guard(
+        self, user: str, source: str, change: Callable[[GuardState], GuardState]
+    ) -> GuardState:
+        async def q(db: Conn) -> GuardState:
+            # A row that does not exist cannot be locked: make both exist (zeros, which
+            # _write_guard deletes again), then lock them, in one order for everyone, so
+            # that a daemon on another host counting for this user waits its turn.
+            await db.execute(
+                'INSERT INTO guard ("user", source, failures, first_at, until, total)'
+                " VALUES (%s, %s, 0, 0, 0, 0), (%s, %s, 0, 0, 0, 0) ON CONFLICT DO NOTHING",
+                (user, ACCOUNT_SOURCE, user, source),
+            )
+            cur = await db.execute(
+                "SELECT source, failures, first_at, until, total FROM guard"
+                ' WHERE "user" = %s AND source IN (%s, %s) ORDER BY source FOR UPDATE',
+                (user, ACCOUNT_SOURCE, source),
+            )
+            found = {r[0]: _counter(r[1:]) for r in await cur.fetchall()}
+            new = change(
+                GuardState(found.get(ACCOUNT_SOURCE, Counter()), found.get(source, Counter()))
+            )
+            await _write_guard(db, user, source, new)
+            return new
+
+        return await self._run(q)
 
     async def clear_guard(self, user: str) -> bool:
         async def q(db: Conn) -> bool:

@@ -133,7 +133,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def put_guard(self, user: str, source: str, state: GuardState) -> None:
-        """Replace both counters; callers serialise per user (see lockout.Guard)."""
+        """Replace both counters (a success clears them); counting uses update_guard."""
+
+    @abc.abstractmethod
+    async def update_guard(
+        self, user: str, source: str, change: Callable[[GuardState], GuardState]
+    ) -> GuardState:
+        """Read both counters, apply `change`, write and return the result, as one atomic
+        step of the database: no other daemon's update of these counters (on a shared
+        store) comes between the read and the write, so no wrong code goes uncounted.
+        lockout.Guard's per-user lock covers one daemon only. `change` must be pure: it
+        may run again when the database asks for a retry."""
 
     @abc.abstractmethod
     async def clear_guard(self, user: str) -> bool:
@@ -247,6 +257,35 @@ def _counter(row: Sequence[Any]) -> Counter:
 
 
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _read_guard(db: sqlite3.Connection, user: str, source: str) -> GuardState:
+    rows = db.execute(
+        "SELECT source, failures, first_at, until, total FROM guard"
+        " WHERE user = ? AND source IN (?, ?)",
+        (user, ACCOUNT_SOURCE, source),
+    ).fetchall()
+    found = {r[0]: _counter(r[1:]) for r in rows}
+    return GuardState(found.get(ACCOUNT_SOURCE, Counter()), found.get(source, Counter()))
+
+
+def _write_guard(db: sqlite3.Connection, user: str, source: str, state: GuardState) -> None:
+    for key, counter in ((ACCOUNT_SOURCE, state.account), (source, state.source)):
+        if counter == Counter():
+            db.execute("DELETE FROM guard WHERE user = ? AND source = ?", (user, key))
+        else:
+            db.execute(
+                "INSERT OR REPLACE INTO guard (user, source, failures, first_at,"
+                " until, total) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    user,
+                    key,
+                    counter.failures,
+                    counter.first_at,
+                    min(counter.until, _FOREVER),
+                    counter.total,
+                ),
+            )
 
 
 @contextlib.contextmanager
@@ -596,38 +635,25 @@ class SqliteStore(Store):
         return await self._run(q)
 
     async def get_guard(self, user: str, source: str) -> GuardState:
-        def q(db: sqlite3.Connection) -> GuardState:
-            rows = db.execute(
-                "SELECT source, failures, first_at, until, total FROM guard"
-                " WHERE user = ? AND source IN (?, ?)",
-                (user, ACCOUNT_SOURCE, source),
-            ).fetchall()
-            found = {r[0]: _counter(r[1:]) for r in rows}
-            return GuardState(found.get(ACCOUNT_SOURCE, Counter()), found.get(source, Counter()))
-
-        return await self._run(q)
+        return await self._run(lambda db: _read_guard(db, user, source))
 
     async def put_guard(self, user: str, source: str, state: GuardState) -> None:
         def q(db: sqlite3.Connection) -> None:
             with _transaction(db):
-                for key, counter in ((ACCOUNT_SOURCE, state.account), (source, state.source)):
-                    if counter == Counter():
-                        db.execute("DELETE FROM guard WHERE user = ? AND source = ?", (user, key))
-                    else:
-                        db.execute(
-                            "INSERT OR REPLACE INTO guard (user, source, failures, first_at,"
-                            " until, total) VALUES (?, ?, ?, ?, ?, ?)",
-                            (
-                                user,
-                                key,
-                                counter.failures,
-                                counter.first_at,
-                                min(counter.until, _FOREVER),
-                                counter.total,
-                            ),
-                        )
+                _write_guard(db, user, source, state)
 
         await self._run(q)
+
+    async def update_guard(
+        self, user: str, source: str, change: Callable[[GuardState], GuardState]
+    ) -> GuardState:
+        def q(db: sqlite3.Connection) -> GuardState:
+            with _transaction(db):  # BEGIN IMMEDIATE: the write lock before the read
+                new = change(_read_guard(db, user, source))
+                _write_guard(db, user, source, new)
+            return new
+
+        return await self._run(q)
 
     async def clear_guard(self, user: str) -> bool:
         def q(db: sqlite3.Connection) -> bool:
