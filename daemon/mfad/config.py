@@ -76,7 +76,9 @@ class Config:
     pam_socket: Path = Path("/run/mfad/pam.sock")
     control_socket: Path = Path("/run/mfad/control.sock")
     store_backend: str = "sqlite"
-    store_path: Path = Path("/var/lib/mfad/mfad.db")
+    store_path: Path = Path("/var/lib/mfad/mfad.db")  # sqlite
+    store_dsn: str = ""  # postgresql: a libpq connection string, without the password
+    store_password_file: Path | None = None  # postgresql: the password, one line, 0600
     key_file: Path = Path("/etc/mfad/secret.key")
     audit_path: Path = Path("/var/log/mfad/audit.jsonl")
     # a login that cannot be recorded is refused; false lets logins go on unrecorded
@@ -156,6 +158,10 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+def _optional_path(value: Any) -> Path | None:
+    return None if value == "" else _path(value)
+
+
 # key path in the file -> (Config attribute path, validator)
 _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "mode": ("mode", _choice(*MODES)),
@@ -166,8 +172,10 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_connections": ("max_connections", _int(16, 65536)),
     "sockets.pam": ("pam_socket", _path),
     "sockets.control": ("control_socket", _path),
-    "store.backend": ("store_backend", _choice("sqlite")),
+    "store.backend": ("store_backend", _choice("sqlite", "postgresql")),
     "store.path": ("store_path", _path),
+    "store.dsn": ("store_dsn", _text),
+    "store.password_file": ("store_password_file", _optional_path),
     "key_file": ("key_file", _path),
     "audit.path": ("audit_path", _path),
     "audit.required": ("audit_required", _bool),
@@ -244,6 +252,13 @@ def parse(text: str, where: str = "<config>") -> Config:
             raise ConfigError(f"{where} line {line}: {key}: {exc}") from None
         section, _, name = attr.rpartition(".")
         (nested[section] if section else top)[name] = value
+    if top.get("store_backend") == "postgresql" and not top.get("store_dsn"):
+        line = flat["store.backend"][1]
+        raise ConfigError(
+            f"{where} line {line}: store.dsn: required with store.backend: postgresql (a "
+            "libpq connection string such as 'host=db.example.com dbname=mfad user=mfad "
+            "sslmode=verify-full'; the password goes in store.password_file)"
+        )
     return Config(
         **top,
         totp=TotpConfig(**nested["totp"]),
@@ -270,6 +285,11 @@ MODULE_TIMEOUT = 10.0  # pam_mfa.so's default timeout= (seconds per frame)
 def warnings(cfg: Config) -> list[str]:
     """Valid but probably unintended settings, for the log and --check-config."""
     lock, found = cfg.lockout, []
+    if "password" in cfg.store_dsn:
+        found.append(
+            "store.dsn carries a password, and mfad.yaml is readable by every local user: "
+            "put it in store.password_file (mode 0600) instead"
+        )
     if lock.source_deny <= cfg.login.max_attempts:
         found.append(
             f"lockout.source_deny ({lock.source_deny}) is not above login.max_attempts "

@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -72,6 +73,36 @@ def _raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+async def open_store(cfg: config.Config) -> Store:
+    """The configured backend, connected and migrated; StoreError if it cannot be."""
+    if cfg.store_backend == "postgresql":
+        # imported here: a host on SQLite never loads the PostgreSQL driver
+        from psycopg.conninfo import make_conninfo
+
+        from mfad.pgstore import PostgresStore
+
+        dsn = cfg.store_dsn
+        if cfg.store_password_file is not None:
+            dsn = make_conninfo(dsn, password=_read_password(cfg.store_password_file))
+        return await PostgresStore.open(dsn)
+    return await SqliteStore.open(cfg.store_path)
+
+
+def _read_password(path: Path) -> str:
+    """The database password, from a file only root can read (like the key file)."""
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreError(f"cannot read store.password_file {path}: {exc}") from exc
+    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise StoreError(
+            f"{path} (store.password_file) must be owned by the daemon's user and mode 0600 "
+            f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
+        )
+    return text.strip("\n")
+
+
 async def check_key(store: Store, box: SecretBox, key_file: Path) -> None:
     """Refuse a key file that is not the one the store's secrets were sealed with.
 
@@ -106,7 +137,7 @@ async def serve(config_path: Path) -> None:
     for warning in config.warnings(cfg):
         log.warning("config_warning", warning=warning)
     box = SecretBox.from_file(cfg.key_file)
-    store = await SqliteStore.open(cfg.store_path)
+    store = await open_store(cfg)
     try:
         await check_key(store, box, cfg.key_file)
     except MfaError:
@@ -149,7 +180,16 @@ async def _reload(ctx: Context, config_path: Path) -> None:
         log.error("reload_rejected", error=str(exc), reason="keeping the running config")
         await ctx.audit.record(Event.DAEMON_RELOAD, outcome=Outcome.FAILURE, reason=str(exc))
         return
-    fixed = ("pam_socket", "control_socket", "store_path", "key_file", "audit_path")
+    fixed = (
+        "pam_socket",
+        "control_socket",
+        "store_backend",
+        "store_path",
+        "store_dsn",
+        "store_password_file",
+        "key_file",
+        "audit_path",
+    )
     changed = [name for name in fixed if getattr(new, name) != getattr(ctx.config, name)]
     if changed:
         log.warning("reload_needs_restart", settings=changed)
