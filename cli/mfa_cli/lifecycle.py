@@ -9,10 +9,12 @@ takes user names only (its users may no longer exist) and exits 8 if any was
 refused. Names and reasons are printed escaped (mfa_cli.display.safe).
 
 Each command is its own function. What they share is here once: the options
-naming whom to act on (``_whom_options``, ``_reason_option``), the request
-fields (``_targets``), the question asked before a change to every account or
-an erasure (``_confirm``), and sending the change and reporting it
-(``_change``).
+naming whom to act on (``_whom_options``, ``_reason_option``, both put on each
+state change by ``_state_change``), the request fields (``_targets``), the
+question asked before a change to every account or an erasure (``_confirm``),
+sending the change and reporting it (``_change``), and the steps of a state
+change in that order (``_run_action``, told what differs: when to ask, what,
+and the note printed with each change).
 """
 
 from __future__ import annotations
@@ -135,23 +137,52 @@ def _print_refusals(refused: list[dict[str, Any]]) -> None:
         )
 
 
-def _with_reason(fields: dict[str, Any], reason: str | None) -> dict[str, Any]:
-    """``fields`` and, if one was given, the ``--reason`` for the audit log."""
-    return fields if reason is None else {**fields, "reason": reason}
+def _state_change(
+    short_help: str,
+    *,
+    yes_help: str = "Do not ask for confirmation (of --all).",
+    options: tuple[Callable[[F], F], ...] = (_reason_option,),
+) -> Callable[[Callable[..., None]], click.Command]:
+    """A state change command: its ``short_help`` and EPILOG, ``_whom_options`` (handed to
+    it as ``**whom``, for ``_run_action``), then ``options`` (``--reason`` unless told)."""
+
+    def apply(function: Callable[..., None]) -> click.Command:
+        command: Callable[..., None] = pass_client(function)
+        for option in reversed(options):
+            command = option(command)
+        command = _whom_options(yes_help)(command)
+        return click.command(short_help=short_help, epilog=EPILOG)(command)
+
+    return apply
 
 
-@click.command(short_help="USERS must enrol (-> pending).", epilog=EPILOG)
-@_whom_options()
-@_reason_option
-@pass_client
-def require(
+def _run_action(
     client: DaemonClient,
+    action: str,
+    *,
     users: tuple[str, ...],
     group: str | None,
     everyone: bool,
     yes: bool,
     reason: str | None,
+    until: str | None = None,
+    always_ask: bool = False,
+    question: Callable[[dict[str, Any]], str] | None = None,
+    note: str = "",
 ) -> None:
+    """The state change ``action`` for whom the options name (``_targets``), with ``reason``
+    and ``until`` where given. Asks first unless ``yes`` if ``everyone`` (or, if
+    ``always_ask``, always): ``question`` of the request fields, by default
+    ``"Action WHOM?"``. Then ``_change`` sends it and prints each change with ``note``."""
+    fields = _targets(users, group, everyone)
+    if not yes and (everyone or always_ask):
+        _confirm(question(fields) if question else f"{action.capitalize()} {_who(fields)}?")
+    given = {"reason": reason, "until": until}
+    _change(client, action, fields | {k: v for k, v in given.items() if v is not None}, note)
+
+
+@_state_change("USERS must enrol (-> pending).")
+def require(client: DaemonClient, reason: str | None, **whom: Any) -> None:
     """Require USERS to use a second factor: they must enrol (state pending),
     at their next login if enrolment at login is on, or with `mfa enroll`.
 
@@ -161,26 +192,11 @@ def require(
     Example:
       mfa require alice bob; mfa require --group staff
     """
-    fields = _targets(users, group, everyone)
-    if everyone and not yes:
-        _confirm(f"Require {_who(fields)}?")
-    _change(client, "require", _with_reason(fields, reason))
+    _run_action(client, "require", reason=reason, **whom)
 
 
-@click.command(
-    short_help="Skip USERS' codes for now, keep the token (-> suspended).", epilog=EPILOG
-)
-@_whom_options()
-@_reason_option
-@pass_client
-def suspend(
-    client: DaemonClient,
-    users: tuple[str, ...],
-    group: str | None,
-    everyone: bool,
-    yes: bool,
-    reason: str | None,
-) -> None:
+@_state_change("Skip USERS' codes for now, keep the token (-> suspended).")
+def suspend(client: DaemonClient, reason: str | None, **whom: Any) -> None:
     """Suspend the second factor of USERS: the token is kept but no code is asked
     for until `mfa resume` (a lost phone that will turn up, a trip without it).
 
@@ -190,24 +206,11 @@ def suspend(
     Example:
       mfa suspend alice --reason 'phone at repair, ticket 4711'
     """
-    fields = _targets(users, group, everyone)
-    if everyone and not yes:
-        _confirm(f"Suspend {_who(fields)}?")
-    _change(client, "suspend", _with_reason(fields, reason))
+    _run_action(client, "suspend", reason=reason, **whom)
 
 
-@click.command(short_help="Ask suspended USERS for codes again.", epilog=EPILOG)
-@_whom_options()
-@_reason_option
-@pass_client
-def resume(
-    client: DaemonClient,
-    users: tuple[str, ...],
-    group: str | None,
-    everyone: bool,
-    yes: bool,
-    reason: str | None,
-) -> None:
+@_state_change("Ask suspended USERS for codes again.")
+def resume(client: DaemonClient, reason: str | None, **whom: Any) -> None:
     """Resume the second factor of suspended USERS: active again if they have a
     token, else pending (must enrol).
 
@@ -215,24 +218,23 @@ def resume(
     Example:
       mfa resume alice
     """
-    fields = _targets(users, group, everyone)
-    if everyone and not yes:
-        _confirm(f"Resume {_who(fields)}?")
-    _change(client, "resume", _with_reason(fields, reason))
+    _run_action(client, "resume", reason=reason, **whom)
 
 
-@click.command(short_help="Erase USERS' secret and recovery codes (-> disabled).", epilog=EPILOG)
-@_whom_options(yes_help="Do not ask for confirmation.")
-@_reason_option
-@pass_client
-def disable(
-    client: DaemonClient,
-    users: tuple[str, ...],
-    group: str | None,
-    everyone: bool,
-    yes: bool,
-    reason: str | None,
-) -> None:
+def _erase_question(client: DaemonClient, fields: dict[str, Any]) -> str:
+    """What disable asks: with the state mfad has if one user is named alone, else whom."""
+    users = fields.get("users", [])
+    if len(users) == 1 and not fields.get("group"):
+        state = client.request("status", user=users[0]).get("state")
+        return f"Erase the authenticator secret of {users[0]} (state: {state})?"
+    return f"Erase the authenticator secrets of {_who(fields)}?"
+
+
+@_state_change(
+    "Erase USERS' secret and recovery codes (-> disabled).",
+    yes_help="Do not ask for confirmation.",
+)
+def disable(client: DaemonClient, reason: str | None, **whom: Any) -> None:
     """Disable the second factor of USERS: erase the secret and recovery codes,
     keep the history. Asks first unless --yes.
 
@@ -243,33 +245,20 @@ def disable(
     Example:
       mfa disable alice; mfa disable --yes --group leavers
     """
-    fields = _targets(users, group, everyone)
-    if not yes:
-        if len(users) == 1 and not group:
-            state = client.request("status", user=users[0]).get("state")
-            _confirm(f"Erase the authenticator secret of {users[0]} (state: {state})?")
-        else:
-            _confirm(f"Erase the authenticator secrets of {_who(fields)}?")
-    _change(
+    note = " (secret and recovery codes erased, history kept)"
+    _run_action(
         client,
         "disable",
-        _with_reason(fields, reason),
-        note=" (secret and recovery codes erased, history kept)",
+        reason=reason,
+        always_ask=True,
+        question=lambda fields: _erase_question(client, fields),
+        note=note,
+        **whom,
     )
 
 
-@click.command(short_help="Erase USERS' token; enrol again (-> pending).", epilog=EPILOG)
-@_whom_options()
-@_reason_option
-@pass_client
-def reset(
-    client: DaemonClient,
-    users: tuple[str, ...],
-    group: str | None,
-    everyone: bool,
-    yes: bool,
-    reason: str | None,
-) -> None:
+@_state_change("Erase USERS' token; enrol again (-> pending).")
+def reset(client: DaemonClient, reason: str | None, **whom: Any) -> None:
     """Reset USERS to enrol again (state pending): the token and recovery codes
     are erased, and the next login offers enrolment. For a new phone.
 
@@ -279,17 +268,14 @@ def reset(
     Example:
       mfa reset alice; mfa reset --all --yes
     """
-    fields = _targets(users, group, everyone)
-    if everyone and not yes:
-        _confirm(
-            f"Reset {_who(fields)} (their tokens and recovery codes are erased; "
-            "each must enrol again)?"
-        )
-    _change(
+    erased = "(their tokens and recovery codes are erased; each must enrol again)"
+    _run_action(
         client,
         "reset",
-        _with_reason(fields, reason),
+        reason=reason,
+        question=lambda fields: f"Reset {_who(fields)} {erased}?",
         note=" (token and recovery codes erased; must enrol again)",
+        **whom,
     )
 
 
@@ -307,27 +293,23 @@ def _until_option(_ctx: click.Context, _param: click.Parameter, value: str | Non
     return rfc3339(moment.replace(microsecond=0))
 
 
-@click.command(short_help="Exempt USERS, with a reason and an optional expiry.", epilog=EPILOG)
-@_whom_options()
-@click.option(
-    "--reason", required=True, help="Why (recorded with the exemption and in the audit log)."
+@_state_change(
+    "Exempt USERS, with a reason and an optional expiry.",
+    options=(
+        click.option(
+            "--reason",
+            required=True,
+            help="Why (recorded with the exemption and in the audit log).",
+        ),
+        click.option(
+            "--until",
+            metavar="TIME",
+            callback=_until_option,
+            help=f"When the exemption ends: {TIME_HELP}. Default: no expiry.",
+        ),
+    ),
 )
-@click.option(
-    "--until",
-    metavar="TIME",
-    callback=_until_option,
-    help=f"When the exemption ends: {TIME_HELP}. Default: no expiry.",
-)
-@pass_client
-def exempt(
-    client: DaemonClient,
-    users: tuple[str, ...],
-    group: str | None,
-    everyone: bool,
-    yes: bool,
-    reason: str,
-    until: str | None,
-) -> None:
+def exempt(client: DaemonClient, reason: str, until: str | None, **whom: Any) -> None:
     """Exempt USERS from the second factor (service accounts, break-glass
     accounts), with a reason and optionally an expiry; the token, if any, is
     kept and comes back into force with `mfa unexempt` or when --until passes.
@@ -336,28 +318,14 @@ def exempt(
     Example:
       mfa exempt backup --reason 'rsync service account' --until 30d
     """
-    fields = _targets(users, group, everyone)
-    if everyone and not yes:
-        _confirm(f"Exempt {_who(fields)}?")
-    fields["reason"] = reason
-    if until is not None:
-        fields["until"] = until
     expiry = f"until {safe(utc_text(until))} UTC" if until else "no expiry"
-    _change(client, "exempt", fields, note=f" ({safe(reason)}; {expiry})")
+    _run_action(
+        client, "exempt", reason=reason, until=until, note=f" ({safe(reason)}; {expiry})", **whom
+    )
 
 
-@click.command(short_help="End USERS' exemption.", epilog=EPILOG)
-@_whom_options()
-@_reason_option
-@pass_client
-def unexempt(
-    client: DaemonClient,
-    users: tuple[str, ...],
-    group: str | None,
-    everyone: bool,
-    yes: bool,
-    reason: str | None,
-) -> None:
+@_state_change("End USERS' exemption.")
+def unexempt(client: DaemonClient, reason: str | None, **whom: Any) -> None:
     """End the exemption of USERS: active again if they kept a token, else
     as if never configured (none).
 
@@ -365,10 +333,7 @@ def unexempt(
     Example:
       mfa unexempt backup
     """
-    fields = _targets(users, group, everyone)
-    if everyone and not yes:
-        _confirm(f"Unexempt {_who(fields)}?")
-    _change(client, "unexempt", _with_reason(fields, reason))
+    _run_action(client, "unexempt", reason=reason, **whom)
 
 
 @click.command(short_help="Lift USERS' lock after too many wrong codes.")
