@@ -55,11 +55,9 @@ per source version into tests/build, like tests/pamdriver.c.
 from __future__ import annotations
 
 import grp
-import hashlib
 import os
 import pwd
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -67,10 +65,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon, running_daemon
+from pamtest import build_c
 
 NSS_WRAPPER = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so"
 MODULE_SOURCE = Path(__file__).with_name("nss_ci.c")
-BUILD_DIR = Path(__file__).with_name("build")
 PREFIX = "ci"  # the module's functions are _nss_ci_*
 
 
@@ -109,30 +107,7 @@ DEFAULT_GROUPS = (CiGroup("alice", 200001), CiGroup("Carol", 200002), CI_GROUP)
 
 def build_module() -> Path:
     """Compile tests/nss_ci.c once per source version (concurrent callers are safe)."""
-    source = MODULE_SOURCE.read_bytes()
-    target = BUILD_DIR / f"libnss_ci-{hashlib.sha256(source).hexdigest()[:12]}.so"
-    if target.exists():
-        return target
-    BUILD_DIR.mkdir(exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    subprocess.run(
-        [
-            "cc",
-            "-shared",
-            "-fPIC",
-            "-O1",
-            "-g",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-o",
-            str(tmp),
-            str(MODULE_SOURCE),
-        ],
-        check=True,
-    )
-    tmp.replace(target)
-    return target
+    return build_c(MODULE_SOURCE, shared=True)
 
 
 @dataclass

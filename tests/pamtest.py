@@ -224,31 +224,29 @@ def _remove_pam_wrapper_dirs(pid: int) -> None:
                 shutil.rmtree(pidfile.parent, ignore_errors=True)
 
 
-def build_driver() -> Path:
-    """Compile tests/pamdriver.c once per source version (concurrent callers are safe)."""
-    source = DRIVER_SOURCE.read_bytes()
-    target = BUILD_DIR / f"pamdriver-{hashlib.sha256(source).hexdigest()[:12]}"
+def build_c(source: Path, *, shared: bool, libs: Sequence[str] = ()) -> Path:
+    """Compile a C file of tests/ into tests/build, once per version of the source
+    and the command (concurrent callers are safe): an executable
+    ``<stem>-<hash>``, or with `shared` a library ``lib<stem>-<hash>.so``; `libs`
+    are linker arguments such as "-ldl"."""
+    pic = ["-shared", "-fPIC"] if shared else []
+    flags = [*pic, "-O1", "-g", "-Wall", "-Wextra", "-Werror"]
+    digest = hashlib.sha256(source.read_bytes())
+    digest.update("\0".join([*flags, *libs]).encode())
+    name = f"{source.stem}-{digest.hexdigest()[:12]}"
+    target = BUILD_DIR / (f"lib{name}.so" if shared else name)
     if target.exists():
         return target
     BUILD_DIR.mkdir(exist_ok=True)
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    subprocess.run(
-        [
-            "cc",
-            "-O1",
-            "-g",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-o",
-            str(tmp),
-            str(DRIVER_SOURCE),
-            "-lpam",
-        ],
-        check=True,
-    )
+    subprocess.run(["cc", *flags, "-o", str(tmp), str(source), *libs], check=True)
     tmp.replace(target)
     return target
+
+
+def build_driver() -> Path:
+    """Compile tests/pamdriver.c once per source version (concurrent callers are safe)."""
+    return build_c(DRIVER_SOURCE, shared=False, libs=["-lpam"])
 
 
 # ----------------------------------------------------------------- valgrind

@@ -49,6 +49,18 @@ def lines_of(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
 
 
+def cut_while_stopped(mfad: Daemon, make_user: Callable[..., str]) -> tuple[list[bytes], int]:
+    """A log from `make_log` with its last three records cut off while mfad was stopped,
+    and mfad started again: the log's lines before the cut, and the seq of the last."""
+    make_log(mfad, make_user)
+    mfad.stop()
+    lines = lines_of(mfad.audit_path)
+    last_seq = json.loads(lines[-1])["seq"]
+    mfad.audit_path.write_bytes(b"".join(lines[:-3]))
+    mfad.start()
+    return lines, int(last_seq)
+
+
 def records_in(path: Path) -> list[dict[str, Any]]:
     """Parsed records of a log that may hold lines that are not records."""
     out = []
@@ -156,13 +168,8 @@ def test_truncation_while_stopped_is_recorded_at_start_and_reported(
     `audit_tampered` record saying the log ends before the record its head file names,
     and verify reports the log truncated at the first record that is gone, even though
     the records written after the restart chain on correctly."""
-    make_log(mfad, make_user)
-    mfad.stop()
-    lines = lines_of(mfad.audit_path)
-    last_seq = json.loads(lines[-1])["seq"]
-    mfad.audit_path.write_bytes(b"".join(lines[:-3]))
+    lines, last_seq = cut_while_stopped(mfad, make_user)
 
-    mfad.start()
     verdict = mfad.request("audit_verify")
 
     tampered = [r for r in mfad.audit() if r["event"] == "audit_tampered"]
@@ -381,12 +388,7 @@ def test_verify_reads_where_the_log_was_cut_from_fields_not_from_the_sentence(
     """The `audit_tampered` record's `reason` is a sentence for people: reworded (and the
     chain recomputed, as a later wording would leave it), verify still reports the log
     truncated at the first record that is gone, from the record's log_seq and head_seq."""
-    make_log(mfad, make_user)
-    mfad.stop()
-    lines = lines_of(mfad.audit_path)
-    last_seq = json.loads(lines[-1])["seq"]
-    mfad.audit_path.write_bytes(b"".join(lines[:-3]))
-    mfad.start()
+    _, last_seq = cut_while_stopped(mfad, make_user)
     mfad.stop()
     records = [json.loads(line) for line in lines_of(mfad.audit_path)]
     prev, out = records[0]["prev"], []

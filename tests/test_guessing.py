@@ -36,6 +36,20 @@ def _attempts(mfad: Daemon, user: str) -> list[dict[str, Any]]:
     return [r for r in mfad.audit() if r["event"] == "attempt" and r.get("user") == user]
 
 
+def _regenerate_guesses(
+    mfad: Daemon, user: str, secret: str, wrong: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`recovery_codes --regenerate` sent as `user` over the control socket, `wrong` times
+    with a wrong code and then with the right one: the wrong answers and the last one."""
+    with ControlAs(mfad.control_socket, user) as me:
+        answers = [
+            me.request("recovery_codes", user=user, regenerate=True, code=_wrong(secret))
+            for _ in range(wrong)
+        ]
+        right = me.request("recovery_codes", user=user, regenerate=True, code=totp_now(secret))
+    return answers, right
+
+
 def test_guessing_over_the_control_socket_is_slowed_counted_and_locked(
     mfad: Daemon, make_user: MakeUser
 ) -> None:
@@ -46,13 +60,8 @@ def test_guessing_over_the_control_socket_is_slowed_counted_and_locked(
     mfad.restart(lockout={"delay": 0.2, "max_delay": 5, "source_deny": 10})
     user = make_user()
     secret = mfad.enroll(user)
-    with ControlAs(mfad.control_socket, user) as me:
-        answers = [
-            me.request("recovery_codes", user=user, regenerate=True, code=_wrong(secret))
-            for _ in range(5)
-        ]
-        assert [a["error"] for a in answers] == ["wrong_code"] * 4 + ["locked"]
-        sixth = me.request("recovery_codes", user=user, regenerate=True, code=totp_now(secret))
+    answers, sixth = _regenerate_guesses(mfad, user, secret, 5)
+    assert [a["error"] for a in answers] == ["wrong_code"] * 4 + ["locked"]
     assert sixth["ok"] is False and sixth["error"] == "locked", sixth
     assert "codes" not in sixth
     delays = [r["delay_s"] for r in _attempts(mfad, user) if r["outcome"] == "failure"]
@@ -94,12 +103,7 @@ def test_a_guesser_on_the_control_socket_is_blocked_before_the_owner_is_locked_o
     logging in over SSH from a host with the right code still gets in."""
     user = make_user()
     secret = mfad.enroll(user)
-    with ControlAs(mfad.control_socket, user) as me:
-        wrong = [
-            me.request("recovery_codes", user=user, regenerate=True, code=_wrong(secret))
-            for _ in range(4)
-        ]
-        after = me.request("recovery_codes", user=user, regenerate=True, code=totp_now(secret))
+    wrong, after = _regenerate_guesses(mfad, user, secret, 4)
     assert [w["error"] for w in wrong] == ["wrong_code"] * 3 + ["locked"]
     assert after["error"] == "locked" and "blocked" in after["message"]
     with PamWire(mfad.pam_socket) as wire:

@@ -26,6 +26,7 @@ from pamtest import (
     SyslogSink,
     SyslogUnavailable,
     authenticate,
+    build_c,
     write_service,
 )
 from pamtest import syslog_sink as _syslog_sink
@@ -628,13 +629,10 @@ ENROLLED = "Enrolment complete"
 
 
 @pytest.fixture(scope="session")
-def freecheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def freecheck() -> Path:
     """tests/freecheck.c as an LD_PRELOAD library: it searches every block that
     pam_mfa.so frees for the markers in $FREECHECK_MARKERS (see its header)."""
-    library = tmp_path_factory.mktemp("freecheck") / "freecheck.so"
-    cc = ["cc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC"]
-    subprocess.run([*cc, "-o", str(library), str(FREECHECK_SOURCE), "-ldl"], check=True)
-    return library
+    return build_c(FREECHECK_SOURCE, shared=True, libs=["-ldl"])
 
 
 def test_real_daemon_enrolment_secrets_are_wiped_before_the_module_frees_them(

@@ -12,13 +12,12 @@ returned as such (docs/protocol.md).
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pamtest import PamResult, authenticate, write_service
+from pamtest import PamResult, authenticate, build_c, write_service
 from peers import PROMPT, conversation, outcome_peer, serve
 
 MALLOCFAIL_SOURCE = Path(__file__).with_name("mallocfail.c")
@@ -26,12 +25,9 @@ CODE = "123456"
 
 
 @pytest.fixture(scope="session")
-def mallocfail(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mallocfail() -> Path:
     """tests/mallocfail.c as an LD_PRELOAD library (see its header)."""
-    library = tmp_path_factory.mktemp("mallocfail") / "mallocfail.so"
-    cc = ["cc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC"]
-    subprocess.run([*cc, "-o", str(library), str(MALLOCFAIL_SOURCE), "-ldl"], check=True)
-    return library
+    return build_c(MALLOCFAIL_SOURCE, shared=True, libs=["-ldl"])
 
 
 class Login:
