@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -31,7 +30,7 @@ import structlog
 
 from mfa_wire.control import json_chunks
 from mfa_wire.events import Event, Outcome
-from mfad import enrolment, identity, lifecycle, recovery, totp
+from mfad import enrolment, identity, lifecycle, recovery, times, totp
 from mfad.context import Context
 from mfad.errors import (
     AlreadyEnrolled,
@@ -48,6 +47,7 @@ from mfad.errors import (
 from mfad.identity import Identity
 from mfad.lockout import Refusal, control_source
 from mfad.model import Account, Counter, Site, State, TokenParams, state_of
+from mfad.times import iso
 from mfad.verify import Purpose, Subject, Verdict, Verifier
 
 log = structlog.get_logger("mfad.accounts")
@@ -79,27 +79,6 @@ class Caller:
     uid: int
     name: str
     is_admin: bool
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None or ts == 0 or math.isinf(ts):
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def parse_time(value: Any, field: str) -> float | None:
-    """An RFC 3339 time from a request, as a timestamp; None stays None."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise RequestError(f"`{field}` must be an RFC 3339 time")
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise RequestError(f"`{field}` is not an RFC 3339 time: {value!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
 
 
 def user_field(request: dict[str, Any]) -> str:
@@ -481,7 +460,8 @@ class AccountOps:
             reason = request.get("reason")
             if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
                 raise RequestError(f"`reason` must be text of at most {MAX_REASON} characters")
-            until = parse_time(request.get("until"), "until")
+            ends = times.from_request(request, "until")
+            until = ends.timestamp() if ends is not None else None
             changed, refused = [], []
             for name in await lifecycle.targets(self.ctx, _with_user(request)):
                 try:

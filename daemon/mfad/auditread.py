@@ -33,11 +33,12 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mfa_wire.events import Event, Outcome
+from mfad import times
 from mfad.audit import GENESIS, line_hash, read_head
 
 FILTER_FIELDS = ("user", "event", "outcome", "service", "rhost")
@@ -100,17 +101,9 @@ def parse(raw: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def parse_time(text: str) -> datetime:
-    """An RFC 3339 time with a zone (``Z`` or an offset), as an aware UTC datetime."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone")
-    return moment.astimezone(UTC)
-
-
 def _time_of(record: Mapping[str, Any]) -> datetime | None:
     try:
-        return parse_time(str(record["time"]))
+        return times.parse(str(record["time"]))
     except (KeyError, ValueError):
         return None
 
@@ -177,7 +170,6 @@ class _Walk:
 
 
 def _bad(
-    walk: _Walk,
     where: Line | None,
     path: Path,
     seq: int | None,
@@ -211,26 +203,15 @@ def _chained(raw: bytes) -> dict[str, Any] | None:
 def _unparseable(walk: _Walk, line: Line, path: Path) -> dict[str, Any]:
     expected = walk.last_record["seq"] + 1 if walk.last_record else None
     glued = line.raw.find(_RECORD_START, 1)
-    if line.raw.startswith(_RECORD_START) and (not line.complete or glued > 0):
-        how = "the log ends inside it" if not line.complete else "the next record follows on it"
-        return _bad(
-            walk,
-            line,
-            path,
-            expected,
-            "truncated",
-            f"a record was cut short ({how}): the log was truncated mid-line",
-        )
     if line.raw.startswith(_RECORD_START):
-        return _bad(
-            walk,
-            line,
-            path,
-            expected,
-            "truncated",
-            "a record was cut short: the log was truncated mid-line",
-        )
-    return _bad(walk, line, path, expected, "not JSON", "this line is not an audit record")
+        how = ""
+        if not line.complete:
+            how = " (the log ends inside it)"
+        elif glued > 0:
+            how = " (the next record follows on it)"
+        message = f"a record was cut short{how}: the log was truncated mid-line"
+        return _bad(line, path, expected, "truncated", message)
+    return _bad(line, path, expected, "not JSON", "this line is not an audit record")
 
 
 def _tampered(walk: _Walk, line: Line, record: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -241,10 +222,10 @@ def _tampered(walk: _Walk, line: Line, record: dict[str, Any], path: Path) -> di
     message = f"mfad found the log altered at start: {record.get('reason', '')}"
     if isinstance(log_seq, int) and isinstance(head_seq, int):
         if log_seq < head_seq:
-            return _bad(walk, line, path, log_seq + 1, "truncated", message)
+            return _bad(line, path, log_seq + 1, "truncated", message)
         if walk.last is not None:
-            return _bad(walk, walk.last, path, log_seq, "edited", message)
-    return _bad(walk, line, path, record["seq"], "edited", message)
+            return _bad(walk.last, path, log_seq, "edited", message)
+    return _bad(line, path, record["seq"], "edited", message)
 
 
 def _misplaced(
@@ -258,7 +239,6 @@ def _misplaced(
         moved = _chained(later.raw)
         if moved is not None and moved["seq"] in missing:
             return _bad(
-                walk,
                 line,
                 path,
                 expected,
@@ -272,7 +252,6 @@ def _misplaced(
         else f"records {expected}-{record['seq'] - 1} are"
     )
     return _bad(
-        walk,
         line,
         path,
         expected,
@@ -290,7 +269,6 @@ def _step(
     if before is None or last is None:
         if (seq == 1) != (prev == GENESIS):
             return _bad(
-                walk,
                 line,
                 path,
                 seq,
@@ -303,7 +281,6 @@ def _step(
         return None
     if seq == expected:
         return _bad(
-            walk,
             last,
             path,
             before["seq"],
@@ -313,7 +290,6 @@ def _step(
         )
     if seq == 1 and prev == GENESIS:
         return _bad(
-            walk,
             line,
             path,
             expected,
@@ -323,7 +299,6 @@ def _step(
         )
     if seq > expected and prev == line_hash(last.raw):
         return _bad(
-            walk,
             line,
             path,
             expected,
@@ -334,7 +309,6 @@ def _step(
     if seq > expected:
         return _misplaced(walk, line, record, ahead, path)
     return _bad(
-        walk,
         line,
         path,
         seq,
@@ -391,11 +365,10 @@ def verify(path: Path) -> dict[str, Any]:
             walk.records += 1
             walk.last, walk.last_record = line, record
     except LogReadError as exc:
-        return verdict(_bad(walk, None, path, None, "not JSON", str(exc)))
+        return verdict(_bad(None, path, None, "not JSON", str(exc)))
     if unlike_head is not None and head is not None:
         return verdict(
             _bad(
-                walk,
                 unlike_head,
                 path,
                 head[0],
@@ -411,7 +384,6 @@ def verify(path: Path) -> dict[str, Any]:
             head_matches = False
             return verdict(
                 _bad(
-                    walk,
                     None,
                     path,
                     last_seq + 1,
@@ -550,7 +522,7 @@ def _in_force(record: Mapping[str, Any], now: datetime) -> bool:
     if until is None:
         return True  # until an administrator unlocks
     try:
-        return parse_time(str(until)) > now
+        return times.parse(str(until)) > now
     except ValueError:
         return True
 

@@ -37,7 +37,7 @@ from mfa_wire.control import decode_request, failure, json_chunks
 from mfa_wire.errors import BadMessage, ErrorCode
 from mfa_wire.events import Event, Outcome
 from mfa_wire.framing import Frame
-from mfad import auditread
+from mfad import auditread, times
 from mfad.accounts import AccountOps, Caller
 from mfad.context import Context
 from mfad.errors import (
@@ -225,7 +225,7 @@ class ControlHandler:
                     op=op,
                     error=code,
                     repeated=count,
-                    since=datetime.fromtimestamp(first_at, UTC).isoformat(timespec="seconds"),
+                    since=times.iso(first_at),
                     reason=f"{count} more like refusals after the first, not written one by one",
                 )
             except AuditError as err:
@@ -306,25 +306,11 @@ class ControlHandler:
 
     async def audit_summary(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """Failures, locks, skips, control actions and unenrolled users since a time."""
-        since = _request_time(request, "since")
+        since = times.from_request(request, "since")
         accounts = await self.ctx.store.list_accounts()
         now = datetime.fromtimestamp(self.ctx.clock(), UTC)
         summary: dict[str, Any] = await self._read_trail(auditread.summarise, since, now, accounts)
         return summary
-
-
-def _request_time(request: dict[str, Any], name: str) -> datetime | None:
-    value = request.get(name)
-    if value is None:
-        return None
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return auditread.parse_time(value)
-    except ValueError:
-        raise RequestError(
-            f"{name} must be an RFC 3339 time with a zone, such as 2025-01-31T08:00:00Z"
-        ) from None
 
 
 def _audit_filter(request: dict[str, Any]) -> tuple[auditread.Filter, int | None]:
@@ -340,7 +326,9 @@ def _audit_filter(request: dict[str, Any]) -> tuple[auditread.Filter, int | None
     limit = request.get("limit")
     if limit is not None and (type(limit) is not int or limit < 0):
         raise RequestError("limit must be a whole number, 0 or more")
-    flt = auditread.Filter(fields, _request_time(request, "since"), _request_time(request, "until"))
+    flt = auditread.Filter(
+        fields, times.from_request(request, "since"), times.from_request(request, "until")
+    )
     return flt, limit or None
 
 

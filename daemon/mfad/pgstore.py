@@ -34,7 +34,6 @@ runs one suite against both). What differs is only how the database keeps it:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -50,11 +49,10 @@ from mfad.model import (
     Login,
     PendingEnrolment,
     Site,
-    State,
     StateChange,
     TokenParams,
 )
-from mfad.store import ACCOUNT_SOURCE, Store
+from mfad.store import ACCOUNT_SOURCE, Store, account_from_row, counter_from_row
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -144,19 +142,6 @@ _SELECT_ACCOUNTS_WITH_LOCKS = (
     ' FROM accounts LEFT JOIN guard g ON g."user" = accounts."user" AND g.source = %s'
     ' ORDER BY accounts."user" COLLATE "C"'
 ).encode()
-
-
-def _account(row: Sequence[Any]) -> Account:
-    secret = None if row[2] is None else bytes(row[2])
-    return Account(row[0], State(row[1]), secret, TokenParams(*row[3:6]), *row[6:])
-
-
-def _counter(row: Sequence[Any]) -> Counter:
-    """A guard row (failures, first_at, until, total) as a Counter; NULLs (no row) are zero."""
-    failures, first_at, until, total = row
-    if until is not None and math.isinf(until):
-        until = math.inf
-    return Counter(failures or 0, first_at or 0.0, until or 0.0, total or 0)
 
 
 def describe(dsn: str) -> str:
@@ -310,7 +295,7 @@ class PostgresStore(Store):
                 (user,),
             )
             row = await cur.fetchone()
-            return None if row is None else _account(row)
+            return None if row is None else account_from_row(row)
 
         return await self._run(q)
 
@@ -491,7 +476,9 @@ class PostgresStore(Store):
                 (ACCOUNT_SOURCE,),
             )
             n = _N_ACCOUNT_COLUMNS
-            return [(_account(r[:n]), _counter(r[n:])) for r in await cur.fetchall()]
+            return [
+                (account_from_row(r[:n]), counter_from_row(r[n:])) for r in await cur.fetchall()
+            ]
 
         return await self._run(q)
 
@@ -513,7 +500,7 @@ class PostgresStore(Store):
                 ' WHERE "user" = %s AND source IN (%s, %s)',
                 (user, ACCOUNT_SOURCE, source),
             )
-            found = {r[0]: _counter(r[1:]) for r in await cur.fetchall()}
+            found = {r[0]: counter_from_row(r[1:]) for r in await cur.fetchall()}
             return GuardState(found.get(ACCOUNT_SOURCE, Counter()), found.get(source, Counter()))
 
         return await self._run(q)
@@ -541,7 +528,7 @@ class PostgresStore(Store):
                 ' WHERE "user" = %s AND source IN (%s, %s) ORDER BY source FOR UPDATE',
                 (user, ACCOUNT_SOURCE, source),
             )
-            found = {r[0]: _counter(r[1:]) for r in await cur.fetchall()}
+            found = {r[0]: counter_from_row(r[1:]) for r in await cur.fetchall()}
             new = change(
                 GuardState(found.get(ACCOUNT_SOURCE, Counter()), found.get(source, Counter()))
             )

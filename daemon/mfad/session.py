@@ -44,7 +44,8 @@ from mfad.lockout import Refusal, login_source
 from mfad.model import Account, Site, State, StateChange
 from mfad.protocol import Start, parse_start
 from mfad.qrtext import render_qr
-from mfad.verify import Purpose, Subject, Verifier, iso
+from mfad.times import iso
+from mfad.verify import Purpose, Subject, Verifier
 
 log = structlog.get_logger("mfad.session")
 

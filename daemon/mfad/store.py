@@ -236,8 +236,11 @@ _ACCOUNT_COLUMNS = (
 )
 
 
-def _account(row: Sequence[Any]) -> Account:
-    return Account(row[0], State(row[1]), row[2], TokenParams(*row[3:6]), *row[6:])
+def account_from_row(row: Sequence[Any]) -> Account:
+    """An account row (the columns of _ACCOUNT_COLUMNS, in order) as the model's Account;
+    for every backend."""
+    secret = None if row[2] is None else bytes(row[2])
+    return Account(row[0], State(row[1]), secret, TokenParams(*row[3:6]), *row[6:])
 
 
 def _replace_codes(db: sqlite3.Connection, user: str, digests: Sequence[bytes], now: float) -> None:
@@ -248,8 +251,9 @@ def _replace_codes(db: sqlite3.Connection, user: str, digests: Sequence[bytes], 
 _FOREVER = 1e308
 
 
-def _counter(row: Sequence[Any]) -> Counter:
-    """A guard row (failures, first_at, until, total) as a Counter; NULLs (no row) are zero."""
+def counter_from_row(row: Sequence[Any]) -> Counter:
+    """A guard row (failures, first_at, until, total) as a Counter; NULLs (no row) are zero.
+    For every backend: "until unlocked" is 1e308 in SQLite and 'Infinity' in PostgreSQL."""
     failures, first_at, until, total = row
     if until is not None and until >= _FOREVER:
         until = math.inf
@@ -265,7 +269,7 @@ def _read_guard(db: sqlite3.Connection, user: str, source: str) -> GuardState:
         " WHERE user = ? AND source IN (?, ?)",
         (user, ACCOUNT_SOURCE, source),
     ).fetchall()
-    found = {r[0]: _counter(r[1:]) for r in rows}
+    found = {r[0]: counter_from_row(r[1:]) for r in rows}
     return GuardState(found.get(ACCOUNT_SOURCE, Counter()), found.get(source, Counter()))
 
 
@@ -433,7 +437,7 @@ class SqliteStore(Store):
                 f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE user = ?",  # noqa: S608 (constant)
                 (user,),
             ).fetchone()
-            return None if row is None else _account(row)
+            return None if row is None else account_from_row(row)
 
         return await self._run(q)
 
@@ -619,7 +623,7 @@ class SqliteStore(Store):
                 (ACCOUNT_SOURCE,),
             ).fetchall()
             n = len(_ACCOUNT_COLUMNS.split(","))
-            return [(_account(r[:n]), _counter(r[n:])) for r in rows]
+            return [(account_from_row(r[:n]), counter_from_row(r[n:])) for r in rows]
 
         return await self._scan(q)
 

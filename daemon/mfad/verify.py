@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from mfa_wire.events import Event, Outcome, Reason
 from mfad import recovery, totp
 from mfad.lockout import FailureEffect, Refusal
 from mfad.model import Account, PendingEnrolment, Site, TokenParams
+from mfad.times import iso
 
 if TYPE_CHECKING:
     from mfad.context import Context
@@ -62,10 +61,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.reason is None
-
-
-def iso(ts: float) -> str | None:
-    return None if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class Verifier:
