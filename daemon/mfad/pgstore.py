@@ -52,7 +52,13 @@ from mfad.model import (
     StateChange,
     TokenParams,
 )
-from mfad.store import ACCOUNT_SOURCE, Store, account_from_row, counter_from_row
+from mfad.store import (
+    ACCOUNT_SOURCE,
+    Store,
+    account_from_row,
+    counter_from_row,
+    enrolment_values,
+)
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -310,17 +316,7 @@ class PostgresStore(Store):
                 " algorithm = excluded.algorithm, digits = excluded.digits,"
                 " period = excluded.period, created_at = excluded.created_at,"
                 " uid = excluded.uid, expires_at = excluded.expires_at, origin = excluded.origin",
-                (
-                    p.user,
-                    p.sealed_secret,
-                    p.params.algorithm,
-                    p.params.digits,
-                    p.params.period,
-                    p.created_at,
-                    p.uid,
-                    p.expires_at,
-                    p.origin,
-                ),
+                enrolment_values(p),
             )
 
         await self._run(q)

@@ -251,6 +251,21 @@ def _replace_codes(db: sqlite3.Connection, user: str, digests: Sequence[bytes], 
 _FOREVER = 1e308
 
 
+def enrolment_values(p: PendingEnrolment) -> tuple[Any, ...]:
+    """An enrolment's columns, in the order both backends' INSERTs name them."""
+    return (
+        p.user,
+        p.sealed_secret,
+        p.params.algorithm,
+        p.params.digits,
+        p.params.period,
+        p.created_at,
+        p.uid,
+        p.expires_at,
+        p.origin,
+    )
+
+
 def counter_from_row(row: Sequence[Any]) -> Counter:
     """A guard row (failures, first_at, until, total) as a Counter; NULLs (no row) are zero.
     For every backend: "until unlocked" is 1e308 in SQLite and 'Infinity' in PostgreSQL."""
@@ -448,17 +463,7 @@ class SqliteStore(Store):
             db.execute(
                 "INSERT OR REPLACE INTO enrolments (user, secret, algorithm, digits, period,"
                 " created_at, uid, expires_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    p.user,
-                    p.sealed_secret,
-                    p.params.algorithm,
-                    p.params.digits,
-                    p.params.period,
-                    p.created_at,
-                    p.uid,
-                    p.expires_at,
-                    p.origin,
-                ),
+                enrolment_values(p),
             )
 
         await self._run(q)
