@@ -67,6 +67,12 @@ class PgCluster:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr}\n{log}")
 
     def start(self) -> None:
+        """Create the cluster if there is none yet, then run its server (again)."""
+        if not (self.data / "PG_VERSION").exists():
+            self._init()
+        self._serve()
+
+    def _init(self) -> None:
         self._run(
             "initdb",
             "--pgdata",
@@ -81,6 +87,8 @@ class PgCluster:
             "C.UTF-8",
             "--no-sync",
         )
+
+    def _serve(self) -> None:
         # the server is this process's child (not daemonised by pg_ctl), so that it is
         # reaped here when it ends
         with self.log.open("wb") as log:
@@ -114,6 +122,31 @@ class PgCluster:
         except subprocess.TimeoutExpired:
             self._server.kill()  # runuser; the server itself was told above
             self._server.wait()
+
+    def _processes(self) -> list[int]:
+        """The postmaster and every process it forked (its backends and helpers)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        found = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # the field after the ")" that ends the command name: state, then ppid
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    found.append(int(stat.parent.name))
+        return found
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The server frozen (SIGSTOP to it and its backends): a database host that
+        stopped answering, with every connection still open; thawed on leaving."""
+        stopped = self._processes()
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host={self.socket_dir} user={ROLE} dbname={dbname}"

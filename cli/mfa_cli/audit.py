@@ -64,6 +64,9 @@ def _detail(record: dict[str, Any]) -> str:
     return str(reason or record.get("message") or "")
 
 
+HOST_WIDTH = 16  # of the HOST column, with --all-hosts
+
+
 def _row(values: Iterable[str]) -> str:
     cells = [v.ljust(width) for v, (_, width) in zip(values, COLUMNS, strict=True)]
     return " ".join(cells).rstrip()
@@ -72,14 +75,18 @@ def _row(values: Iterable[str]) -> str:
 class _Printer:
     """Records as a table (header before the first) or as JSON lines."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, show_host: bool = False) -> None:
         self.as_json = as_json
+        self.show_host = show_host  # the fleet's records: each line starts with its host
         self.header_done = False
 
     def header(self) -> None:
         if not self.as_json and not self.header_done:
-            click.echo(_row(name for name, _ in COLUMNS))
+            click.echo(self._host_cell("HOST") + _row(name for name, _ in COLUMNS))
             self.header_done = True
+
+    def _host_cell(self, host: str) -> str:
+        return f"{host:<{HOST_WIDTH}} " if self.show_host else ""
 
     def record(self, record: dict[str, Any]) -> None:
         if self.as_json:
@@ -88,7 +95,8 @@ class _Printer:
         record = clean(record)
         self.header()
         click.echo(
-            _row(
+            self._host_cell(str(record.get("host") or "-"))
+            + _row(
                 [
                     _shown_time(record),
                     *(
@@ -127,6 +135,11 @@ otherwise; --limit 0 shows all.""",
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as logged.")
 @click.option("--follow", "-f", is_flag=True, help="Keep going: show new records as they come.")
 @click.option(
+    "--all-hosts",
+    is_flag=True,
+    help="Every host of the fleet, from the shared store's audit table (PostgreSQL only).",
+)
+@click.option(
     "--limit",
     "-n",
     type=click.IntRange(min=0),
@@ -145,6 +158,7 @@ def audit(
     until: str | None,
     as_json: bool,
     follow: bool,
+    all_hosts: bool,
     limit: int | None,
 ) -> None:
     """List the audit trail (root and the admin group only).
@@ -158,7 +172,7 @@ def audit(
         return
     client = ctx.find_object(DaemonClient)
     assert client is not None
-    filters = {
+    filters: dict[str, Any] = {
         name: value
         for name, value in (
             ("user", user),
@@ -171,9 +185,13 @@ def audit(
         )
         if value is not None
     }
+    if follow and all_hosts:
+        raise click.UsageError("--follow shows this host's new records only; drop --all-hosts")
+    if all_hosts:
+        filters["all_hosts"] = True
     if limit is None:
         limit = FOLLOW_BACKLOG if follow else DEFAULT_LIMIT
-    printer = _Printer(as_json)
+    printer = _Printer(as_json, show_host=all_hosts)
     matched = 0
     following = False
     try:
@@ -211,8 +229,13 @@ def audit(
 
 @audit.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's verdict as JSON.")
+@click.option(
+    "--all-hosts",
+    is_flag=True,
+    help="Check each host's chain in the shared store's audit table instead (PostgreSQL).",
+)
 @pass_client
-def verify(client: DaemonClient, as_json: bool) -> None:
+def verify(client: DaemonClient, as_json: bool, all_hosts: bool) -> None:
     """Check the audit trail's hash chain through every rotated file.
 
     Each record holds the hash of the one before, and the head file beside
@@ -220,6 +243,9 @@ def verify(client: DaemonClient, as_json: bool) -> None:
     truncated record breaks the chain: the first bad one is shown and the exit
     code is 7. Exit 0 means the chain is whole.
     """
+    if all_hosts:
+        _verify_fleet(client.request("audit_verify", all_hosts=True), as_json)
+        return
     verdict = client.request("audit_verify")
     verdict.pop("ok", None)
     bad = verdict.get("first_bad")
@@ -240,6 +266,30 @@ def verify(client: DaemonClient, as_json: bool) -> None:
     if bad is not None:  # the message is raw: CliError escapes it when shown
         at = f"record {bad['seq']}" if bad.get("seq") is not None else f"line {bad['line']}"
         raise ChainBroken(f"the audit trail is broken at {at} ({bad['reason']})")
+
+
+def _verify_fleet(verdict: dict[str, Any], as_json: bool) -> None:
+    """One line per host; exit 7 if any host's chain is broken in the table."""
+    hosts = verdict.get("hosts") or []
+    if as_json:
+        click.echo(json_text({"hosts": hosts}, indent=2))
+    for host in hosts if not as_json else []:
+        shown = clean(host)
+        span = f"records {shown['first_seq']}-{shown['last_seq']}" if shown["records"] else ""
+        bad = shown.get("first_bad")
+        if bad is None:
+            click.echo(f"{shown['host']}: intact, {shown['records']} records {span}".rstrip())
+        else:
+            click.echo(
+                f"{shown['host']}: BROKEN at record {bad['seq']} ({bad['reason']}: "
+                f"{bad['message']}); {shown['records']} records intact before it"
+            )
+    if not hosts and not as_json:
+        click.echo("The fleet's audit table holds no records yet.")
+    broken = [h for h in hosts if h.get("first_bad")]
+    if broken:
+        names = ", ".join(str(h["host"]) for h in broken)
+        raise ChainBroken(f"the audit table's chain is broken for {names}")
 
 
 def _say_intact(verdict: dict[str, Any]) -> None:
@@ -269,12 +319,18 @@ def _say_intact(verdict: dict[str, Any]) -> None:
     help="Summarise the records at or after TIME.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--all-hosts",
+    is_flag=True,
+    help="Summarise every host of the fleet (the shared store's audit table; PostgreSQL).",
+)
 @pass_client
-def summary(client: DaemonClient, since: str, as_json: bool) -> None:
+def summary(client: DaemonClient, since: str, as_json: bool, all_hosts: bool) -> None:
     """What a reviewer looks at first: failures by user and by remote host, locks,
     exemptions and suspensions in force, skipped logins, administrative actions,
     refused requests, users who never enrolled."""
-    result = client.request("audit_summary", since=since)
+    fleet = {"all_hosts": True} if all_hosts else {}
+    result = client.request("audit_summary", since=since, **fleet)
     result.pop("ok", None)
     if as_json:
         click.echo(json_text(result, indent=2))

@@ -292,7 +292,12 @@ class AuditLog:
     """Append-only, hash-chained audit records; `record` raises AuditError on failure."""
 
     def __init__(
-        self, path: Path, *, to_stderr: bool = True, required: Callable[[], bool] = lambda: True
+        self,
+        path: Path,
+        *,
+        host: str = "",
+        to_stderr: bool = True,
+        required: Callable[[], bool] = lambda: True,
     ) -> None:
         self._sink = _Sink(path, _StderrCopy() if to_stderr else None)
         self._required = required  # read per record, so a reload applies at once
@@ -306,12 +311,17 @@ class AuditLog:
             # bound once: the lazy proxy structlog returns otherwise binds anew per record
             cache_logger_on_first_use=True,
         )
-        self._host = socket.gethostname()
+        self._host = host or socket.gethostname()  # a fleet tells its hosts apart by it
         self._subscribers: set[asyncio.Queue[str]] = set()
 
     @property
     def path(self) -> Path:
         return self._sink.path
+
+    @property
+    def host(self) -> str:
+        """The host name every record carries."""
+        return self._host
 
     def subscribe(self) -> asyncio.Queue[str]:
         """A queue that receives every record written from now on, as its JSON line."""

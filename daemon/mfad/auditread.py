@@ -31,7 +31,7 @@ import json
 import re
 import zlib
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -399,6 +399,51 @@ def verify(path: Path) -> dict[str, Any]:
 # --- summary ---
 
 
+@dataclass(slots=True)
+class ChainCheck:
+    """One host's chain as the fleet's table holds it, fed record by record in seq order
+    (``mfa audit verify --all-hosts``). The table may start after the host's first
+    record (its trail began before the fleet); from there every record must follow."""
+
+    host: str
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    _last_line: bytes = b""
+    first_bad: dict[str, Any] | None = None
+
+    def add(self, seq: int, line: str) -> bool:
+        """Take the next record; False (and first_bad set) if the chain breaks there."""
+        raw = line.encode("utf-8")
+        record = parse(raw)
+        if record is None or record.get("seq") != seq or record.get("host") != self.host:
+            return self._bad(seq, "not JSON", "not a record of this host with this seq")
+        if self.last_seq is not None:
+            if seq != self.last_seq + 1:
+                missing = f"{self.last_seq + 1}-{seq - 1}"
+                return self._bad(seq, "deleted", f"records {missing} are missing")
+            if record.get("prev") != line_hash(self._last_line):
+                return self._bad(seq, "edited", f"record {self.last_seq} was changed")
+        if self.first_seq is None:
+            self.first_seq = seq
+        self.records += 1
+        self.last_seq, self._last_line = seq, raw
+        return True
+
+    def _bad(self, seq: int, reason: str, message: str) -> bool:
+        self.first_bad = {"seq": seq, "reason": reason, "message": message}
+        return False
+
+    def verdict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "records": self.records,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "first_bad": self.first_bad,
+        }
+
+
 def _by(counter: Counter[str], key: str) -> list[dict[str, Any]]:
     return [{key: name, "count": n} for name, n in counter.most_common()]
 
@@ -414,6 +459,19 @@ def summarise(
     enrolment, and for the exemptions and suspensions in force.
     """
     flt = Filter(since=since)
+    records = (parse(line.raw) for line in iter_lines(log_files(path)))
+    return summarise_records(
+        (r for r in records if r is not None and flt.matches(r)), since, now, accounts
+    )
+
+
+def summarise_records(
+    found: Iterable[Mapping[str, Any]],
+    since: datetime | None,
+    now: datetime,
+    accounts: Mapping[str, str],
+) -> dict[str, Any]:
+    """summarise, over records already read and chosen (the fleet's, from its table)."""
     logins: Counter[str] = Counter()
     fail_user: Counter[str] = Counter()
     fail_rhost: Counter[str] = Counter()
@@ -423,16 +481,13 @@ def summarise(
     skipped: Counter[tuple[str, str]] = Counter()
     refused: Counter[tuple[str, str]] = Counter()
     not_enrolled: Counter[str] = Counter()
-    last_lock: dict[str, dict[str, Any]] = {}
+    last_lock: dict[str, Mapping[str, Any]] = {}
     locks: list[dict[str, Any]] = []
     blocks: list[dict[str, Any]] = []
     control: list[dict[str, Any]] = []
     tampered: list[dict[str, Any]] = []
     records = 0
-    for line in iter_lines(log_files(path)):
-        record = parse(line.raw)
-        if record is None or not flt.matches(record):
-            continue
+    for record in found:
         records += 1
         event, outcome = record.get("event"), record.get("outcome")
         user, rhost = str(record.get("user", "")), str(record.get("rhost") or "(local)")

@@ -7,6 +7,7 @@ of the key it is about. Unknown keys are errors: a typo such as
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ class Config:
     audit_path: Path = Path("/var/log/mfad/audit.jsonl")
     # a login that cannot be recorded is refused; false lets logins go on unrecorded
     audit_required: bool = True
+    # the name every audit record carries as its host; "" is the system's host name
+    audit_host: str = ""
     max_connections: int = 1024
     totp: TotpConfig = field(default_factory=TotpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
@@ -152,6 +155,15 @@ def _text(value: Any) -> str:
     return value
 
 
+def _host_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}", value):
+        raise ValueError(
+            "must be a host name (letters, digits, '.', '-', '_'; up to 253 characters), "
+            f"got {value!r}"
+        )
+    return value
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError(f"must be an absolute path, got {value!r}")
@@ -179,6 +191,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "key_file": ("key_file", _path),
     "audit.path": ("audit_path", _path),
     "audit.required": ("audit_required", _bool),
+    "audit.host": ("audit_host", _host_name),
     "totp.issuer": ("totp.issuer", _text),
     "totp.window": ("totp.window", _int(0, 10)),
     "totp.digits": ("totp.digits", _choice(6, 8)),

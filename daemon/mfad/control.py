@@ -22,6 +22,7 @@ mfad (qrtext) as at a login, so that `mfa` draws nothing itself.
 from __future__ import annotations
 
 import asyncio
+import collections
 import grp
 import json
 import os
@@ -257,8 +258,37 @@ class ControlHandler:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Matching records, oldest first, in as many frames as they need."""
         flt, limit = _audit_filter(request)
+        if self._all_hosts(request):
+            return _query_frames(await self._fleet_query(flt, limit))
         found: auditread.QueryResult = await self._read_trail(auditread.query, flt, limit)
         return _query_frames(found)
+
+    def _all_hosts(self, request: dict[str, Any]) -> bool:
+        """Whether the request asks for every host's records (the fleet's audit table)."""
+        wanted = request.get("all_hosts", False)
+        if type(wanted) is not bool:
+            raise RequestError("all_hosts must be true or false")
+        if wanted and not self.ctx.store.shared:
+            raise RequestError(
+                "--all-hosts reads the fleet's audit table, which only a shared store has "
+                "(store.backend: postgresql); this host keeps its own store"
+            )
+        return wanted
+
+    async def _fleet_records(self, flt: auditread.Filter) -> AsyncIterator[dict[str, Any]]:
+        since, until = (None if t is None else t.timestamp() for t in (flt.since, flt.until))
+        async for line in self.ctx.store.audit_lines(since, until, flt.fields):
+            record = auditread.parse(line.encode())
+            if record is not None:
+                yield record
+
+    async def _fleet_query(self, flt: auditread.Filter, limit: int | None) -> auditread.QueryResult:
+        kept: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
+        matched = 0
+        async for record in self._fleet_records(flt):
+            matched += 1
+            kept.append(record)
+        return auditread.QueryResult(list(kept), matched, 0)
 
     async def audit_follow(
         self, caller: Caller, request: dict[str, Any]
@@ -300,7 +330,17 @@ class ControlHandler:
             self.ctx.audit.unsubscribe(queue)
 
     async def audit_verify(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        """Walk the hash chain through every file; name the first bad record."""
+        """Walk the hash chain through every file; name the first bad record. With
+        all_hosts, walk each host's chain in the fleet's table instead."""
+        if self._all_hosts(request):
+            hosts = []
+            for host in await self.ctx.store.audit_hosts():
+                walk = auditread.ChainCheck(host)
+                async for seq, line in self.ctx.store.audit_chain(host):
+                    if not walk.add(seq, line):
+                        break
+                hosts.append(walk.verdict())
+            return {"hosts": hosts}
         verdict: dict[str, Any] = await self._read_trail(auditread.verify)
         return verdict
 
@@ -309,6 +349,12 @@ class ControlHandler:
         since = times.from_request(request, "since")
         accounts = await self.ctx.store.list_accounts()
         now = datetime.fromtimestamp(self.ctx.clock(), UTC)
+        if self._all_hosts(request):
+            records = [r async for r in self._fleet_records(auditread.Filter(since=since))]
+            fleet: dict[str, Any] = await asyncio.to_thread(
+                auditread.summarise_records, records, since, now, accounts
+            )
+            return fleet
         summary: dict[str, Any] = await self._read_trail(auditread.summarise, since, now, accounts)
         return summary
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
+import contextlib
 import logging
 import os
 import resource
 import signal
 import socket
-import stat
 import sys
 from pathlib import Path
 
@@ -21,12 +20,14 @@ import uvloop
 from mfa_wire.events import Event, Outcome
 from mfad import __version__, config
 from mfad.audit import AuditLog
+from mfad.auditmirror import AuditMirror
+from mfad.backends import check_key, open_store
 from mfad.context import Context
-from mfad.errors import KeyFileError, MfaError, StoreError
+from mfad.errors import MfaError
 from mfad.lockout import Guard
+from mfad.migrate import migrate_store
 from mfad.secretbox import SecretBox, generate_key_file
 from mfad.server import Server
-from mfad.store import SqliteStore, Store
 
 log = structlog.get_logger("mfad")
 
@@ -73,63 +74,6 @@ def _raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def open_store(cfg: config.Config) -> Store:
-    """The configured backend, connected and migrated; StoreError if it cannot be."""
-    if cfg.store_backend == "postgresql":
-        # imported here: a host on SQLite never loads the PostgreSQL driver
-        from psycopg.conninfo import make_conninfo
-
-        from mfad.pgstore import PostgresStore
-
-        dsn = cfg.store_dsn
-        if cfg.store_password_file is not None:
-            dsn = make_conninfo(dsn, password=_read_password(cfg.store_password_file))
-        return await PostgresStore.open(dsn)
-    return await SqliteStore.open(cfg.store_path)
-
-
-def _read_password(path: Path) -> str:
-    """The database password, from a file only root can read (like the key file)."""
-    try:
-        st = path.stat()
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StoreError(f"cannot read store.password_file {path}: {exc}") from exc
-    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
-        raise StoreError(
-            f"{path} (store.password_file) must be owned by the daemon's user and mode 0600 "
-            f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
-        )
-    return text.strip("\n")
-
-
-async def check_key(store: Store, box: SecretBox, key_file: Path) -> None:
-    """Refuse a key file that is not the one the store's secrets were sealed with.
-
-    The store keeps the key's check value from the first start; a store from before
-    check values is tested by opening one sealed secret, then given one.
-    """
-    stored = await store.get_key_check()
-    if stored is None:  # a store from before check values: does the key open its secrets?
-        sample = await store.any_sealed_secret()
-        if sample is not None:
-            try:
-                box.open(*sample)
-            except StoreError:
-                raise KeyFileError(_wrong_key(key_file)) from None
-        await store.set_key_check(box.check_value())
-    elif not hmac.compare_digest(stored, box.check_value()):
-        raise KeyFileError(_wrong_key(key_file))
-
-
-def _wrong_key(key_file: Path) -> str:
-    return (
-        f"{key_file} is not the key this store's secrets were sealed with; restore the "
-        "original key file (mfad would otherwise refuse every login and count every "
-        "recovery code as wrong)"
-    )
-
-
 async def serve(config_path: Path) -> None:
     os.umask(0o077)  # the store, its WAL and the audit log are for root's eyes only
     cfg = config.load(config_path)
@@ -143,9 +87,13 @@ async def serve(config_path: Path) -> None:
     except MfaError:
         await store.close()
         raise
-    audit = AuditLog(cfg.audit_path, required=lambda: ctx.config.audit_required)
+    audit = AuditLog(
+        cfg.audit_path, host=cfg.audit_host, required=lambda: ctx.config.audit_required
+    )
     await audit.open()
     ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout))
+    mirror = AuditMirror(audit, store) if store.shared else None
+    mirroring = asyncio.create_task(mirror.run()) if mirror else None
     server = Server(ctx)
     await server.start()
     await audit.record(
@@ -167,6 +115,12 @@ async def serve(config_path: Path) -> None:
         await audit.record(Event.DAEMON_STOP, outcome=Outcome.SUCCESS, pid=os.getpid())
     except MfaError as exc:
         log.error("audit_unwritable", error=str(exc))
+    if mirror is not None and mirroring is not None:
+        mirroring.cancel()
+        # the last records (this stop) go to the fleet's table if the database answers soon
+        with contextlib.suppress(MfaError, TimeoutError):
+            async with asyncio.timeout(3):
+                await mirror.catch_up()
     await audit.close()
     await store.close()
 
@@ -189,6 +143,7 @@ async def _reload(ctx: Context, config_path: Path) -> None:
         "store_password_file",
         "key_file",
         "audit_path",
+        "audit_host",
     )
     changed = [name for name in fixed if getattr(new, name) != getattr(ctx.config, name)]
     if changed:
@@ -217,10 +172,37 @@ def main(argv: list[str] | None = None) -> int:
         help="create a new secret key file (mode 0600) and exit",
     )
     parser.add_argument("--version", action="version", version=f"mfad {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    move = commands.add_parser(
+        "migrate-store",
+        help="copy every account, lock and history from a SQLite store into the "
+        "PostgreSQL store the config names (mfad stopped)",
+        description="Copy every account, lock and history from this host's SQLite store "
+        "into the PostgreSQL store the config names, with no re-enrolment. Example: "
+        "mfad --config /etc/mfad/mfad.yaml migrate-store --from /var/lib/mfad/mfad.db",
+    )
+    move.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="the SQLite store to copy (default: store.path in the config)",
+    )
+    move.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace what the target already holds (otherwise a non-empty target is refused)",
+    )
     args = parser.parse_args(argv)
     _configure_logging()
     try:
-        if args.generate_key:
+        if args.command == "migrate-store":
+            cfg = config.load(args.config)
+            source = args.source or cfg.store_path
+            copied = asyncio.run(migrate_store(cfg, source, replace=args.replace))
+            print(f"copied {source} into the PostgreSQL store:")
+            for table, count in copied.items():
+                print(f"  {table}: {count}")
+        elif args.generate_key:
             generate_key_file(args.generate_key)
             print(f"created {args.generate_key}")
         elif args.check_config:

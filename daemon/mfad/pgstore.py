@@ -34,7 +34,8 @@ runs one suite against both). What differs is only how the database keeps it:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -54,10 +55,14 @@ from mfad.model import (
 )
 from mfad.store import (
     ACCOUNT_SOURCE,
+    COPIED_TABLES,
+    NOT_EMPTY,
+    AuditRow,
     Store,
     account_from_row,
     counter_from_row,
     enrolment_values,
+    portable_row,
 )
 
 T = TypeVar("T")
@@ -132,6 +137,30 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX accounts_user_lower ON accounts (lower("user" COLLATE "C"));
     CREATE INDEX enrolments_user_lower ON enrolments (lower("user" COLLATE "C"))
     """,
+    # 2: the fleet's audit table. Every host's records, as written to its own file, so that
+    # `mfa audit --all-hosts` reads the fleet and each host's chain can be checked here.
+    # Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE to any role but the
+    # table's owner's own ALTER/DROP (README, "A role with least privilege").
+    """
+    CREATE TABLE audit_records (
+        host text NOT NULL,
+        seq bigint NOT NULL,
+        at double precision NOT NULL,
+        event text NOT NULL,
+        "user" text,
+        line text NOT NULL,
+        PRIMARY KEY (host, seq)
+    );
+    CREATE INDEX audit_records_at ON audit_records (at);
+    CREATE FUNCTION mfad_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'audit_records is append-only';
+    END $$;
+    CREATE TRIGGER audit_records_no_change BEFORE UPDATE OR DELETE ON audit_records
+        FOR EACH ROW EXECUTE FUNCTION mfad_audit_append_only();
+    CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records
+        FOR EACH STATEMENT EXECUTE FUNCTION mfad_audit_append_only()
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -192,12 +221,16 @@ class PostgresStore(Store):
     CONNECT_TIMEOUT = 3  # seconds; libpq's connect_timeout (whole seconds, at least 2)
     STATEMENT_TIMEOUT = 5.0  # seconds any one statement (or lock wait) may take
     ACQUIRE_TIMEOUT = 5.0  # seconds to wait for a free pooled connection
+    # seconds a caller waits for any one method, whatever the server does: below the PAM
+    # module's default timeout= (10 s), so a login gets mfad's answer, not the module's
+    ANSWER_TIMEOUT = 6.0
     MAX_CONNECTIONS = 10
 
     def __init__(self, dsn: str, pool: AsyncConnectionPool[Conn]) -> None:
         self._dsn = dsn
         self._where = describe(dsn)
         self._pool: AsyncConnectionPool[Conn] | None = pool
+        self._abandoned: set[asyncio.Future[Any]] = set()  # timed-out work, cancelling
 
     @classmethod
     async def open(
@@ -265,7 +298,11 @@ class PostgresStore(Store):
         async with conn.transaction():
             # one daemon at a time; the lock ends with the transaction
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            await conn.execute("CREATE TABLE IF NOT EXISTS mfad_schema (version integer NOT NULL)")
+            # Read before anything is created: a role with no CREATE right (README, "A
+            # role with least privilege") starts on a schema its owner brought up to date.
+            row = await (await conn.execute("SELECT to_regclass('mfad_schema')")).fetchone()
+            if row is None or row[0] is None:
+                await conn.execute("CREATE TABLE mfad_schema (version integer NOT NULL)")
             row = await (await conn.execute("SELECT max(version) FROM mfad_schema")).fetchone()
             version = 0 if row is None or row[0] is None else int(row[0])
             if version > SCHEMA_VERSION:
@@ -274,19 +311,47 @@ class PostgresStore(Store):
                     f"mfad understands ({SCHEMA_VERSION}); upgrade pam-mfa"
                 )
             for number in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        await conn.execute(statement.encode())
+                # one simple-protocol query runs every statement of a migration (and
+                # leaves the semicolons inside a function's body alone)
+                await conn.execute(_MIGRATIONS[number].encode())
             if version < SCHEMA_VERSION:
                 await conn.execute("DELETE FROM mfad_schema")
                 await conn.execute("INSERT INTO mfad_schema VALUES (%s)", (SCHEMA_VERSION,))
 
     async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """`fn` in one transaction on a pooled connection: committed if it returns."""
+        """`fn` in one transaction on a pooled connection: committed if it returns.
+
+        A server that stopped answering (a stalled host, a network that drops packets)
+        never trips statement_timeout, which the server enforces: the caller gets a
+        StoreError after ANSWER_TIMEOUT all the same, while psycopg cancels the
+        statement (or drops the connection) in the background, which may take seconds."""
         if self._pool is None:
             raise StoreError("the store is closed")
+        work = asyncio.ensure_future(self._in_transaction(self._pool, fn))
         try:
-            async with self._pool.connection() as conn:
+            async with asyncio.timeout(self.ANSWER_TIMEOUT):
+                return await asyncio.shield(work)
+        except TimeoutError:
+            work.cancel()
+            self._abandoned.add(work)
+            work.add_done_callback(self._forget)
+            raise StoreError(
+                f"store {self._where}: no answer within {self.ANSWER_TIMEOUT:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            work.cancel()  # the caller gave up (its connection closed): so does the work
+            raise
+
+    def _forget(self, work: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(work)
+        if not work.cancelled():
+            work.exception()  # retrieved: its caller was told already
+
+    async def _in_transaction(
+        self, pool: AsyncConnectionPool[Conn], fn: Callable[[Conn], Awaitable[T]]
+    ) -> T:
+        try:
+            async with pool.connection() as conn:
                 return await fn(conn)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.QueryCanceled):
@@ -613,6 +678,104 @@ class PostgresStore(Store):
 
         return await self._run(q)
 
+    async def is_empty(self) -> bool:
+        async def q(db: Conn) -> bool:
+            return not any([await _rows_in(db, t) for t in COPIED_TABLES if t != "meta"])
+
+        return await self._run(q)
+
+    async def export_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        async def q(db: Conn) -> dict[str, list[tuple[Any, ...]]]:
+            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot
+            found = {}
+            for table, columns in COPIED_TABLES.items():
+                sql = f"SELECT {_names(columns)} FROM {table}"  # noqa: S608 (constant names)
+                rows = await (await db.execute(sql.encode())).fetchall()
+                found[table] = [portable_row(table, r) for r in rows]
+            return found
+
+        return await self._run(q)
+
+    async def import_rows(self, rows: dict[str, list[tuple[Any, ...]]], *, replace: bool) -> None:
+        async def q(db: Conn) -> None:
+            if not replace and any([await _rows_in(db, t) for t in COPIED_TABLES if t != "meta"]):
+                raise StoreError(NOT_EMPTY.format(where=self._where))
+            for table, columns in COPIED_TABLES.items():
+                await db.execute(f"DELETE FROM {table}".encode())  # noqa: S608 (constant names)
+                marks = ", ".join(["%s"] * len(columns))
+                sql = f"INSERT INTO {table} ({_names(columns)}) VALUES ({marks})"  # noqa: S608
+                async with db.cursor() as cur:
+                    await cur.executemany(sql.encode(), rows.get(table, []))
+
+        await self._run(q)
+
+    shared = True
+
+    async def audit_append(self, host: str, records: Sequence[AuditRow]) -> None:
+        async def q(db: Conn) -> None:
+            async with db.cursor() as cur:
+                await cur.executemany(
+                    'INSERT INTO audit_records (host, seq, at, event, "user", line)'
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(host, r.seq, r.at, r.event, r.user, r.line) for r in records],
+                )
+
+        await self._run(q)
+
+    async def audit_last_seq(self, host: str) -> int:
+        async def q(db: Conn) -> int:
+            cur = await db.execute("SELECT max(seq) FROM audit_records WHERE host = %s", (host,))
+            row = await cur.fetchone()
+            return 0 if row is None or row[0] is None else int(row[0])
+
+        return await self._run(q)
+
+    async def audit_lines(
+        self, since: float | None, until: float | None, fields: Mapping[str, str]
+    ) -> AsyncIterator[str]:
+        # The filters are fixed SQL with parameters: a field is matched in the record
+        # itself (line::jsonb), so every field a record has can be asked for.
+        where = ["(%s::float8 IS NULL OR at >= %s)", "(%s::float8 IS NULL OR at < %s)"]
+        params: list[Any] = [since, since, until, until]
+        for name, value in sorted(fields.items()):
+            where.append("line::jsonb ->> %s = %s")
+            params += [name, value]
+        sql = (
+            f"SELECT line FROM audit_records WHERE {' AND '.join(where)}"  # noqa: S608
+            " ORDER BY at, host, seq"
+        )
+        async for (line,) in self._stream(sql.encode(), params):
+            yield str(line)
+
+    async def audit_chain(self, host: str) -> AsyncIterator[tuple[int, str]]:
+        sql = b"SELECT seq, line FROM audit_records WHERE host = %s ORDER BY seq"
+        async for seq, line in self._stream(sql, [host]):
+            yield int(seq), str(line)
+
+    async def audit_hosts(self) -> list[str]:
+        async def q(db: Conn) -> list[str]:
+            cur = await db.execute("SELECT DISTINCT host FROM audit_records ORDER BY host")
+            return [str(r[0]) for r in await cur.fetchall()]
+
+        return await self._run(q)
+
+    async def _stream(self, sql: bytes, params: Sequence[Any]) -> AsyncIterator[tuple[Any, ...]]:
+        """Rows of a long read in batches (a server-side cursor), never all in memory."""
+        if self._pool is None:
+            raise StoreError("the store is closed")
+        try:
+            async with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(name="mfad_stream") as cur,
+            ):
+                await cur.execute(sql, params)
+                while rows := await cur.fetchmany(1000):
+                    for row in rows:
+                        yield row
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self._where}: {_scrub(exc, self._dsn)}") from exc
+
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -633,6 +796,15 @@ async def _codes_left(db: Conn, user: str) -> int:
     cur = await db.execute('SELECT count(*) FROM recovery_codes WHERE "user" = %s', (user,))
     row = await cur.fetchone()
     return 0 if row is None else int(row[0])
+
+
+def _names(columns: Sequence[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)  # "user" is a reserved word
+
+
+async def _rows_in(db: Conn, table: str) -> bool:
+    cur = await db.execute(f"SELECT 1 FROM {table} LIMIT 1".encode())  # noqa: S608
+    return await cur.fetchone() is not None
 
 
 def _scrub(exc: BaseException, dsn: str) -> str:

@@ -22,8 +22,9 @@ import asyncio
 import contextlib
 import math
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -155,7 +156,107 @@ class Store(abc.ABC):
         an enrolment held aside (never confirmed)."""
 
     @abc.abstractmethod
+    async def is_empty(self) -> bool:
+        """True if the store holds no row of any of COPIED_TABLES (its key check aside)."""
+
+    @abc.abstractmethod
+    async def export_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of COPIED_TABLES, columns in the order named there; a lock "until
+        unlocked" as math.inf. One consistent snapshot (`mfad migrate-store`)."""
+
+    @abc.abstractmethod
+    async def import_rows(self, rows: dict[str, list[tuple[Any, ...]]], *, replace: bool) -> None:
+        """Write what export_rows returned, in one transaction; with `replace`, every row
+        of COPIED_TABLES already here goes first. StoreError, and nothing written, if
+        the store is not empty and `replace` is false."""
+
+    # The fleet's audit table: only a store the hosts share has one (PostgreSQL).
+    shared = False
+    """True if other hosts' daemons use this store too (the fleet audit table is here)."""
+
+    async def audit_append(self, host: str, records: Sequence[AuditRow]) -> None:
+        """Add records of `host`'s trail to the fleet's table; a (host, seq) already
+        there is left as it is, so a catch-up may send a record twice."""
+        raise StoreError(FLEET_ONLY)
+
+    async def audit_last_seq(self, host: str) -> int:
+        """The highest seq of `host` in the fleet's table; 0 if none."""
+        raise StoreError(FLEET_ONLY)
+
+    async def audit_lines(
+        self, since: float | None, until: float | None, fields: Mapping[str, str]
+    ) -> AsyncIterator[str]:
+        """Every host's records in [since, until) whose `fields` match exactly, as their
+        JSON lines, oldest first (by time, then host and seq)."""
+        raise StoreError(FLEET_ONLY)
+        yield ""  # pragma: no cover (makes this an async generator, as the overrides are)
+
+    async def audit_chain(self, host: str) -> AsyncIterator[tuple[int, str]]:
+        """`host`'s records in the fleet's table as (seq, line), by seq."""
+        raise StoreError(FLEET_ONLY)
+        yield (0, "")  # pragma: no cover
+
+    async def audit_hosts(self) -> list[str]:
+        """The hosts with records in the fleet's table, by name."""
+        raise StoreError(FLEET_ONLY)
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+FLEET_ONLY = "the fleet audit table needs store.backend: postgresql (hosts sharing one store)"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One record of a host's audit trail, as the fleet's table keeps it."""
+
+    seq: int
+    at: float  # the record's time, as seconds since the epoch
+    event: str
+    user: str | None
+    line: str  # the record exactly as written to the host's file (its hash is in the chain)
+
+
+# What `mfad migrate-store` copies, table by table, and the columns it copies: every
+# row of the daemon's state (not the logins' ids: the target numbers its own). A
+# column added by a migration must be added here too, or it is not carried over.
+COPIED_TABLES: dict[str, tuple[str, ...]] = {
+    "accounts": (
+        "user",
+        "state",
+        "secret",
+        "algorithm",
+        "digits",
+        "period",
+        "enrolled_at",
+        "last_step",
+        "last_verified_at",
+        "last_rhost",
+        "clock_offset",
+        "updated_at",
+        "deadline",
+        "exempt_reason",
+        "exempt_until",
+        "state_changed_at",
+        "uid",
+    ),
+    "enrolments": (
+        "user",
+        "secret",
+        "algorithm",
+        "digits",
+        "period",
+        "created_at",
+        "uid",
+        "expires_at",
+        "origin",
+    ),
+    "recovery_codes": ("user", "digest", "created_at"),
+    "logins": ("user", "at", "service", "rhost", "method"),
+    "guard": ("user", "source", "failures", "first_at", "until", "total"),
+    "meta": ("key", "value"),
+}
 
 
 _MIGRATIONS: list[str] = [
@@ -276,6 +377,30 @@ def counter_from_row(row: Sequence[Any]) -> Counter:
 
 
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+NOT_EMPTY = (
+    "{where} already holds accounts or counters; migrate-store replaces them only when "
+    "told to (--replace)"
+)
+
+
+def portable_row(table: str, row: Sequence[Any]) -> tuple[Any, ...]:
+    """A row of COPIED_TABLES as any backend can write it: bytes as bytes, a guard's
+    "until unlocked" as math.inf (each backend stores that its own way)."""
+    values = [bytes(v) if isinstance(v, memoryview) else v for v in row]
+    if table == "guard":
+        values[4] = counter_from_row((0, 0.0, values[4], 0)).until
+    return tuple(values)
+
+
+def _sqlite_row(table: str, row: Sequence[Any]) -> tuple[Any, ...]:
+    if table != "guard":
+        return tuple(row)
+    return (*row[:4], min(row[4], _FOREVER), *row[5:])
+
+
+def _rows_in(db: sqlite3.Connection, table: str) -> bool:
+    return db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None  # noqa: S608
 
 
 def _read_guard(db: sqlite3.Connection, user: str, source: str) -> GuardState:
@@ -736,6 +861,42 @@ class SqliteStore(Store):
             return found
 
         return await self._scan(q)
+
+    async def is_empty(self) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            return not any(_rows_in(db, table) for table in COPIED_TABLES if table != "meta")
+
+        return await self._scan(q)
+
+    async def export_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        def q(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
+            db.execute("BEGIN")  # one snapshot of every table
+            try:
+                found = {}
+                for table, columns in COPIED_TABLES.items():
+                    names = ", ".join(columns)
+                    rows = db.execute(f"SELECT {names} FROM {table}").fetchall()  # noqa: S608
+                    found[table] = [portable_row(table, r) for r in rows]
+                return found
+            finally:
+                db.execute("ROLLBACK")
+
+        return await self._scan(q)
+
+    async def import_rows(self, rows: dict[str, list[tuple[Any, ...]]], *, replace: bool) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                if not replace and any(_rows_in(db, t) for t in COPIED_TABLES if t != "meta"):
+                    raise StoreError(NOT_EMPTY.format(where=self._path))
+                for table, columns in COPIED_TABLES.items():
+                    db.execute(f"DELETE FROM {table}")  # noqa: S608 (constant names)
+                    marks = ", ".join("?" * len(columns))
+                    db.executemany(
+                        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",  # noqa: S608
+                        [_sqlite_row(table, r) for r in rows.get(table, [])],
+                    )
+
+        await self._scan(q)
 
     async def close(self) -> None:
         if self._db is not None:
