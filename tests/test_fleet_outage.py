@@ -95,7 +95,7 @@ def test_a_database_stopped_in_the_middle_of_a_login_fails_it_closed(
     secret = daemon.enroll(user)
     with PamWire(daemon.pam_socket, timeout=30) as wire:
         wire.send("S", start_payload(user, service="sshd", rhost="192.0.2.41"))
-        while (frame := wire.recv()).type not in "Pp":
+        while wire.recv().type not in "Pp":
             pass
         cluster.stop()
         wire.send("A", totp_now(secret))
