@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from pgcluster import PgCluster
 
+from mfad import pgstore
 from mfad.errors import StoreError
 from mfad.model import (
     Counter,
@@ -400,6 +401,48 @@ def test_a_store_reopened_keeps_its_data(backend: Backend) -> None:
     backend.run(again)
 
 
+def test_what_one_store_exports_another_imports_whole(
+    backend: Backend, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """export_rows gives every row of every copied table (a lock until unlocked as inf);
+    import_rows into an empty store of either backend gives back the same rows; a store
+    that holds accounts is refused unless `replace`, and then holds only the new rows."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await enrolled(s, "alice", codes=3)
+        await s.begin_enrolment(pending("bob"))
+        await s.consume_step("alice", 101, 1, 30.0, SSH)
+        forever = GuardState(Counter(5, 1.0, math.inf, 7), Counter(2, 1.0, 50.0, 2))
+        await s.put_guard("alice", "192.0.2.7", forever)
+        await s.set_key_check(b"check")
+        rows = await s.export_rows()
+        assert {t: len(r) for t, r in rows.items()} == {
+            "accounts": 1,
+            "enrolments": 1,
+            "recovery_codes": 3,
+            "logins": 1,
+            "guard": 2,
+            "meta": 1,
+        }
+        for target in (SqliteStore.open(tmp_path / "copy.db"), PostgresStore.open(fresh)):
+            copy = await target
+            try:
+                assert await copy.is_empty()
+                await copy.import_rows(rows, replace=False)
+                assert await copy.export_rows() == rows
+                assert await copy.get_guard("alice", "192.0.2.7") == forever
+                with pytest.raises(StoreError, match="--replace"):
+                    await copy.import_rows(rows, replace=False)
+                await copy.import_rows({"meta": rows["meta"]}, replace=True)
+                assert await copy.is_empty()
+            finally:
+                await copy.close()
+
+    fresh = pg_cluster.create_database()
+    backend.run(body)
+
+
 # PostgreSQL only: what SQLite's single file cannot show.
 
 
@@ -417,7 +460,8 @@ def test_daemons_starting_together_migrate_once(pg_cluster: PgCluster) -> None:
 
     asyncio.run(main())
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT version FROM mfad_schema").fetchall() == [(1,)]
+        want = [(pgstore.SCHEMA_VERSION,)]
+        assert conn.execute("SELECT version FROM mfad_schema").fetchall() == want
 
 
 def test_an_unreachable_database_fails_with_a_store_error() -> None:

@@ -416,8 +416,10 @@ class ChainCheck:
         """Take the next record; False (and first_bad set) if the chain breaks there."""
         raw = line.encode("utf-8")
         record = parse(raw)
-        if record is None or record.get("seq") != seq or record.get("host") != self.host:
-            return self._bad(seq, "not JSON", "not a record of this host with this seq")
+        # (a record's own host field may be an older name of the host: the trail is the
+        # host's file, whatever it was called when the record was written)
+        if record is None or record.get("seq") != seq:
+            return self._bad(seq, "not JSON", f"not a record with seq {seq}")
         if self.last_seq is not None:
             if seq != self.last_seq + 1:
                 missing = f"{self.last_seq + 1}-{seq - 1}"

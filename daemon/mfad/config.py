@@ -156,9 +156,12 @@ def _text(value: Any) -> str:
 
 
 def _host_name(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}", value):
+    if not isinstance(value, str) or not re.fullmatch(
+        r"([A-Za-z0-9][A-Za-z0-9._-]{0,252})?", value
+    ):
         raise ValueError(
-            "must be a host name (letters, digits, '.', '-', '_'; up to 253 characters), "
+            "must be a host name (letters, digits, '.', '-', '_'; up to 253 characters) "
+            "or empty for this machine's, "
             f"got {value!r}"
         )
     return value
