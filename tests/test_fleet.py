@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import Daemon, MakeUser, running_daemon, totp_now
+from pamtest import authenticate, write_service
 from pgcluster import PgCluster
 from wire import PamWire, start_payload
 
@@ -58,16 +59,19 @@ def _login(daemon: Daemon, user: str, code: str) -> list[str]:
 
 
 def test_a_code_used_on_one_host_is_refused_on_the_other(
-    hosts: tuple[Daemon, Daemon, str], make_user: MakeUser
+    hosts: tuple[Daemon, Daemon, str], make_user: MakeUser, pam_module: Path
 ) -> None:
-    """A user enrolled through one host logs in on the other, and the code that logged in
-    on one host is refused on the other as already used (RFC 6238 5.2, across hosts)."""
+    """A user enrolled through one host logs in on the other through the real libpam and
+    pam_mfa.so, and the code that logged in there is refused on the first host as
+    already used (RFC 6238 5.2, across hosts)."""
     first, second, _ = hosts
     user = make_user()
     secret = first.enroll(user)
     assert second.request("status", user=user)["state"] == "active"
     code = totp_now(secret)
-    assert _login(second, user, code)[-1] == "S"
+    services = second.tmp / "pam.d"
+    write_service(services, "sshd", [f"auth required {pam_module} socket={second.pam_socket}"])
+    assert authenticate(services, "sshd", user, [code], rhost="192.0.2.5").name == "PAM_SUCCESS"
     assert _login(first, user, code)[-1] == "M"
     refused = [r for r in first.audit() if r["event"] == "attempt" and r["user"] == user]
     assert [r["reason"] for r in refused] == ["replayed_code"]

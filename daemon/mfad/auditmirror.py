@@ -16,6 +16,7 @@ table once: (host, seq) is its key, and a record sent twice is kept once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,9 +69,10 @@ class AuditMirror:
     async def catch_up(self) -> None:
         """Send what the file holds beyond the table's last record of this host."""
         self._last = await self._store.audit_last_seq(self._audit.host)
-        rows = await asyncio.to_thread(_rows_after, self._audit.path, self._last)
-        for start in range(0, len(rows), self.BATCH):
-            batch = rows[start : start + self.BATCH]
+        # read a batch at a time (in a thread: files are read there), sent before the
+        # next is read: a host's first start on the fleet store may hold a year of records
+        rows = _rows_after(self._audit.path, self._last)
+        while batch := await asyncio.to_thread(list, itertools.islice(rows, self.BATCH)):
             await self._store.audit_append(self._audit.host, batch)
             self._last = batch[-1].seq
 
@@ -111,15 +113,13 @@ def _row(line: str) -> AuditRow | None:
     )
 
 
-def _rows_after(path: Path, last: int) -> list[AuditRow]:
+def _rows_after(path: Path, last: int) -> Iterator[AuditRow]:
     """The file's records after seq `last`, oldest first; only the files that hold them
     are read (a year of rotated logs is not read again at every start)."""
-    rows = []
     for line in auditread.iter_lines(_files_after(path, last)):
         row = _row(line.raw.decode("utf-8", "replace"))
         if row is not None and row.seq > last:
-            rows.append(row)
-    return rows
+            yield row
 
 
 def _files_after(path: Path, last: int) -> list[Path]:
