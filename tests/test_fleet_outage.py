@@ -78,6 +78,7 @@ def test_a_stopped_database_fails_logins_closed_and_they_work_again_when_it_is_b
     assert refused.name == "PAM_AUTHINFO_UNAVAIL", refused
     assert UNAVAILABLE in refused.texts("error")
     assert len(_unavailable_records(daemon, user)) == 1
+    assert 'mfad_errors_total{kind="store"} 1.0' in daemon.request("metrics")["text"]
     cluster.start()
     back = _login(daemon, user, [totp_now(secret)])
     assert back.name == "PAM_SUCCESS", back

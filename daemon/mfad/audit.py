@@ -298,9 +298,13 @@ class AuditLog:
         host: str = "",
         to_stderr: bool = True,
         required: Callable[[], bool] = lambda: True,
+        observer: Callable[[str, dict[str, Any]], None] | None = None,
+        on_error: Callable[[AuditError], None] | None = None,
     ) -> None:
         self._sink = _Sink(path, _StderrCopy() if to_stderr else None)
         self._required = required  # read per record, so a reload applies at once
+        self._observer = observer  # told of each record written (metrics.Metrics.observe)
+        self._on_error = on_error  # told of each record that could not be
         self._log = structlog.wrap_logger(
             self._sink,
             processors=[
@@ -363,6 +367,8 @@ class AuditLog:
         try:
             line: str = self._log.info(event, **clean)
         except AuditError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
             if self._required():
                 raise
             _oplog.error(
@@ -372,6 +378,8 @@ class AuditLog:
                 reason="audit.required is false: going on unrecorded",
             )
             return
+        if self._observer is not None:
+            self._observer(event, clean)
         for follower in self._subscribers:
             if not follower.full():  # a stalled follower misses records; the file has them all
                 follower.put_nowait(line)

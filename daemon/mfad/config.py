@@ -7,6 +7,7 @@ of the key it is about. Unknown keys are errors: a typo such as
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from collections.abc import Callable
@@ -86,6 +87,7 @@ class Config:
     audit_required: bool = True
     # the name every audit record carries as its host; "" is the system's host name
     audit_host: str = ""
+    metrics_listen: str = ""  # a loopback HOST:PORT for Prometheus; "": no HTTP endpoint
     max_connections: int = 1024
     totp: TotpConfig = field(default_factory=TotpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
@@ -167,6 +169,32 @@ def _host_name(value: Any) -> str:
     return value
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """`127.0.0.1:9464` or `[::1]:9464` as (host, port); ValueError unless loopback."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not sep or not ipaddress.ip_address(host).is_loopback:
+            raise ValueError
+        number = int(port)
+    except ValueError:
+        raise ValueError(
+            f"must be a loopback address and port, as 127.0.0.1:9464 or [::1]:9464, got {listen!r}"
+        ) from None
+    if not 1 <= number <= 65535:
+        raise ValueError(f"the port must be from 1 to 65535, got {number}")
+    return host, number
+
+
+def _loopback(value: Any) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, got {value!r}")
+    split_listen(value)  # ValueError with what is wrong
+    return value
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError(f"must be an absolute path, got {value!r}")
@@ -195,6 +223,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "audit.path": ("audit_path", _path),
     "audit.required": ("audit_required", _bool),
     "audit.host": ("audit_host", _host_name),
+    "metrics.listen": ("metrics_listen", _loopback),
     "totp.issuer": ("totp.issuer", _text),
     "totp.window": ("totp.window", _int(0, 10)),
     "totp.digits": ("totp.digits", _choice(6, 8)),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from mfad.audit import AuditLog
 from mfad.config import Config
 from mfad.lockout import Guard
+from mfad.metrics import Metrics
 from mfad.secretbox import SecretBox
 from mfad.store import Store
 
@@ -20,4 +21,5 @@ class Context:
     box: SecretBox
     audit: AuditLog
     guard: Guard
+    metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], float] = field(default=time.time)  # injected so tests control time

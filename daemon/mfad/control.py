@@ -98,6 +98,7 @@ class ControlHandler:
             "audit_follow": self.audit_follow,
             "audit_verify": self.audit_verify,
             "audit_summary": self.audit_summary,
+            "metrics": self.metrics,
         }
 
     async def handle(self, frame: Frame, uid: int) -> Response:
@@ -151,6 +152,7 @@ class ControlHandler:
             await self._audit_refusal(caller, op, exc, target)
             return failure(exc.code, str(exc))
         log.error("control_unavailable", op=op, error=str(exc))
+        self.ctx.metrics.failed(exc)
         return failure(
             ErrorCode.UNAVAILABLE, "mfad cannot reach its store or audit log; see the daemon's log"
         )
@@ -328,6 +330,10 @@ class ControlHandler:
                         yield {"ok": True, "records": chunk, "more": True}
         finally:
             self.ctx.audit.unsubscribe(queue)
+
+    async def metrics(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        """The counters in Prometheus' text format (no names or addresses: metrics.py)."""
+        return {"text": self.ctx.metrics.render()}
 
     async def audit_verify(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """Walk the hash chain through every file; name the first bad record. With

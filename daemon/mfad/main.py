@@ -23,8 +23,9 @@ from mfad.audit import AuditLog
 from mfad.auditmirror import AuditMirror
 from mfad.backends import check_key, open_store
 from mfad.context import Context
-from mfad.errors import MfaError
+from mfad.errors import ConfigError, MfaError
 from mfad.lockout import Guard
+from mfad.metrics import Metrics
 from mfad.migrate import migrate_store
 from mfad.secretbox import SecretBox, generate_key_file
 from mfad.server import Server
@@ -87,11 +88,22 @@ async def serve(config_path: Path) -> None:
     except MfaError:
         await store.close()
         raise
+    metrics = Metrics(lambda: frozenset(ctx.config.services))
     audit = AuditLog(
-        cfg.audit_path, host=cfg.audit_host, required=lambda: ctx.config.audit_required
+        cfg.audit_path,
+        host=cfg.audit_host,
+        required=lambda: ctx.config.audit_required,
+        observer=metrics.observe,
+        on_error=metrics.audit_failed,
     )
     await audit.open()
-    ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout))
+    ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout), metrics)
+    if cfg.metrics_listen:
+        try:
+            metrics.serve(cfg.metrics_listen)
+        except OSError as exc:
+            await store.close()
+            raise ConfigError(f"metrics.listen {cfg.metrics_listen}: {exc.strerror}") from exc
     mirror = AuditMirror(audit, store) if store.shared else None
     mirroring = asyncio.create_task(mirror.run()) if mirror else None
     server = Server(ctx)
@@ -107,7 +119,11 @@ async def serve(config_path: Path) -> None:
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(ctx, config_path)))
     _notify("READY=1")
     log.info("ready", pam_socket=str(cfg.pam_socket), control_socket=str(cfg.control_socket))
+    watchdog = _watchdog_interval()
+    pinging = asyncio.create_task(_ping_watchdog(watchdog)) if watchdog else None
     await stop.wait()
+    if pinging is not None:
+        pinging.cancel()
 
     _notify("STOPPING=1")
     await server.stop()
@@ -123,6 +139,25 @@ async def serve(config_path: Path) -> None:
                 await mirror.catch_up()
     await audit.close()
     await store.close()
+
+
+def _watchdog_interval() -> float | None:
+    """Half the watchdog timeout systemd set (WatchdogSec=), if it set one for us."""
+    usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid and pid != str(os.getpid()):
+        return None  # meant for another process (a wrapper's)
+    return int(usec) / 2e6
+
+
+async def _ping_watchdog(interval: float) -> None:
+    """WATCHDOG=1 from the event loop itself: a loop that stalls (a blocking call, a lock
+    never released) stops the pings, and systemd kills and restarts mfad. A thread could
+    not tell; this task runs only when the loop does."""
+    while True:
+        _notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 async def _reload(ctx: Context, config_path: Path) -> None:
@@ -144,6 +179,7 @@ async def _reload(ctx: Context, config_path: Path) -> None:
         "key_file",
         "audit_path",
         "audit_host",
+        "metrics_listen",
     )
     changed = [name for name in fixed if getattr(new, name) != getattr(ctx.config, name)]
     if changed:

@@ -162,6 +162,7 @@ class LoginSession:
             outcome = Outcome.FAILURE
         except MfaError as exc:  # store, audit, or an account changed under our feet
             log.error("login_unavailable", error=str(exc), **self.fields)
+            self.ctx.metrics.failed(exc)
             await self.trail.record_quietly(
                 Event.LOGIN, outcome=Recorded.ERROR, reason=Reason.UNAVAILABLE
             )

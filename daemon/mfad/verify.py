@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,7 @@ class Verifier:
         ctx, now = self.ctx, self.ctx.clock()
         fields = {"user": subject.user, "purpose": purpose.value, **fields}
         effect: FailureEffect | None = None
+        began = time.perf_counter()  # timed: guard lock, check, counters; not the back-off
         async with ctx.guard.attempt(subject.user, subject.source, now) as attempt:
             if attempt.refusal is not None:
                 verdict = Verdict(attempt.refusal.reason, refusal=attempt.refusal)
@@ -86,9 +88,11 @@ class Verifier:
                 verdict, details = await self._judge(subject, answer, purpose, now, fields)
                 if verdict.ok:
                     await attempt.succeeded()
+                    ctx.metrics.verify_seconds.observe(time.perf_counter() - began)
                     return verdict
                 effect = await attempt.failed()
                 delay = effect.delay
+        ctx.metrics.verify_seconds.observe(time.perf_counter() - began)
         if effect is not None:
             await ctx.audit.record(
                 Event.ATTEMPT,
