@@ -333,3 +333,47 @@ def test_mfad_runs_as_a_role_that_can_neither_change_the_schema_nor_the_audit_ta
         with psycopg.connect(dsn, autocommit=True) as db:
             db.execute(f"DROP OWNED BY {role}".encode())  # its grants here
             db.execute(f"DROP ROLE {role}".encode())
+
+
+def test_records_written_into_the_table_under_a_hosts_name_raise_an_alarm_on_that_host(
+    hosts: tuple[Daemon, Daemon, str], make_user: MakeUser
+) -> None:
+    """Someone with the database's credentials appends records under host-b's name ahead
+    of host-b's own trail: host-b's next records clash with them, and host-b writes one
+    `audit_tampered` record (reason fleet_table_differs) into its own file, not one per
+    clash; after a restart it says so again, once."""
+    first, second, dsn = hosts
+    user = make_user()
+    secret = first.enroll(user)
+    assert _login(second, user, totp_now(secret))[-1] == "S"
+    _until_in_table(first, user, 1)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        row = db.execute("SELECT max(seq) FROM audit_records WHERE host = 'host-b'").fetchone()
+        assert row is not None
+        top = int(row[0])
+        for seq in range(top + 1, top + 51):
+            db.execute(
+                "INSERT INTO audit_records VALUES ('host-b', %s, 0, 'login', 'x', %s)",
+                (seq, json.dumps({"seq": seq, "event": "login", "outcome": "success"})),
+            )
+    for _ in range(3):
+        _login(second, user, "000000")
+
+    def alarms() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in second.audit()
+            if r["event"] == "audit_tampered" and r.get("reason") == "fleet_table_differs"
+        ]
+
+    deadline = time.monotonic() + 30
+    while not alarms() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    time.sleep(1)  # time for any further (wrong) alarms to be written
+    assert len(alarms()) == 1, alarms()
+    second.restart(**_on(dsn, "host-b", source_deny=100))
+    deadline = time.monotonic() + 30
+    while len(alarms()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    time.sleep(1)
+    assert len(alarms()) == 2, alarms()

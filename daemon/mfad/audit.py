@@ -323,6 +323,11 @@ class AuditLog:
         return self._sink.path
 
     @property
+    def last_seq(self) -> int:
+        """The seq of the last record written (0 before the first)."""
+        return self._sink.seq
+
+    @property
     def host(self) -> str:
         """The host name every record carries."""
         return self._host

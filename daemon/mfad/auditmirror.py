@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from mfa_wire.events import Event, Outcome
 from mfad import auditread, times
 from mfad.audit import AuditLog
 from mfad.errors import StoreError
@@ -41,6 +42,7 @@ class AuditMirror:
         self._audit = audit
         self._store = store
         self._last = 0  # the highest seq known to be in the table
+        self._reported = 0  # the highest seq a clash was recorded for
 
     async def run(self) -> None:
         """Copy records until cancelled; never raises for a database that fails."""
@@ -68,13 +70,46 @@ class AuditMirror:
 
     async def catch_up(self) -> None:
         """Send what the file holds beyond the table's last record of this host."""
-        self._last = await self._store.audit_last_seq(self._audit.host)
+        last = await self._store.audit_last_seq(self._audit.host)
+        if last > self._audit.last_seq:
+            # records under our name that we never wrote: sending ours from where the
+            # table ends would hide them, so send every record the file still has, and
+            # let _append name the seqs where the table differs
+            await self._alarm(self._audit.last_seq + 1, last)
+            last = 0
+        self._last = last
         # read a batch at a time (in a thread: files are read there), sent before the
         # next is read: a host's first start on the fleet store may hold a year of records
         rows = _rows_after(self._audit.path, self._last)
         while batch := await asyncio.to_thread(list, itertools.islice(rows, self.BATCH)):
-            await self._store.audit_append(self._audit.host, batch)
+            await self._append(batch)
             self._last = batch[-1].seq
+
+    async def _append(self, rows: list[AuditRow]) -> None:
+        """Send `rows`; a record of ours the table holds otherwise is an alarm: another
+        writer (a host using our name, someone with the database's credentials) wrote
+        in our place. Ours stays in our file; the table keeps what it has (append-only)."""
+        clashes = await self._store.audit_append(self._audit.host, rows)
+        if clashes:  # the alarm covers every record the table holds beyond, in one go
+            top = await self._store.audit_last_seq(self._audit.host)
+            await self._alarm(clashes[0], max(clashes[-1], top))
+
+    async def _alarm(self, first: int, last: int) -> None:
+        """Record once that the table holds other records under our name in [first, last].
+        Once: the alarm is a record too, and it would clash again on its way there."""
+        if last <= self._reported:
+            return
+        first, self._reported = max(first, self._reported + 1), last
+        log.error("audit_table_clash", host=self._audit.host, first_seq=first, last_seq=last)
+        await self._audit.record(
+            Event.AUDIT_TAMPERED,
+            outcome=Outcome.ERROR,
+            reason="fleet_table_differs",
+            first_seq=first,
+            last_seq=last,
+            message="the fleet's audit table holds records under this host's name that are "
+            "not this host's, from first_seq to last_seq (or some of them)",
+        )
 
     async def _follow(self, queue: asyncio.Queue[str]) -> None:
         """Send records as they are written; return when one was missed."""
@@ -90,12 +125,12 @@ class AuditMirror:
                     continue  # caught up from the file already
                 if row.seq > expected:  # the queue overflowed: the file has the rest
                     if rows:
-                        await self._store.audit_append(self._audit.host, rows)
+                        await self._append(rows)
                     return
                 rows.append(row)
                 expected += 1
             if rows:
-                await self._store.audit_append(self._audit.host, rows)
+                await self._append(rows)
                 self._last = rows[-1].seq
 
 

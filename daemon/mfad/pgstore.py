@@ -711,16 +711,32 @@ class PostgresStore(Store):
 
     shared = True
 
-    async def audit_append(self, host: str, records: Sequence[AuditRow]) -> None:
-        async def q(db: Conn) -> None:
-            async with db.cursor() as cur:
-                await cur.executemany(
-                    'INSERT INTO audit_records (host, seq, at, event, "user", line)'
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(host, r.seq, r.at, r.event, r.user, r.line) for r in records],
-                )
+    async def audit_append(self, host: str, records: Sequence[AuditRow]) -> list[int]:
+        async def q(db: Conn) -> list[int]:
+            cur = await db.execute(
+                'INSERT INTO audit_records (host, seq, at, event, "user", line)'
+                " SELECT %s, * FROM unnest(%s::bigint[], %s::float8[], %s::text[],"
+                " %s::text[], %s::text[]) ON CONFLICT DO NOTHING RETURNING seq",
+                (
+                    host,
+                    [r.seq for r in records],
+                    [r.at for r in records],
+                    [r.event for r in records],
+                    [r.user for r in records],
+                    [r.line for r in records],
+                ),
+            )
+            added = {int(seq) for (seq,) in await cur.fetchall()}
+            ours = {r.seq: r.line for r in records if r.seq not in added}
+            if not ours:
+                return []
+            cur = await db.execute(
+                "SELECT seq, line FROM audit_records WHERE host = %s AND seq = ANY(%s)",
+                (host, list(ours)),
+            )
+            return sorted(int(seq) for seq, line in await cur.fetchall() if line != ours[seq])
 
-        await self._run(q)
+        return await self._run(q)
 
     async def audit_last_seq(self, host: str) -> int:
         async def q(db: Conn) -> int:

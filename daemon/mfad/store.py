@@ -174,9 +174,10 @@ class Store(abc.ABC):
     shared = False
     """True if other hosts' daemons use this store too (the fleet audit table is here)."""
 
-    async def audit_append(self, host: str, records: Sequence[AuditRow]) -> None:
+    async def audit_append(self, host: str, records: Sequence[AuditRow]) -> list[int]:
         """Add records of `host`'s trail to the fleet's table; a (host, seq) already
-        there is left as it is, so a catch-up may send a record twice."""
+        there is left as it is, so a catch-up may send a record twice. Returns the seqs
+        at which the table already held a *different* record: someone else wrote there."""
         raise StoreError(FLEET_ONLY)
 
     async def audit_last_seq(self, host: str) -> int:
