@@ -7,7 +7,7 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy --strict tests
+	$(VENV)/bin/mypy --strict tests scripts/config_reference.py
 	$(MAKE) -s -C pam_module format-check
 
 test:

@@ -139,3 +139,25 @@ def test_the_readme_precedence_table_is_the_one_policy_applies() -> None:
     rows = [line.split(" | ") for line in table.strip().splitlines()[1:]]
     documented = [(row[1], row[2], row[3].strip(" |`")) for row in rows]
     assert documented == [(r.when, words[r.action], r.reason) for r in RULES]
+
+
+def test_the_config_reference_is_the_one_the_schema_and_shipped_file_give() -> None:
+    """docs/config.md is exactly what scripts/config_reference.py makes of the schema and
+    etc/mfad.yaml (run it again after changing either), and every setting in it says what
+    it takes, its default and what it does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "config_reference", ROOT / "scripts" / "config_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert (ROOT / "docs" / "config.md").read_text() == generator.reference(), (
+        "docs/config.md is stale: .venv/bin/python scripts/config_reference.py > docs/config.md"
+    )
+    explained = generator.explanations(SHIPPED.read_text())
+    assert [key for key in config._SCHEMA if not explained.get(key, ([], ""))[0]] == []
+    assert [
+        key for key, (_, check) in config._SCHEMA.items() if generator.takes(check) == "any value"
+    ] == []
