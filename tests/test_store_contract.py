@@ -23,13 +23,14 @@ from mfad.errors import StoreError
 from mfad.model import (
     Counter,
     GuardState,
+    Kind,
     PendingEnrolment,
     Site,
     State,
     StateChange,
     TokenParams,
 )
-from mfad.pgstore import PostgresStore
+from mfad.pgstore import SCHEMA_VERSION, PostgresStore
 from mfad.store import SqliteStore, Store
 
 pytest_plugins = ["pgcluster"]
@@ -181,6 +182,62 @@ def test_fifty_parallel_logins_with_one_step_give_exactly_one_success(backend: B
         )
         assert results.count(True) == 1
         assert len(await stores[1].history("alice", 100)) == 1
+
+    backend.run(body, hosts=HOSTS)
+
+
+HOTP = TokenParams("SHA1", 6, 30, Kind.HOTP)
+
+
+def test_an_hotp_counter_is_used_once_and_kept_with_its_kind(backend: Backend) -> None:
+    """An HOTP token is activated with no counter used (or with the last one an import
+    says was used); its kind reads back; a counter at or below the last one used is
+    refused, a later one taken, and logins go into the history as "hotp". A token made
+    TOTP again after a reset reads back as TOTP."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        hw = PendingEnrolment("alice", b"sealed-hw", HOTP, 10.0, uid=1000)
+        await s.activate(hw, None, 20.0, [b"d1"])
+        a = await s.get_account("alice")
+        assert a is not None
+        assert (a.params, a.last_step, a.state) == (HOTP, None, State.ACTIVE)
+        assert await s.consume_step("alice", 0, 0, 30.0, SSH)
+        assert not await s.consume_step("alice", 0, 0, 31.0, SSH)
+        assert await s.consume_step("alice", 7, 0, 32.0, SSH)
+        assert not await s.consume_step("alice", 5, 0, 33.0, SSH)
+        assert not await s.consume_step("alice", 7, 0, 34.0, SSH)
+        history = await s.history("alice", 10)
+        assert [h.method for h in history] == ["hotp", "hotp"]
+
+        imported = PendingEnrolment("bob", b"sealed-imp", HOTP, 10.0, uid=1001)
+        await s.activate(imported, 41, 20.0)
+        assert not await s.consume_step("bob", 41, 0, 30.0, SSH)
+        assert await s.consume_step("bob", 42, 0, 30.0, SSH)
+
+        await s.set_state("alice", StateChange(State.PENDING, erase=True), 40.0)
+        await s.activate(pending("alice"), 100, 50.0)
+        again = await s.get_account("alice")
+        assert again is not None and again.params == TokenParams("SHA256", 8, 60, Kind.TOTP)
+
+    backend.run(body)
+
+
+def test_fifty_parallel_logins_with_one_hotp_code_give_exactly_one_success(
+    backend: Backend,
+) -> None:
+    """50 consume_step calls for one HOTP counter at once over several stores on one
+    database give exactly one True: the counter moves atomically, as a time step does."""
+
+    async def body(stores: list[Store]) -> None:
+        hw = PendingEnrolment("alice", b"sealed-hw", HOTP, 10.0, uid=1000)
+        await stores[0].activate(hw, 9, 20.0)
+        results = await asyncio.gather(
+            *(stores[i % HOSTS].consume_step("alice", 10, 0, 30.0, SSH) for i in range(50))
+        )
+        assert results.count(True) == 1
+        a = await stores[2].get_account("alice")
+        assert a is not None and a.last_step == 10
 
     backend.run(body, hosts=HOSTS)
 
@@ -417,7 +474,7 @@ def test_daemons_starting_together_migrate_once(pg_cluster: PgCluster) -> None:
 
     asyncio.run(main())
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT version FROM mfad_schema").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM mfad_schema").fetchall() == [(SCHEMA_VERSION,)]
 
 
 def test_an_unreachable_database_fails_with_a_store_error() -> None:
