@@ -9,13 +9,21 @@ rather than against the library it uses.
 from __future__ import annotations
 
 import base64
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyotp
 import pytest
-from conftest import SEEN, Daemon, MakeUser, PamLogin
+from conftest import SEEN, Daemon, MakeUser, PamLogin, running_daemon
+from pgcluster import PgCluster
+from wire import PamWire
 
-from mfad import hotp
+from mfad import config, hotp
+from mfad.errors import ConfigError
 from mfad.model import Kind, TokenParams
 
 RFC_KEY = b"12345678901234567890"
@@ -33,6 +41,9 @@ RFC_CODES = [  # RFC 4226 Appendix D, counters 0..9
 ]
 SEEN["secret"].update({RFC_KEY.hex(), base64.b32encode(RFC_KEY).decode().rstrip("=")})
 SEEN["code"].update(RFC_CODES)
+
+pytest_plugins = ["pgcluster"]
+MFA = Path(sys.executable).with_name("mfa")
 
 
 def code(counter: int, key: bytes = RFC_KEY) -> str:
@@ -144,3 +155,82 @@ def test_enroll_hotp_refuses_a_bad_or_short_key(
     answer = mfad.request("enroll_hotp", user=user, **bad)
     assert answer["ok"] is False and bad["secret"] not in answer["message"]
     assert mfad.request("status", user=user)["state"] == "none"
+
+
+def _on(dsn: str) -> dict[str, object]:
+    return {
+        "store": {"backend": "postgresql", "dsn": dsn},
+        "lockout": {"delay": 0, "source_deny": 100, "deny": 3},
+        "login": {"max_attempts": 1},
+    }
+
+
+@pytest.fixture
+def fleet(pg_cluster: PgCluster) -> Iterator[tuple[Daemon, Daemon]]:
+    """Two daemons (hosts) on one fresh PostgreSQL database, sharing one key file."""
+    dsn = pg_cluster.create_database()
+    with running_daemon() as first, running_daemon() as second:
+        first.restart(**_on(dsn))
+        second.stop()
+        shutil.copy(first.key_path, second.key_path)
+        second.start(**_on(dsn))
+        yield first, second
+
+
+def _login(daemon: Daemon, user: str, answer: str) -> str:
+    with PamWire(daemon.pam_socket) as wire:
+        return wire.login(user, [answer], service="sshd", rhost="192.0.2.5")[-1].payload
+
+
+def test_an_imported_hotp_token_is_an_ordinary_account_in_fleet_mode(
+    fleet: tuple[Daemon, Daemon], make_user: MakeUser
+) -> None:
+    """A usersfile imported through one host: its counter is shared, so a code used on one
+    host is refused on the other; and wrong answers on both hosts count towards one lock,
+    which then refuses even a right code on either (lockout applies to imports as to any)."""
+    first, second = fleet
+    user = make_user()
+    line = f"HOTP {user} - {RFC_KEY.hex()} 2 {RFC_CODES[2]} 2024-01-31T12:00:00L\n"
+    imported = first.request("import_oath", text=line)
+    assert imported["ok"] and [r["user"] for r in imported["imported"]] == [user], imported
+    assert _login(second, user, RFC_CODES[2]) == "M"  # used before the import
+    assert _login(second, user, RFC_CODES[3]) == "S"
+    assert _login(first, user, RFC_CODES[3]) == "M"
+    assert _login(first, user, "000000") == "M"
+    # the third wrong answer since the success, on the other host: lockout.deny is reached
+    assert _login(second, user, "000000") == "F"
+    assert [r["reason"] for r in second.audit() if r["event"] == "lock_set"] == ["deny"]
+    assert first.request("status", user=user)["locked_until"] is not None
+    assert _login(first, user, RFC_CODES[4]) == "F"  # locked on every host
+
+
+def test_look_ahead_out_of_range_is_refused_with_its_line() -> None:
+    """hotp.look_ahead is validated like every setting: 0 is refused naming line and key."""
+    with pytest.raises(
+        ConfigError,
+        match=r"mfad.yaml line 3: hotp.look_ahead: must be a whole number from 1 to 100",
+    ):
+        config.parse("mode: optional\nhotp:\n  look_ahead: 0\n", "mfad.yaml")
+    assert config.parse("hotp:\n  look_ahead: 25\n").hotp.look_ahead == 25
+    assert config.parse("").hotp.look_ahead == 10
+
+
+def test_a_user_may_not_enrol_a_hardware_token_and_the_key_stays_off_argv(
+    mfad: Daemon, make_user: MakeUser
+) -> None:
+    """`mfa enroll --hotp` takes the key on stdin only (there is no option for it), and a
+    user who is not an administrator is refused even for their own account."""
+    user = make_user()
+    own = mfad.mfa_as(user, "enroll", user, "--hotp", "--hex", input=RFC_KEY.hex() + "\n")
+    assert own.returncode == 4, own.stderr
+    assert mfad.request("status", user=user)["state"] == "none"
+    client = subprocess.run(
+        [str(MFA), "--socket", str(mfad.control_socket), "enroll", user, "--hotp", "--hex"],
+        input=RFC_KEY.hex() + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert client.returncode == 0, client.stderr
+    assert RFC_KEY.hex() not in client.stdout + client.stderr
+    assert mfad.request("status", user=user)["method"] == "hotp"

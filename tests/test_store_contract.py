@@ -19,6 +19,8 @@ import psycopg
 import pytest
 from pgcluster import PgCluster
 
+from mfad import pgstore as pgstore_module
+from mfad import store as store_module
 from mfad.errors import StoreError
 from mfad.model import (
     Counter,
@@ -240,6 +242,49 @@ def test_fifty_parallel_logins_with_one_hotp_code_give_exactly_one_success(
         assert a is not None and a.last_step == 10
 
     backend.run(body, hosts=HOSTS)
+
+
+def _old_schema_with_an_account(backend: Backend) -> None:
+    """The schema as it was before HOTP (every migration but the last), one active row."""
+    row = (
+        'INSERT INTO accounts ("user", state, secret, updated_at, last_step)'
+        " VALUES ('alice', 'active', {}, 1.0, 55)"
+    )
+    if backend.dsn is None:
+        import sqlite3
+
+        db = sqlite3.connect(backend.path)
+        for number, script in enumerate(store_module._MIGRATIONS[:-1], start=1):
+            db.executescript(script)
+            db.execute(f"PRAGMA user_version = {number:d}")
+        db.execute(row.format("?"), (b"sealed",))
+        db.commit()
+        db.close()
+        return
+    with psycopg.connect(backend.dsn, autocommit=True) as conn:
+        for script in pgstore_module._MIGRATIONS[:-1]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement.encode())
+        conn.execute("CREATE TABLE mfad_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO mfad_schema VALUES (%s)", (SCHEMA_VERSION - 1,))
+        conn.execute(row.format("%s").encode(), (b"sealed",))
+
+
+def test_a_store_from_before_hotp_migrates_its_tokens_to_totp(backend: Backend) -> None:
+    """Opening a store written before token kinds existed migrates it forward: its tokens
+    read back as TOTP with their last step, and an HOTP token can be stored after."""
+    _old_schema_with_an_account(backend)
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        a = await s.get_account("alice")
+        assert a is not None and (a.params.kind, a.last_step) == (Kind.TOTP, 55)
+        await s.activate(PendingEnrolment("bob", b"hw", HOTP, 1.0), None, 2.0)
+        b = await s.get_account("bob")
+        assert b is not None and b.params.kind is Kind.HOTP
+
+    backend.run(body)
 
 
 def test_set_state_creates_moves_and_erases(backend: Backend) -> None:
