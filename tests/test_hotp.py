@@ -80,6 +80,8 @@ def test_rfc_4226_codes_log_in_through_libpam_once_each_in_order(
     assert pam_login(user, [RFC_CODES[5]]).name == "PAM_SUCCESS"  # 2, 3, 4 pressed unused
     assert pam_login(user, [RFC_CODES[4]] * 3).name == "PAM_MAXTRIES"
     assert pam_login(user, [RFC_CODES[6]]).name == "PAM_SUCCESS"
+    challenges = [r for r in mfad.audit() if r["event"] == "challenge" and r["user"] == user]
+    assert {r["method"] for r in challenges} == {"hotp"}
     shown = mfad.request("show", user=user)
     assert {h["method"] for h in shown["history"]} == {"hotp"}
     assert shown["method"] == "hotp" and shown["hotp_counter"] == 6
