@@ -236,3 +236,28 @@ def test_a_user_may_not_enrol_a_hardware_token_and_the_key_stays_off_argv(
     assert client.returncode == 0, client.stderr
     assert RFC_KEY.hex() not in client.stdout + client.stderr
     assert mfad.request("status", user=user)["method"] == "hotp"
+
+
+def test_mfa_resync_and_status_on_the_command_line(
+    mfad: Daemon, make_user: MakeUser, pam_login: PamLogin
+) -> None:
+    """`mfa resync USER` reads the two codes from stdin (never argv), says the token is in
+    step, and `mfa status` then shows an HOTP token with its last counter, not a period;
+    the codes appear in neither output."""
+    user = make_user()
+    enrol_hardware(mfad, user)
+
+    def mfa(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [str(MFA), "--socket", str(mfad.control_socket), *args]
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+
+    synced = mfa("resync", user, stdin=f"{code(30)}\n{code(31)}\n")
+    assert synced.returncode == 0, synced.stderr
+    assert "in step again" in synced.stdout
+    assert code(30) not in synced.stdout + synced.stderr
+    status = mfa("status", user)
+    assert "hotp, SHA1, 6 digits, last counter used 31" in status.stdout, status.stdout
+    assert "every" not in status.stdout
+    one = mfa("resync", user, stdin=f"{code(40)}\n")
+    assert one.returncode != 0 and "Two codes are needed" in one.stderr
+    assert pam_login(user, [code(32)]).name == "PAM_SUCCESS"

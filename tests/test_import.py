@@ -300,3 +300,33 @@ def test_oath_dry_run_changes_nothing(mfad: Daemon, make_user: MakeUser, tmp_pat
     assert f"Would import {user}: counter-based" in dry.stdout
     assert "Skipped mfatnosuchuser: line 4: no such user" in dry.stdout
     assert mfad.request("status", user=user)["state"] == "none"
+
+
+def test_steps_the_old_module_marked_used_stay_used(
+    mfad: Daemon, make_user: MakeUser, pam_login: PamLogin
+) -> None:
+    """A time step listed after " DISALLOW_REUSE (used at a login through the old module)
+    is refused after the import as a replay; the next step's code is taken."""
+    user = make_user()
+    ga = GaFile(user, "-t", "-d", "-u", "-w", "3")
+    step = int(time.time() // 30)
+    ga.path.write_text(ga.path.read_text().replace('" DISALLOW_REUSE', f'" DISALLOW_REUSE {step}'))
+    assert mfa(mfad, "import", "google-authenticator", user).returncode == 0
+    # both within totp.window (1) of now, even if the step turns meanwhile
+    now_code, next_code = (pyotp.TOTP(ga.secret).at(s * 30) for s in (step, step + 1))
+    SEEN["code"].update({now_code, next_code})
+    assert pam_login(user, [now_code, next_code]).name == "PAM_SUCCESS"
+    reasons = [r["reason"] for r in mfad.audit() if r["event"] == "attempt"]
+    assert reasons == ["replayed_code"]
+
+
+def test_all_users_dry_run_lists_those_with_a_file(mfad: Daemon, make_user: MakeUser) -> None:
+    """--all looks at every user NSS lists: those with a file are reported, those without
+    are only counted; a dry run changes nothing."""
+    user = make_user()
+    GaFile(user, "-t", "-d", "-u", "-w", "3")
+    dry = mfa(mfad, "import", "google-authenticator", "--all", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"Would import {user}: time-based" in dry.stdout
+    assert "other users have no file." in dry.stdout
+    assert mfad.request("status", user=user)["state"] == "none"
