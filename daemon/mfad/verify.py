@@ -235,7 +235,8 @@ class Verifier:
         if account is None or account.sealed_secret is None or params.kind is not Kind.HOTP:
             return Verdict(Reason.INCORRECT_CODE), {}
         secret = self.ctx.box.open(account.user, account.sealed_secret)
-        counter = hotp.resync(secret, params, one, two, account.last_step)
+        # about 5 ms for the 1000 counters: off the loop, so no login waits behind it
+        counter = await asyncio.to_thread(hotp.resync, secret, params, one, two, account.last_step)
         if counter is None:
             return Verdict(Reason.INCORRECT_CODE), {}
         if await self.ctx.store.consume_step(account.user, counter, 0, now, None):
