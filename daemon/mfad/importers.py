@@ -60,6 +60,10 @@ class ImportFileError(RequestError):
     """A file that is not what it should be: its line (if any) and the problem, no content."""
 
 
+class NoFile(ImportFileError):
+    """There is no file at the path: with ``--all``, a user who never set one up."""
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     user: str
@@ -304,7 +308,8 @@ def read_owned(path: Path, uid: int) -> str:
             errno.EACCES: "cannot be read",
         }
         why = reasons.get(exc.errno or 0) or f"cannot be opened: {exc.strerror}"
-        raise ImportFileError(f"{path} {why}") from None
+        kind = NoFile if exc.errno == errno.ENOENT else ImportFileError
+        raise kind(f"{path} {why}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -142,11 +142,14 @@ class TokenOps:
             try:
                 path = importers.expand(pattern, user, home)
                 text = await asyncio.to_thread(importers.read_owned, path, uid)
-            except ImportFileError as exc:
-                if not (every and "does not exist" in str(exc)):
-                    report.skip(user, str(exc))
-                else:
+            except importers.NoFile as exc:
+                if every:
                     report.absent += 1
+                else:
+                    report.skip(user, str(exc))
+                continue
+            except ImportFileError as exc:
+                report.skip(user, str(exc))
                 continue
             try:
                 token = importers.parse_google_authenticator(
