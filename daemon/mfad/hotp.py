@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pyotp
 
 from mfad.model import TokenParams
-from mfad.totp import _DIGESTS, SECRET_BYTES, b32
+from mfad.totp import DIGESTS, SECRET_BYTES, b32
 
 RESYNC_WINDOW = 1000
 """Counters past the last one used searched for two consecutive codes: far more than
@@ -38,7 +38,7 @@ class _KeyedHOTP(pyotp.HOTP):
 
     def __init__(self, secret: bytes, params: TokenParams) -> None:
         self._key = secret
-        super().__init__(b32(secret), digits=params.digits, digest=_DIGESTS[params.algorithm])
+        super().__init__(b32(secret), digits=params.digits, digest=DIGESTS[params.algorithm])
 
     def byte_secret(self) -> bytes:
         return self._key
