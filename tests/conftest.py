@@ -191,12 +191,16 @@ class Daemon:
         _remember(response)
         return response
 
-    def mfa_as(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    def mfa_as(
+        self, user: str, *args: str, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """The installed `mfa` run as `user` (a real non-root uid, as the daemon sees it)
-        against this daemon; its directory is world-traversable for exactly this."""
+        against this daemon, `input` on its stdin; its directory is world-traversable for
+        exactly this."""
         mfa = Path(sys.executable).with_name("mfa")
         return subprocess.run(
             ["runuser", "-u", user, "--", str(mfa), "--socket", str(self.control_socket), *args],
+            input=input,
             capture_output=True,
             text=True,
             timeout=30,

@@ -19,18 +19,20 @@ import psycopg
 import pytest
 from pgcluster import PgCluster
 
-from mfad import pgstore
+from mfad import pgstore as pgstore_module
+from mfad import store as store_module
 from mfad.errors import StoreError
 from mfad.model import (
     Counter,
     GuardState,
+    Kind,
     PendingEnrolment,
     Site,
     State,
     StateChange,
     TokenParams,
 )
-from mfad.pgstore import PostgresStore
+from mfad.pgstore import SCHEMA_VERSION, PostgresStore
 from mfad.store import SqliteStore, Store
 
 pytest_plugins = ["pgcluster"]
@@ -184,6 +186,103 @@ def test_fifty_parallel_logins_with_one_step_give_exactly_one_success(backend: B
         assert len(await stores[1].history("alice", 100)) == 1
 
     backend.run(body, hosts=HOSTS)
+
+
+HOTP = TokenParams("SHA1", 6, 30, Kind.HOTP)
+
+
+def test_an_hotp_counter_is_used_once_and_kept_with_its_kind(backend: Backend) -> None:
+    """An HOTP token is activated with no counter used (or with the last one an import
+    says was used); its kind reads back; a counter at or below the last one used is
+    refused, a later one taken, and logins go into the history as "hotp". A token made
+    TOTP again after a reset reads back as TOTP."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        hw = PendingEnrolment("alice", b"sealed-hw", HOTP, 10.0, uid=1000)
+        await s.activate(hw, None, 20.0, [b"d1"])
+        a = await s.get_account("alice")
+        assert a is not None
+        assert (a.params, a.last_step, a.state) == (HOTP, None, State.ACTIVE)
+        assert await s.consume_step("alice", 0, 0, 30.0, SSH)
+        assert not await s.consume_step("alice", 0, 0, 31.0, SSH)
+        assert await s.consume_step("alice", 7, 0, 32.0, SSH)
+        assert not await s.consume_step("alice", 5, 0, 33.0, SSH)
+        assert not await s.consume_step("alice", 7, 0, 34.0, SSH)
+        history = await s.history("alice", 10)
+        assert [h.method for h in history] == ["hotp", "hotp"]
+
+        imported = PendingEnrolment("bob", b"sealed-imp", HOTP, 10.0, uid=1001)
+        await s.activate(imported, 41, 20.0)
+        assert not await s.consume_step("bob", 41, 0, 30.0, SSH)
+        assert await s.consume_step("bob", 42, 0, 30.0, SSH)
+
+        await s.set_state("alice", StateChange(State.PENDING, erase=True), 40.0)
+        await s.activate(pending("alice"), 100, 50.0)
+        again = await s.get_account("alice")
+        assert again is not None and again.params == TokenParams("SHA256", 8, 60, Kind.TOTP)
+
+    backend.run(body)
+
+
+def test_fifty_parallel_logins_with_one_hotp_code_give_exactly_one_success(
+    backend: Backend,
+) -> None:
+    """50 consume_step calls for one HOTP counter at once over several stores on one
+    database give exactly one True: the counter moves atomically, as a time step does."""
+
+    async def body(stores: list[Store]) -> None:
+        hw = PendingEnrolment("alice", b"sealed-hw", HOTP, 10.0, uid=1000)
+        await stores[0].activate(hw, 9, 20.0)
+        results = await asyncio.gather(
+            *(stores[i % HOSTS].consume_step("alice", 10, 0, 30.0, SSH) for i in range(50))
+        )
+        assert results.count(True) == 1
+        a = await stores[2].get_account("alice")
+        assert a is not None and a.last_step == 10
+
+    backend.run(body, hosts=HOSTS)
+
+
+def _old_schema_with_an_account(backend: Backend) -> None:
+    """The schema as it was before HOTP (every migration but the last), one active row."""
+    row = (
+        'INSERT INTO accounts ("user", state, secret, updated_at, last_step)'
+        " VALUES ('alice', 'active', {}, 1.0, 55)"
+    )
+    if backend.dsn is None:
+        import sqlite3
+
+        db = sqlite3.connect(backend.path)
+        for number, script in enumerate(store_module._MIGRATIONS[:-1], start=1):
+            db.executescript(script)
+            db.execute(f"PRAGMA user_version = {number:d}")
+        db.execute(row.format("?"), (b"sealed",))
+        db.commit()
+        db.close()
+        return
+    with psycopg.connect(backend.dsn, autocommit=True) as conn:
+        for script in pgstore_module._MIGRATIONS[:-1]:
+            conn.execute(script.encode())  # as mfad runs it: one script, one simple query
+        conn.execute("CREATE TABLE mfad_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO mfad_schema VALUES (%s)", (SCHEMA_VERSION - 1,))
+        conn.execute(row.format("%s").encode(), (b"sealed",))
+
+
+def test_a_store_from_before_hotp_migrates_its_tokens_to_totp(backend: Backend) -> None:
+    """Opening a store written before token kinds existed migrates it forward: its tokens
+    read back as TOTP with their last step, and an HOTP token can be stored after."""
+    _old_schema_with_an_account(backend)
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        a = await s.get_account("alice")
+        assert a is not None and (a.params.kind, a.last_step) == (Kind.TOTP, 55)
+        await s.activate(PendingEnrolment("bob", b"hw", HOTP, 1.0), None, 2.0)
+        b = await s.get_account("bob")
+        assert b is not None and b.params.kind is Kind.HOTP
+
+    backend.run(body)
 
 
 def test_set_state_creates_moves_and_erases(backend: Backend) -> None:
@@ -460,7 +559,7 @@ def test_daemons_starting_together_migrate_once(pg_cluster: PgCluster) -> None:
 
     asyncio.run(main())
     with psycopg.connect(dsn) as conn:
-        want = [(pgstore.SCHEMA_VERSION,)]
+        want = [(pgstore_module.SCHEMA_VERSION,)]
         assert conn.execute("SELECT version FROM mfad_schema").fetchall() == want
 
 

@@ -54,7 +54,7 @@ def _state(result: dict[str, Any]) -> str:
 def _offset(result: dict[str, Any]) -> str:
     """The phone's clock drift seen at the last verified code, in words an admin can act on."""
     steps = result.get("clock_offset_steps")
-    if steps is None or result.get("enrolled_at") is None:
+    if steps is None or result.get("enrolled_at") is None or result.get("method") == "hotp":
         return "-"
     if steps == 0:
         return "0 steps (in sync)"
@@ -67,6 +67,10 @@ def _offset(result: dict[str, Any]) -> str:
 def _token(result: dict[str, Any]) -> str:
     if not result.get("method"):
         return "-"
+    if result["method"] == "hotp":  # a counter, not a clock: no period
+        used = result.get("hotp_counter")
+        last = "none used yet" if used is None else f"last counter used {used}"
+        return f"hotp, {result.get('algorithm')}, {result.get('digits')} digits, {last}"
     return (
         f"{result['method']}, {result.get('algorithm')}, {result.get('digits')} digits, "
         f"every {result.get('period')} s"
@@ -133,7 +137,7 @@ def status(client: DaemonClient, user: str | None, as_json: bool) -> None:
 @pass_client
 def show(client: DaemonClient, user: str | None, as_json: bool) -> None:
     """Everything `mfa status` shows for USER (default: you), and the recent successful
-    second-factor logins: time, PAM service, remote host, method (totp or recovery),
+    second-factor logins: time, PAM service, remote host, method (totp, hotp or recovery),
     newest first."""
     result = client.request("show", user=user or invoking_user())
     if as_json:

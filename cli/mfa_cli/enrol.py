@@ -161,6 +161,21 @@ def _show_enrolment(begun: dict[str, Any], invert: bool) -> None:
     help="Seconds each code lasts (default: mfad's, normally 30).",
 )
 @click.option("--invert", is_flag=True, help="Draw the QR code for a light-background terminal.")
+@click.option(
+    "--hotp",
+    is_flag=True,
+    help="A hardware (counter-based, RFC 4226) token whose key you have: the key is "
+    "read at a hidden prompt or from stdin, never from the command line; the account is "
+    "active at once. Administrators only.",
+)
+@click.option("--hex", "hex_key", is_flag=True, help="With --hotp: the key is hex, not base32.")
+@click.option(
+    "--counter",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="With --hotp: the token's next counter (codes before it count as used).",
+)
 @pass_client
 def enroll(
     client: DaemonClient,
@@ -170,6 +185,9 @@ def enroll(
     algorithm: str | None,
     period: str | None,
     invert: bool,
+    hotp: bool,
+    hex_key: bool,
+    counter: int,
 ) -> None:
     """Enrol USER (default: you) for authenticator codes.
 
@@ -184,8 +202,19 @@ def enroll(
     where every local user would see it in `ps`):
       mfa enroll alice < /dev/null               prints the key, leaves it pending
       echo 123456 | mfa enroll alice --confirm   confirms it, prints the recovery codes
+
+    \b
+    A hardware OATH token from its seed file (key on stdin):
+      mfa enroll alice --hotp --hex < alice.seed
     """
     user = user or invoking_user()
+    if hotp:
+        if confirm or period:
+            raise click.UsageError("--hotp takes no --confirm or --period: it is active at once")
+        _enroll_hotp(client, user, hex_key, counter, digits, algorithm)
+        return
+    if hex_key or counter:
+        raise click.UsageError("--hex and --counter go with --hotp")
     if confirm:
         if digits or algorithm or period:
             raise click.UsageError(
@@ -231,6 +260,33 @@ def enroll(
         f"{MAX_TRIES} incorrect codes; the enrolment of {user} is pending, not active. "
         f"Check that the phone's clock is right, then confirm with "
         f"`mfa enroll {user} --confirm`, or start over with `mfa enroll {user}`."
+    )
+
+
+def _enroll_hotp(
+    client: DaemonClient,
+    user: str,
+    hex_key: bool,
+    counter: int,
+    digits: str | None,
+    algorithm: str | None,
+) -> None:
+    encoding = "hex" if hex_key else "base32"
+    key = read_code(f"Token key ({encoding})")
+    if key is None:
+        raise CliError("No key given: type it at the prompt, or give it on stdin.")
+    fields: dict[str, Any] = {"user": user, "secret": key, "encoding": encoding}
+    fields["counter"] = counter
+    if digits:
+        fields["digits"] = int(digits)
+    if algorithm:
+        fields["algorithm"] = algorithm.upper()
+    result = client.request("enroll_hotp", **fields)
+    click.echo(f"{safe(user)} now logs in with the hardware token (HOTP).")
+    click.echo()
+    show_recovery_codes(
+        list(result.get("recovery_codes") or []),
+        "Recovery codes, each good for one login when the token is not at hand:",
     )
 
 

@@ -5,7 +5,8 @@ The group builds one DaemonClient into ``ctx.obj``; commands receive it through
 exceptions, each with its exit code, listed in ``mfa --help``. The commands
 live in modules named for what they do: enrol (enroll, recovery-codes),
 accounts (status, show, list), lifecycle (require ... unexempt, unlock, forget),
-audit. Whatever the daemon sends is printed through mfa_cli.display.
+imports (import google-authenticator / oath, resync), audit. Whatever the daemon
+sends is printed through mfa_cli.display.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mfa_cli.audit import audit
 from mfa_cli.client import DEFAULT_SOCKET, DaemonClient
 from mfa_cli.enrol import enroll, recovery_codes
 from mfa_cli.errors import EXIT_CODES
+from mfa_cli.imports import import_tokens, resync
 from mfa_cli.lifecycle import (
     disable,
     exempt,
@@ -66,6 +68,11 @@ Examples, for root and the admin group:
   mfa unlock alice               lift a lock after too many wrong codes
   mfa forget alice               after `userdel alice`: drop mfad's account of
                                  her (token, codes, history; the audit keeps all)
+  mfa enroll alice --hotp < key  a hardware token (HOTP) whose key you have
+  mfa resync alice               a hardware token pressed too often: two codes
+  mfa import google-authenticator --all --dry-run
+                                 take over ~/.google_authenticator files
+  mfa import oath /etc/users.oath  take over pam_oath's tokens
   mfa audit --since 2h           the audit trail; see `mfa audit --help`
 
 {EXIT_CODES}""",
@@ -107,6 +114,8 @@ for command in (
     unexempt,
     unlock,
     forget,
+    resync,
+    import_tokens,
     audit,
     metrics,
 ):

@@ -46,7 +46,7 @@ from mfad.errors import (
 )
 from mfad.identity import Identity
 from mfad.lockout import Refusal, control_source
-from mfad.model import Account, Counter, Site, State, TokenParams, state_of
+from mfad.model import Account, Counter, Kind, Site, State, TokenParams, state_of
 from mfad.times import iso
 from mfad.verify import Purpose, Subject, Verdict, Verifier
 
@@ -105,14 +105,18 @@ def _refused(verdict: Verdict, wrong: str) -> RequestError:
 
 def _row(account: Account, counter: Counter, now: float) -> dict[str, Any]:
     locked = counter.until if counter.until > now else None
+    token = account.sealed_secret is not None
+    hotp_token = token and account.params.kind is Kind.HOTP
     return {
         "uid": account.uid,
         "user": account.user,
         "state": account.state,
-        "method": "totp" if account.sealed_secret is not None else None,
-        "algorithm": account.params.algorithm if account.sealed_secret is not None else None,
-        "digits": account.params.digits if account.sealed_secret is not None else None,
-        "period": account.params.period if account.sealed_secret is not None else None,
+        "method": str(account.params.kind) if token else None,
+        "algorithm": account.params.algorithm if token else None,
+        "digits": account.params.digits if token else None,
+        "period": account.params.period if token and not hotp_token else None,
+        # the last counter used: what `mfa resync` moves; a time step is no news to anyone
+        "hotp_counter": account.last_step if hotp_token else None,
         "enrolled_at": iso(account.enrolled_at),
         "last_verified_at": iso(account.last_verified_at),
         "last_rhost": account.last_rhost,

@@ -34,6 +34,12 @@ class TotpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HotpConfig:
+    # counters after the last one used that a hardware token's code may be for (RFC 4226 7.4)
+    look_ahead: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class LoginConfig:
     max_attempts: int = 3
     prompt_timeout: float = 120.0
@@ -90,6 +96,7 @@ class Config:
     metrics_listen: str = ""  # a loopback HOST:PORT for Prometheus; "": no HTTP endpoint
     max_connections: int = 1024
     totp: TotpConfig = field(default_factory=TotpConfig)
+    hotp: HotpConfig = field(default_factory=HotpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     enrolment: EnrolmentConfig = field(default_factory=EnrolmentConfig)
@@ -229,6 +236,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "totp.digits": ("totp.digits", _choice(6, 8)),
     "totp.period": ("totp.period", _choice(30, 60)),
     "totp.algorithm": ("totp.algorithm", _choice(*ALGORITHMS)),
+    "hotp.look_ahead": ("hotp.look_ahead", _int(1, 100)),
     "login.max_attempts": ("login.max_attempts", _int(1, 10)),
     "login.prompt_timeout": ("login.prompt_timeout", _seconds(1, 3600)),
     "login.prompt": ("login.prompt", _text),
@@ -288,7 +296,13 @@ def parse(text: str, where: str = "<config>") -> Config:
         raise ConfigError(f"{where}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     flat = _flatten(root, where) if root is not None else {}
     top: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {"totp": {}, "login": {}, "lockout": {}, "enrolment": {}}
+    nested: dict[str, dict[str, Any]] = {
+        "totp": {},
+        "hotp": {},
+        "login": {},
+        "lockout": {},
+        "enrolment": {},
+    }
     for key, (raw, line) in flat.items():
         attr, check = _SCHEMA[key]
         try:
@@ -307,6 +321,7 @@ def parse(text: str, where: str = "<config>") -> Config:
     return Config(
         **top,
         totp=TotpConfig(**nested["totp"]),
+        hotp=HotpConfig(**nested["hotp"]),
         login=LoginConfig(**nested["login"]),
         lockout=LockoutConfig(**nested["lockout"]),
         enrolment=EnrolmentConfig(**nested["enrolment"]),

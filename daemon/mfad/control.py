@@ -51,6 +51,7 @@ from mfad.errors import (
 )
 from mfad.qrtext import render_qr
 from mfad.ratelimit import Budget, Coalescer
+from mfad.tokenops import TokenOps
 
 log = structlog.get_logger("mfad.control")
 
@@ -93,6 +94,7 @@ class ControlHandler:
         self._ops: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[Response]]] = {
             **accounts.self_service,
             **accounts.admin,
+            **TokenOps(accounts).admin,
             "enroll_begin": self.enroll_begin,
             "audit_query": self.audit_query,
             "audit_follow": self.audit_follow,

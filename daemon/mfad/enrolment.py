@@ -21,13 +21,14 @@ clear only in `Confirmed.codes`, to be shown once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from mfad import identity, recovery, totp
 from mfad.context import Context
 from mfad.errors import AlreadyEnrolled, EnrolmentRefused, NoPendingEnrolment
 from mfad.identity import Identity
-from mfad.model import PendingEnrolment, Site, State, TokenParams, state_of
+from mfad.model import Account, PendingEnrolment, Site, State, TokenParams, state_of
 from mfad.verify import Purpose, Subject, Verdict, Verifier
 
 
@@ -153,6 +154,36 @@ async def confirm(
         return verdict, None
     codes = recovery.generate(ctx.config.enrolment.recovery_codes)
     return verdict, Confirmed(replace(pending, uid=ident.uid), verdict.step, codes)
+
+
+def refusal(ident: Identity, account: Account | None) -> str | None:
+    """Why `ident` cannot be given a token now, or None: only a user with none (never
+    enrolled, pending, or disabled) may; an active token is replaced only after a reset."""
+    state = state_of(account)
+    if state is State.ACTIVE:
+        return f"{ident.name} is already enrolled; `mfa reset {ident.name}` first to replace it"
+    if state not in (State.NONE, State.PENDING, State.DISABLED):
+        return f"{ident.name} is {state}; resume or unexempt it first"
+    return None
+
+
+async def install(
+    ctx: Context,
+    ident: Identity,
+    secret: bytes,
+    params: TokenParams,
+    last: int | None,
+    codes: Sequence[str],
+) -> None:
+    """Make `secret`, which exists already (a hardware token's seed, an imported key), the
+    user's active token at once, with `last` the step or counter it used last and `codes`
+    its recovery codes. No code confirms it: whoever gives it (an administrator) holds it.
+    The caller checked `refusal` and writes the audit record first."""
+    now = ctx.clock()
+    sealed = ctx.box.seal(ident.name, secret)
+    pending = PendingEnrolment(ident.name, sealed, params, now, ident.uid)
+    digests = [ctx.box.digest(ident.name, c) for c in codes]
+    await ctx.store.activate(pending, last, now, digests)
 
 
 async def activate(ctx: Context, confirmed: Confirmed) -> None:

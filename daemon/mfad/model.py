@@ -27,11 +27,19 @@ def state_of(account: Account | None) -> State:
     return State.NONE if account is None else account.state
 
 
+class Kind(enum.StrEnum):
+    """What moves a token's codes on: the clock (RFC 6238) or a counter (RFC 4226)."""
+
+    TOTP = "totp"  # authenticator apps: a code per time step of `period` seconds
+    HOTP = "hotp"  # hardware tokens, imported pam_oath / google-authenticator counters
+
+
 @dataclass(frozen=True, slots=True)
 class TokenParams:
     algorithm: str = "SHA1"
     digits: int = 6
-    period: int = 30
+    period: int = 30  # TOTP only; an HOTP token keeps the default, unused
+    kind: Kind = Kind.TOTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,8 @@ class Account:
     sealed_secret: bytes | None
     params: TokenParams
     enrolled_at: float | None
+    # The last moving factor used, the one fact replay protection needs for both kinds: a
+    # TOTP time step, or an HOTP counter. A code for it or an earlier one is refused.
     last_step: int | None
     last_verified_at: float | None
     last_rhost: str | None
@@ -65,7 +75,7 @@ class Login:
     at: float
     service: str
     rhost: str
-    method: str  # "totp" | "recovery"
+    method: str  # "totp" | "hotp" | "recovery"
 
 
 @dataclass(frozen=True, slots=True)

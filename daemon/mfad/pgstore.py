@@ -161,13 +161,18 @@ _MIGRATIONS: list[str] = [
     CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records
         FOR EACH STATEMENT EXECUTE FUNCTION mfad_audit_append_only()
     """,
+    # 3: a token is TOTP or HOTP (RFC 4226); an HOTP token's last used counter is last_step.
+    """
+    ALTER TABLE accounts ADD COLUMN kind text NOT NULL DEFAULT 'totp'
+        CHECK (kind IN ('totp', 'hotp'))
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _ACCOUNT_COLUMNS = (
     'accounts."user", state, secret, algorithm, digits, period, enrolled_at, last_step,'
     " last_verified_at, last_rhost, clock_offset, deadline, exempt_reason, exempt_until,"
-    " state_changed_at, uid"
+    " state_changed_at, uid, kind"
 )
 _N_ACCOUNT_COLUMNS = len(_ACCOUNT_COLUMNS.split(","))
 # psycopg takes only literal strings or bytes as a query: these are built from constants
@@ -401,18 +406,23 @@ class PostgresStore(Store):
         return await self._run(q)
 
     async def activate(
-        self, pending: PendingEnrolment, step: int, now: float, recovery: Sequence[bytes] = ()
+        self,
+        pending: PendingEnrolment,
+        step: int | None,
+        now: float,
+        recovery: Sequence[bytes] = (),
     ) -> None:
         p = pending
 
         async def q(db: Conn) -> None:
             await db.execute(
                 'INSERT INTO accounts ("user", state, secret, algorithm, digits, period,'
-                " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid)"
-                " VALUES (%s, 'active', %s, %s, %s, %s, %s, %s, 0, %s, %s, %s)"
+                " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid, kind)"
+                " VALUES (%s, 'active', %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s)"
                 " ON CONFLICT (\"user\") DO UPDATE SET state = 'active', secret = excluded.secret,"
                 " algorithm = excluded.algorithm, digits = excluded.digits,"
-                " period = excluded.period, enrolled_at = excluded.enrolled_at,"
+                " period = excluded.period, kind = excluded.kind,"
+                " enrolled_at = excluded.enrolled_at,"
                 " last_step = excluded.last_step, clock_offset = 0,"
                 " updated_at = excluded.updated_at, deadline = NULL, exempt_reason = NULL,"
                 " exempt_until = NULL, state_changed_at = excluded.state_changed_at,"
@@ -428,6 +438,7 @@ class PostgresStore(Store):
                     now,
                     now,
                     p.uid,
+                    str(p.params.kind),
                 ),
             )
             await db.execute('DELETE FROM enrolments WHERE "user" = %s', (p.user,))
@@ -460,8 +471,8 @@ class PostgresStore(Store):
             if used and login is not None:
                 await db.execute(
                     'INSERT INTO logins ("user", at, service, rhost, method)'
-                    " VALUES (%s, %s, %s, %s, 'totp')",
-                    (user, now, login.service, login.rhost),
+                    ' SELECT %s, %s, %s, %s, kind FROM accounts WHERE "user" = %s',
+                    (user, now, login.service, login.rhost, user),
                 )
             return used
 

@@ -41,7 +41,7 @@ from mfad.conversation import Conversation, PeerGone, PromptTimeout
 from mfad.errors import MfaError, ProtocolError, StaleAccount
 from mfad.identity import Identity
 from mfad.lockout import Refusal, login_source
-from mfad.model import Account, Site, State, StateChange
+from mfad.model import Account, Kind, Site, State, StateChange
 from mfad.protocol import Start, parse_start
 from mfad.qrtext import render_qr
 from mfad.times import iso
@@ -221,8 +221,9 @@ class LoginSession:
                 ident, account, decision.reason, decoy=refusal is not None
             )
         # ENROL for a name NSS does not know: a code, as for anyone, that always fails
-        await self.trail.record(Event.CHALLENGE, outcome=Recorded.PENDING, method="totp")
         has_token = account is not None and account.sealed_secret is not None
+        kind = account.params.kind if account is not None and has_token else Kind.TOTP
+        await self.trail.record(Event.CHALLENGE, outcome=Recorded.PENDING, method=str(kind))
         return await self._ask_for_code(user, account if has_token else None)
 
     async def _end_exemption(self, account: Account, now: float) -> Account | None:

@@ -33,6 +33,7 @@ from mfad.model import (
     Account,
     Counter,
     GuardState,
+    Kind,
     Login,
     PendingEnrolment,
     Site,
@@ -60,10 +61,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def activate(
-        self, pending: PendingEnrolment, step: int, now: float, recovery: Sequence[bytes] = ()
+        self,
+        pending: PendingEnrolment,
+        step: int | None,
+        now: float,
+        recovery: Sequence[bytes] = (),
     ) -> None:
         """Make a confirmed secret the user's token with fresh recovery codes (as digests);
-        its confirming step counts as used."""
+        its confirming step counts as used. The token's kind (TOTP or HOTP) comes with its
+        parameters; `step` None (an imported or hardware token) marks nothing used yet."""
 
     @abc.abstractmethod
     async def consume_step(
@@ -71,8 +77,10 @@ class Store(abc.ABC):
     ) -> bool:
         """Atomically mark `step` used; False if it (or a later step) was used already.
 
-        With `login`, the use is a login and goes into the history; without, it only
-        proves the token (e.g. to regenerate recovery codes) and is not a login."""
+        `step` is a TOTP time step or an HOTP counter (the account's kind says which;
+        the rule is the same). With `login`, the use is a login and goes into the history
+        under the token's kind; without, it only proves the token (e.g. to regenerate
+        recovery codes, or an HOTP resync) and is not a login."""
 
     @abc.abstractmethod
     async def set_state(self, user: str, change: StateChange, now: float) -> None:
@@ -241,6 +249,7 @@ COPIED_TABLES: dict[str, tuple[str, ...]] = {
         "exempt_until",
         "state_changed_at",
         "uid",
+        "kind",
     ),
     "enrolments": (
         "user",
@@ -329,12 +338,17 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX accounts_user_lower ON accounts (lower(user));
     CREATE INDEX enrolments_user_lower ON enrolments (lower(user))
     """,
+    # 3: a token is TOTP or HOTP (RFC 4226); an HOTP token's last used counter is last_step.
+    """
+    ALTER TABLE accounts ADD COLUMN kind TEXT NOT NULL DEFAULT 'totp'
+        CHECK (kind IN ('totp', 'hotp'))
+    """,
 ]
 ACCOUNT_SOURCE = "*"
 _ACCOUNT_COLUMNS = (
     "accounts.user, state, secret, algorithm, digits, period, enrolled_at, last_step,"
     " last_verified_at, last_rhost, clock_offset, deadline, exempt_reason, exempt_until,"
-    " state_changed_at, uid"
+    " state_changed_at, uid, kind"
 )
 
 
@@ -342,7 +356,8 @@ def account_from_row(row: Sequence[Any]) -> Account:
     """An account row (the columns of _ACCOUNT_COLUMNS, in order) as the model's Account;
     for every backend."""
     secret = None if row[2] is None else bytes(row[2])
-    return Account(row[0], State(row[1]), secret, TokenParams(*row[3:6]), *row[6:])
+    params = TokenParams(row[3], row[4], row[5], Kind(row[16]))
+    return Account(row[0], State(row[1]), secret, params, *row[6:16])
 
 
 def _replace_codes(db: sqlite3.Connection, user: str, digests: Sequence[bytes], now: float) -> None:
@@ -608,7 +623,11 @@ class SqliteStore(Store):
         return await self._run(q)
 
     async def activate(
-        self, pending: PendingEnrolment, step: int, now: float, recovery: Sequence[bytes] = ()
+        self,
+        pending: PendingEnrolment,
+        step: int | None,
+        now: float,
+        recovery: Sequence[bytes] = (),
     ) -> None:
         p = pending
 
@@ -616,11 +635,12 @@ class SqliteStore(Store):
             with _transaction(db):
                 db.execute(
                     "INSERT INTO accounts (user, state, secret, algorithm, digits, period,"
-                    " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid)"
-                    " VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
+                    " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid,"
+                    " kind) VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
                     " ON CONFLICT (user) DO UPDATE SET state = 'active', secret = excluded.secret,"
                     " algorithm = excluded.algorithm, digits = excluded.digits,"
-                    " period = excluded.period, enrolled_at = excluded.enrolled_at,"
+                    " period = excluded.period, kind = excluded.kind,"
+                    " enrolled_at = excluded.enrolled_at,"
                     " last_step = excluded.last_step, clock_offset = 0,"
                     " updated_at = excluded.updated_at, deadline = NULL, exempt_reason = NULL,"
                     " exempt_until = NULL, state_changed_at = excluded.state_changed_at,"
@@ -636,6 +656,7 @@ class SqliteStore(Store):
                         now,
                         now,
                         p.uid,
+                        p.params.kind,
                     ),
                 )
                 db.execute("DELETE FROM enrolments WHERE user = ?", (p.user,))
@@ -667,8 +688,8 @@ class SqliteStore(Store):
                 if cur.rowcount == 1 and login is not None:
                     db.execute(
                         "INSERT INTO logins (user, at, service, rhost, method)"
-                        " VALUES (?, ?, ?, ?, 'totp')",
-                        (user, now, login.service, login.rhost),
+                        " SELECT ?, ?, ?, ?, kind FROM accounts WHERE user = ?",
+                        (user, now, login.service, login.rhost, user),
                     )
             return cur.rowcount == 1
 

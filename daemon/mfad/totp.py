@@ -18,7 +18,7 @@ import pyotp
 
 from mfad.model import TokenParams
 
-_DIGESTS = {"SHA1": hashlib.sha1, "SHA256": hashlib.sha256, "SHA512": hashlib.sha512}
+DIGESTS = {"SHA1": hashlib.sha1, "SHA256": hashlib.sha256, "SHA512": hashlib.sha512}
 # RFC 4226 asks for at least 128 bits and recommends 160; use the hash's own size.
 SECRET_BYTES = {"SHA1": 20, "SHA256": 32, "SHA512": 64}
 
@@ -47,7 +47,7 @@ class _KeyedTOTP(pyotp.TOTP):
         super().__init__(
             b32(secret),
             digits=params.digits,
-            digest=_DIGESTS[params.algorithm],
+            digest=DIGESTS[params.algorithm],
             interval=params.period,
         )
 

@@ -2,7 +2,10 @@
 
 A login's code or recovery code, the code that confirms an enrolment (at login
 or by ``mfa enroll``), the code that proves the token before ``mfa
-recovery-codes --regenerate``: each goes through ``Verifier.check``. There is no
+recovery-codes --regenerate``: each goes through ``Verifier.check``; the two
+codes of ``mfa resync`` through ``Verifier.resync``. A token is TOTP (time
+steps, totp.py) or HOTP (a counter, hotp.py); both mark what they used with
+the one store.consume_step. There is no
 second way to test a code, so each of them gets the same per-user lock, the
 same counting, back-off, source block, account lock and lifetime cap
 (lockout.py), and the same audit records. A locked account gets no code check
@@ -20,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mfa_wire.events import Event, Outcome, Reason
-from mfad import recovery, totp
+from mfad import hotp, recovery, totp
 from mfad.lockout import FailureEffect, Refusal
-from mfad.model import Account, PendingEnrolment, Site, TokenParams
+from mfad.model import Account, Kind, PendingEnrolment, Site, TokenParams
 from mfad.times import iso
 
 if TYPE_CHECKING:
@@ -37,6 +41,7 @@ class Purpose(enum.Enum):
     LOGIN = "login"  # the active token or a recovery code; a success is a login
     PROOF = "proof"  # the same, to show the token is at hand (control socket); not a login
     ENROL = "enrol"  # the code of a secret held aside, to confirm it
+    RESYNC = "resync"  # two consecutive codes of an HOTP token pressed past the look-ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +59,10 @@ class Subject:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     reason: str | None  # None: accepted
-    method: str = ""  # "totp", "recovery" or "enrolment" when accepted
+    method: str = ""  # "totp", "hotp", "recovery" or "enrolment" when accepted
     refusal: Refusal | None = None  # locked or blocked, before or by this answer
     remaining: int | None = None  # recovery codes left after one was spent
-    step: int | None = None  # the time step of an accepted TOTP code
+    step: int | None = None  # the time step of an accepted TOTP code, an HOTP code's counter
 
     @property
     def ok(self) -> bool:
@@ -75,8 +80,27 @@ class Verifier:
 
         `fields` go into every record (the session's or the control request's context).
         """
-        ctx, now = self.ctx, self.ctx.clock()
         fields = {"user": subject.user, "purpose": purpose.value, **fields}
+        return await self._guarded(
+            subject, lambda now: self._judge(subject, answer, purpose, now, fields), fields
+        )
+
+    async def resync(self, subject: Subject, first: str, second: str, **fields: Any) -> Verdict:
+        """Bring an HOTP token pressed past the look-ahead back: `first` and `second` must be
+        the codes of two consecutive counters after the last one used (hotp.RESYNC_WINDOW);
+        the second's counter then counts as used. One answer to the guard, like any code."""
+        fields = {"user": subject.user, "purpose": Purpose.RESYNC.value, **fields}
+        return await self._guarded(
+            subject, lambda now: self._judge_resync(subject, first, second, now), fields
+        )
+
+    async def _guarded(
+        self,
+        subject: Subject,
+        judge: Callable[[float], Awaitable[tuple[Verdict, dict[str, Any]]]],
+        fields: dict[str, Any],
+    ) -> Verdict:
+        ctx, now = self.ctx, self.ctx.clock()
         effect: FailureEffect | None = None
         began = time.perf_counter()  # timed: guard lock, check, counters; not the back-off
         async with ctx.guard.attempt(subject.user, subject.source, now) as attempt:
@@ -85,7 +109,7 @@ class Verifier:
                 delay = attempt.refusal.delay
                 await attempt.refused()
             else:
-                verdict, details = await self._judge(subject, answer, purpose, now, fields)
+                verdict, details = await judge(now)
                 if verdict.ok:
                     await attempt.succeeded()
                     ctx.metrics.verify_seconds.observe(time.perf_counter() - began)
@@ -161,6 +185,8 @@ class Verifier:
                 return Verdict(Reason.MALFORMED_CODE), {}
             login = subject.site if purpose is Purpose.LOGIN else None
             return await self._spend_recovery_code(subject, spare, now, login, fields), {}
+        if account is not None and account.sealed_secret is not None and params.kind is Kind.HOTP:
+            return await self._judge_hotp(account, subject.site, code, purpose, now)
         sealed = account.sealed_secret if account is not None else None
         found, far = self._match(account.user if account else "", sealed, params, code, now)
         if account is None or found is None:
@@ -183,6 +209,44 @@ class Verifier:
             )
         return Verdict(Reason.REPLAYED_CODE), {}
 
+    async def _judge_hotp(
+        self, account: Account, site: Site, code: str, purpose: Purpose, now: float
+    ) -> tuple[Verdict, dict[str, Any]]:
+        """An HOTP token's code: a counter within the look-ahead after the last one used,
+        marked used atomically (store.consume_step, the TOTP rule: the same or an earlier
+        counter is refused, and of two parallel logins with one code one succeeds)."""
+        assert account.sealed_secret is not None
+        look_ahead = self.ctx.config.hotp.look_ahead
+        secret = self.ctx.box.open(account.user, account.sealed_secret)
+        found = hotp.match(secret, account.params, code, account.last_step, look_ahead)
+        if found is None:
+            return Verdict(Reason.INCORRECT_CODE), {}
+        if found.replayed:
+            return Verdict(Reason.REPLAYED_CODE), {"counter": found.counter}
+        login = site if purpose is Purpose.LOGIN else None
+        if await self.ctx.store.consume_step(account.user, found.counter, 0, now, login):
+            return Verdict(None, "hotp", step=found.counter), {}
+        return Verdict(Reason.REPLAYED_CODE), {"counter": found.counter}
+
+    async def _judge_resync(
+        self, subject: Subject, first: str, second: str, now: float
+    ) -> tuple[Verdict, dict[str, Any]]:
+        account = subject.account
+        params = account.params if account is not None else self._default_params()
+        one, two = totp.normalise(first, params.digits), totp.normalise(second, params.digits)
+        if one is None or two is None:
+            return Verdict(Reason.MALFORMED_CODE), {}
+        if account is None or account.sealed_secret is None or params.kind is not Kind.HOTP:
+            return Verdict(Reason.INCORRECT_CODE), {}
+        secret = self.ctx.box.open(account.user, account.sealed_secret)
+        # about 5 ms for the 1000 counters: off the loop, so no login waits behind it
+        counter = await asyncio.to_thread(hotp.resync, secret, params, one, two, account.last_step)
+        if counter is None:
+            return Verdict(Reason.INCORRECT_CODE), {}
+        if await self.ctx.store.consume_step(account.user, counter, 0, now, None):
+            return Verdict(None, "hotp", step=counter), {"counter": counter}
+        return Verdict(Reason.REPLAYED_CODE), {}
+
     def _judge_pending(self, pending: PendingEnrolment | None, answer: str, now: float) -> Verdict:
         params = pending.params if pending is not None else self._default_params()
         code = totp.normalise(answer, params.digits)
@@ -201,6 +265,7 @@ class Verifier:
         drifting phone (never accepted). No secret: the same work on a dummy, never a match."""
         window = self.ctx.config.totp.window
         if sealed is None:
+            # an unknown user's decoy costs what an app's code does (most tokens are TOTP)
             totp.decoy(params, code, now, window)
             return None, None
         secret = self.ctx.box.open(user, sealed)
