@@ -31,6 +31,7 @@ from mfa_cli.lifecycle import (
     unexempt,
     unlock,
 )
+from mfa_cli.paminstall import pam
 
 
 class _Ordered(click.Group):
@@ -107,6 +108,7 @@ for command in (
     unlock,
     forget,
     audit,
+    pam,
 ):
     cli.add_command(command)
 
