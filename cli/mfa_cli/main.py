@@ -18,6 +18,7 @@ from mfa_cli import __version__
 from mfa_cli.accounts import list_accounts, show, status
 from mfa_cli.audit import audit
 from mfa_cli.client import DEFAULT_SOCKET, DaemonClient
+from mfa_cli.doctor import doctor
 from mfa_cli.enrol import enroll, recovery_codes
 from mfa_cli.errors import EXIT_CODES
 from mfa_cli.lifecycle import (
@@ -67,6 +68,8 @@ Examples, for root and the admin group:
   mfa forget alice               after `userdel alice`: drop mfad's account of
                                  her (token, codes, history; the audit keeps all)
   mfa audit --since 2h           the audit trail; see `mfa audit --help`
+  mfa pam install sshd           ask for the code in sshd's PAM stack (root)
+  mfa doctor                     is the second factor in force? (root)
 
 {EXIT_CODES}""",
 )
@@ -109,6 +112,7 @@ for command in (
     forget,
     audit,
     pam,
+    doctor,
 ):
     cli.add_command(command)
 
