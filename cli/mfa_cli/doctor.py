@@ -377,6 +377,7 @@ class Doctor:
         states = {str(a.get("user")): str(a.get("state")) for a in self.accounts or []}
         must: list[str] = []
         may: list[str] = []
+        exempt: list[str] = []
         for user in _local_users():
             try:
                 own = self._sshd_settings(user)
@@ -387,11 +388,13 @@ class Doctor:
             why = _without_code(own, stack)
             if not why:
                 continue
-            needs = (
-                states.get(user) in ("active", "pending")
-                or self.settings.mode_for("sshd") == "required"
-            )
-            (must if needs and states.get(user) != "exempt" else may).append(f"{user} ({why})")
+            state = states.get(user)
+            if state == "exempt":
+                exempt.append(user)
+            elif state in ("active", "pending") or self.settings.mode_for("sshd") == "required":
+                must.append(f"{user} ({why})")
+            else:
+                may.append(f"{user} ({why})")
         if must:
             return Check(
                 "sshd.methods",
@@ -408,6 +411,8 @@ class Doctor:
                 f"{deployment}; a Match block lets in without a code: {', '.join(may)}",
                 "`mfa exempt USER --reason 'service account'` to record that it is meant",
             )
+        if exempt:
+            deployment += f"; a Match block for exempt service accounts: {', '.join(exempt)}"
         if stack == "password" and "password" in _methods_used(base):
             return Check(
                 "sshd.methods",
