@@ -366,3 +366,20 @@ def test_users_clock_offsets_all_one_way_point_at_the_host_clock(
     assert checks["clock.offsets"]["status"] == "WARN"
     assert "+1 to +1 steps" in checks["clock.offsets"]["summary"]
     assert "this host's clock is likely wrong" in checks["clock.offsets"]["summary"]
+
+
+def test_the_health_op_is_for_administrators_only(machine: Machine, make_user: MakeUser) -> None:
+    """A user who is not an administrator running `mfa doctor`: mfad refuses its health
+    op (`forbidden`, audited with the actor); the daemon check says to run it as root."""
+    user = make_user()
+
+    run = machine.mfad.mfa_as(user, "doctor", "--json", "--config", str(machine.mfad.config_path))
+
+    assert run.stdout, run.stderr
+    checks = {c["name"]: c for c in json.loads(run.stdout)["checks"]}
+    assert run.returncode == 1
+    assert checks["daemon"]["status"] == "FAIL"
+    assert "only an administrator" in checks["daemon"]["summary"]
+    assert "as root" in checks["daemon"]["fix"]
+    [refusal] = [r for r in machine.mfad.audit() if r.get("op") == "health"]
+    assert (refusal["outcome"], refusal["actor"]) == ("refused", user)

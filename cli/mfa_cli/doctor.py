@@ -23,12 +23,13 @@ The checks, in the order printed:
 
 from __future__ import annotations
 
+import functools
 import pwd
 import shutil
 import stat
 import statistics
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,10 @@ class Doctor:
         checks = [self.daemon()]
         checks += self.load_settings()
         checks.append(self.key())
-        checks += self.files()
-        checks += [self.pam(service) for service in self.service_names()]
-        checks += self.sshd_checks()
+        checks += _guarded("files", self.files)
+        for service in self.service_names():
+            checks += _guarded(f"pam.{service}", functools.partial(self.pam_checks, service))
+        checks += _guarded("sshd", self.sshd_checks)
         checks.append(clock_sync())
         checks.append(self.clock_offsets())
         return checks
@@ -232,6 +234,9 @@ class Doctor:
         if not self.services:
             names += [s for s in self.settings.services if s not in names]
         return names
+
+    def pam_checks(self, service: str) -> list[Check]:
+        return [self.pam(service)]
 
     def pam(self, service: str) -> Check:
         name = f"pam.{service}"
@@ -468,6 +473,14 @@ class Problem:
     status: str
     summary: str
     fix: str
+
+
+def _guarded(name: str, check: Callable[[], list[Check]]) -> list[Check]:
+    """`check`'s results; a file it may not read is a WARN that says to run as root."""
+    try:
+        return check()
+    except PermissionError as exc:
+        return [Check(name, WARN, f"cannot look: {exc}", "run `mfa doctor` as root")]
 
 
 def _rank(status: str) -> int:
