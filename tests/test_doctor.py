@@ -25,6 +25,7 @@ from conftest import Daemon, MakeUser, totp_now
 from pamfiles import debian_pam_dir
 from wire import PamWire
 
+from mfa_cli import pamstack
 from mfa_cli.main import cli
 from mfa_wire.framing import Frame
 
@@ -383,3 +384,31 @@ def test_the_health_op_is_for_administrators_only(machine: Machine, make_user: M
     assert "as root" in checks["daemon"]["fix"]
     [refusal] = [r for r in machine.mfad.audit() if r.get("op") == "health"]
     assert (refusal["outcome"], refusal["actor"]) == ("refused", user)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_snippets_are_what_doctor_accepts(machine: Machine) -> None:
+    """etc/ssh/sshd_config.d/pam-mfa.conf as shipped is the password + code deployment,
+    and with its key + code line in force and `pam install --mode key` the key + code
+    one; etc/pam.d/sshd's stack is judged sound."""
+    shipped = (ROOT / "etc/ssh/sshd_config.d/pam-mfa.conf").read_text()
+    machine.sshd(shipped)
+    code, checks = machine.doctor()
+    assert code == 0, failed(checks)
+    assert "in force: password + code" in checks["sshd.methods"]["summary"]
+
+    machine.install("sshd", "--mode", "key")
+    machine.sshd(
+        shipped.replace("\nAuthenticationMethods keyboard-interactive\n", "\n").replace(
+            "#AuthenticationMethods publickey", "AuthenticationMethods publickey"
+        )
+    )
+    code, checks = machine.doctor()
+    assert code == 0, failed(checks)
+    assert "in force: public key + code" in checks["sshd.methods"]["summary"]
+
+    (machine.pam_dir / "snippet").write_text((ROOT / "etc/pam.d/sshd").read_text())
+    report = pamstack.analyse(machine.pam_dir, "snippet")
+    assert report.ok and report.mode == "password", report.findings
