@@ -216,3 +216,44 @@ def test_wrong_password_never_reaches_the_module_in_the_installed_stack(
     assert not any(ENROL_INTRO in text for text in refused.texts())
     assert refused.texts("prompt_off") == ["Password: "]
     assert [r for r in mfad.audit()[before:] if r.get("user") == user] == []
+
+
+@pytest.mark.parametrize(
+    ("stack", "password", "codes", "problem"),
+    [
+        # a right password ends the stack: no code is asked
+        ("auth sufficient pam_unix.so\n{mfa}\nauth required pam_deny.so\n", PASSWORD, [], "bypass"),
+        # a wrong code is ignored
+        ("@include common-auth\nauth optional {module}\n", PASSWORD, ["000000"] * 3, "bypass"),
+        # the jump skips pam_mfa.so
+        (
+            "auth [success=2 default=ignore] pam_unix.so\nauth requisite pam_deny.so\n{mfa}\n"
+            "auth required pam_permit.so\n",
+            PASSWORD,
+            [],
+            "bypass",
+        ),
+    ],
+    ids=["after-sufficient-unix", "optional", "jumped-over"],
+)
+def test_what_the_judge_calls_a_bypass_is_one_through_libpam(
+    pam_dir: Path,
+    pam_module: Path,
+    mfad: Daemon,
+    make_user: MakeUser,
+    stack: str,
+    password: str,
+    codes: list[str],
+    problem: str,
+) -> None:
+    """Each stack pamstack (and so `mfa doctor`) calls bypassable does let an enrolled user
+    in through the real libpam without a right code."""
+    user = make_user(PASSWORD)
+    mfad.enroll(user)
+    module = f"{pam_module} socket={mfad.pam_socket}"
+    (pam_dir / "svc").write_text(stack.format(mfa=f"auth required {module}", module=module))
+
+    result = authenticate(pam_dir, "svc", user, [password, *codes])
+
+    assert result.name == "PAM_SUCCESS", result
+    assert problem in {f.problem.value for f in pamstack.analyse(pam_dir, "svc").findings}

@@ -259,14 +259,21 @@ class Doctor:
         if not report.mfa:
             if mode == "off":
                 return Check(name, OK, f"no pam_mfa.so, and mfad.yaml says `{service}: off`")
+            base = SERVICE_VARIANTS.get(service)
+            install = (
+                f"`mfa pam install {base}` (Debian's {service} includes {base}) or "
+                f"`mfa pam install {service}`"
+                if base
+                else f"`mfa pam install {service}`"
+            )
             return Check(
                 name,
                 FAIL if configured else WARN,
                 f"pam_mfa.so is not in {path}'s auth stack: {service} logins ask for no code",
-                f"`mfa pam install {service}`, or `services: {{{service}: off}}` in mfad.yaml "
-                "to say it is meant",
+                f"{install}, or `services: {{{service}: off}}` in mfad.yaml to say it is meant",
             )
-        bad = [f for f in report.findings if f.problem is not pamstack.Problem.TWICE]
+        minor = (pamstack.Problem.TWICE, pamstack.Problem.AFTER_FAILED_CHECK)
+        bad = [f for f in report.findings if f.problem not in minor]
         if bad:
             return Check(name, FAIL, bad[0].message, bad[0].fix)
         if report.mode == "key" and service != "sshd":
@@ -388,7 +395,7 @@ class Doctor:
                 own = self._sshd_settings(user)
             except CliError:
                 continue
-            if own.get("authenticationmethods") == base.get("authenticationmethods"):
+            if all(own.get(key) == base.get(key) for key in _METHOD_SETTINGS):
                 continue
             why = _without_code(own, stack)
             if not why:
@@ -606,6 +613,11 @@ _ENABLED_BY = {
     "hostbased": "hostbasedauthentication",
     "gssapi-with-mic": "gssapiauthentication",
 }
+
+
+_METHOD_SETTINGS = ("usepam", "authenticationmethods", *_ENABLED_BY.values())
+"""The settings of sshd -T that decide how a login can complete (a Match block may change
+any of them)."""
 
 
 def _method_lists(settings: dict[str, str]) -> list[tuple[str, ...]]:

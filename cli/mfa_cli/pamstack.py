@@ -120,6 +120,21 @@ _OUTCOMES: dict[str, tuple[int, ...]] = {
 }
 _PASSWORD_OUTCOMES = (SUCCESS, AUTH_ERR, USER_UNKNOWN, AUTHINFO_UNAVAIL, IGNORE)
 _OTHER_OUTCOMES = (SUCCESS, IGNORE, AUTH_ERR)
+_NEUTRAL = frozenset(
+    {
+        "pam_env.so",
+        "pam_faildelay.so",
+        "pam_echo.so",
+        "pam_warn.so",
+        "pam_cap.so",
+        "pam_group.so",
+        "pam_keyinit.so",
+        "pam_umask.so",
+        "pam_gnome_keyring.so",
+        "pam_kwallet5.so",
+    }
+)
+"""Modules whose auth part sets something up and checks nothing: success or skip."""
 
 
 class StackError(Exception):
@@ -324,7 +339,8 @@ class _State:
     status: int
     substates: tuple[tuple[int, int], ...]  # (impression, status) saved per level entered
     password: bool  # a password module succeeded on this path
-    failed_password: int | None  # index of the first password module that failed here
+    failed_password: int | None  # the first password module that failed here, or other
+    # module whose failure set the stack towards refusal
     mfa: int | None  # what pam_mfa.so returned on this path
     root: bool  # pam_rootok succeeded: the caller is root
     culprit: int | None  # the line that ended the stack early or jumped over pam_mfa.so
@@ -346,6 +362,7 @@ class Problem(enum.Enum):
     SKIP_REFUSED = "skip_refused"
     CODE_REFUSED = "code_refused"
     TWICE = "twice"
+    AFTER_FAILED_CHECK = "after_failed_check"  # not the password: the user still had to know it
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +425,8 @@ def _outcomes(line: Line) -> tuple[int, ...]:
         return _OUTCOMES[line.name]
     if line.name in PASSWORD_MODULES:
         return _PASSWORD_OUTCOMES
+    if line.name in _NEUTRAL:
+        return (SUCCESS, IGNORE)
     return _OTHER_OUTCOMES
 
 
@@ -455,6 +474,8 @@ def _step(lines: list[Line], s: _State, code: int) -> Iterable[_State]:
     failed = s.failed_password
     if failed is None and line.name in PASSWORD_MODULES and code != SUCCESS:
         failed = i
+    if failed is None and s.impression != -1 and line.action(code) in ("bad", "die"):
+        failed = i  # this failure turned the stack towards refusal, and it carries on
     mfa = code if line.name == MODULE else s.mfa
     root = s.root or (line.name == "pam_rootok.so" and code == SUCCESS)
     culprit = s.culprit
@@ -509,8 +530,20 @@ def _judge_ends(
     mfa_line = next(line for line in lines if line.name == MODULE)
     if early:
         culprits = sorted({s.failed_password for s in early if s.failed_password is not None})
-        if culprits:
+        checks = [i for i in culprits if lines[i].name not in PASSWORD_MODULES]
+        if culprits and len(checks) == len(culprits):
             named = ", ".join(str(lines[i]) for i in culprits)
+            found.append(
+                Finding(
+                    Problem.AFTER_FAILED_CHECK,
+                    f"pam_mfa.so ({mfa_line.where}) runs after a failed check ({named} fails "
+                    "and the stack carries on): the login is already refused, yet the user is "
+                    "asked for a code and a pending user shown a new secret",
+                    "make that line `requisite`, or put pam_mfa.so before it",
+                )
+            )
+        elif culprits:
+            named = ", ".join(str(lines[i]) for i in culprits if i not in checks)
             found.append(
                 Finding(
                     Problem.MFA_AFTER_FAILED_PASSWORD,
