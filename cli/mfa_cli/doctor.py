@@ -117,7 +117,8 @@ class Doctor:
         checks += _guarded("files", self.files)
         for service in self.service_names():
             checks += _guarded(f"pam.{service}", functools.partial(self.pam_checks, service))
-        checks += _guarded("sshd", self.sshd_checks)
+        if "sshd" in self.service_names():
+            checks += _guarded("sshd", self.sshd_checks)
         checks.append(clock_sync())
         checks.append(self.clock_offsets())
         return checks

@@ -209,12 +209,18 @@ def remove(pam_dir: Path, service: str, backup_dir: Path) -> Outcome:
         written.unlink()
         return Outcome(True, f"{path}: pam_mfa.so removed; the file is as it was before")
     _replace(path, strip_marked(current))
+    edited = written.exists()
     written.unlink(missing_ok=True)
-    kept = f"; the file as it was before install is still {backup}" if backup.exists() else ""
+    if not backup.exists():
+        return Outcome(True, f"{path}: pam_mfa.so removed (no backup of the original was found)")
+    why = (
+        "the file was edited since install, and those edits are kept"
+        if edited
+        else "install's record of what it wrote is gone"
+    )
     return Outcome(
         True,
-        f"{path}: pam_mfa.so removed; the file was edited since install, and those edits "
-        f"are kept{kept}",
+        f"{path}: pam_mfa.so removed; {why}; the file as it was before install is still {backup}",
     )
 
 
@@ -340,6 +346,8 @@ def install_command(
         outcome = install(pam_dir, service, mode, module, module_args, backup_dir)
     except pamstack.StackError as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise _unwritable(exc) from None
     except InstallRefused as exc:
         for finding in exc.reasons:
             click.echo(f"- {safe(finding.message)}\n  fix: {safe(finding.fix)}", err=True)
@@ -353,4 +361,12 @@ def install_command(
 @_backup_dir
 def remove_command(service: str, pam_dir: Path, backup_dir: Path) -> None:
     """Take out what `mfa pam install` added to SERVICE; the file as it was before."""
-    click.echo(safe(remove(pam_dir, service, backup_dir).message))
+    try:
+        outcome = remove(pam_dir, service, backup_dir)
+    except OSError as exc:
+        raise _unwritable(exc) from None
+    click.echo(safe(outcome.message))
+
+
+def _unwritable(exc: OSError) -> CliError:
+    return CliError(f"cannot write {exc.filename}: {exc.strerror} (run as root)")
