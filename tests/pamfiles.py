@@ -1,9 +1,11 @@
 """Debian 12's PAM service files, as shipped (comments dropped), for tests that install
 pam_mfa.so or judge stacks in a directory of their own instead of /etc/pam.d.
 
-pam_wrapper (tests/pamtest.py) reads such a directory as libpam's /etc/pam.d, so
-`@include common-auth` resolves inside it: the same files serve `mfa pam install`,
-`mfa doctor` and real logins through libpam.
+`mfa pam install` and `mfa doctor` read such a directory whole. pam_wrapper
+(tests/pamtest.py) redirects only the service file libpam opens first: an `@include
+common-auth` in it is read from the machine's own /etc/pam.d (read, never written),
+which on Debian 12 holds the same common-auth as here. A test that needs an included
+file of its own names it by absolute path.
 """
 
 from __future__ import annotations

@@ -412,3 +412,20 @@ def test_the_shipped_snippets_are_what_doctor_accepts(machine: Machine) -> None:
     (machine.pam_dir / "snippet").write_text((ROOT / "etc/pam.d/sshd").read_text())
     report = pamstack.analyse(machine.pam_dir, "snippet")
     assert report.ok and report.mode == "password", report.findings
+
+
+def test_the_password_method_with_the_password_stack_is_a_warning(machine: Machine) -> None:
+    """`PasswordAuthentication yes` beside keyboard-interactive: sshd's password method
+    answers the code prompt with the password, so enrolled users fail that way and each
+    try counts as a wrong code. WARN, with `PasswordAuthentication no` as the fix."""
+    machine.sshd(
+        "UsePAM yes\nKbdInteractiveAuthentication yes\nPasswordAuthentication yes\n"
+        "AuthenticationMethods keyboard-interactive password\n"
+    )
+
+    code, checks = machine.doctor()
+
+    assert code == 0
+    assert checks["sshd.methods"]["status"] == "WARN"
+    assert "answers the code prompt with the password" in checks["sshd.methods"]["summary"]
+    assert checks["sshd.methods"]["fix"] == "PasswordAuthentication no"

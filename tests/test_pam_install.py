@@ -257,3 +257,28 @@ def test_what_the_judge_calls_a_bypass_is_one_through_libpam(
 
     assert result.name == "PAM_SUCCESS", result
     assert problem in {f.problem.value for f in pamstack.analyse(pam_dir, "svc").findings}
+
+
+@pytest.mark.parametrize(("how", "asked"), [("include", False), ("substack", True)])
+def test_include_and_substack_are_judged_as_libpam_runs_them(
+    pam_dir: Path, pam_module: Path, mfad: Daemon, make_user: MakeUser, how: str, asked: bool
+) -> None:
+    """A file with `auth sufficient pam_unix.so`, pulled in with `include`, ends the whole
+    stack on a right password (no code: the judge says bypass); pulled in with `substack`,
+    it ends only the substack and the code is asked (the judge finds no bypass)."""
+    user = make_user(PASSWORD)
+    secret = mfad.enroll(user)
+    (pam_dir / "password-auth").write_text(
+        "auth sufficient pam_unix.so\nauth requisite pam_deny.so\n"
+    )
+    module = f"{pam_module} socket={mfad.pam_socket}"
+    # by absolute path: pam_wrapper redirects the service file, not what it includes
+    included = pam_dir / "password-auth"
+    (pam_dir / "svc").write_text(f"auth {how} {included}\nauth required {module}\n")
+
+    result = authenticate(pam_dir, "svc", user, [PASSWORD, totp_now(secret)])
+
+    assert result.name == "PAM_SUCCESS", result
+    assert (result.texts("prompt_off") == ["Password: ", "Verification code: "]) is asked
+    problems = {f.problem for f in pamstack.analyse(pam_dir, "svc").findings}
+    assert (pamstack.Problem.BYPASS in problems) is not asked
