@@ -4,9 +4,10 @@ Each check ends OK, WARN or FAIL, with a one-line fix for the last two; the comm
 exits 1 if any check FAILs. Run as root: it asks mfad (the `health` and `list` ops,
 administrators only), reads the files mfad uses, the PAM service files (through
 mfa_cli.pamstack, the judgement `mfa pam install` writes by) and sshd's effective
-settings (`sshd -T`, once for everyone and once per local user, so that `Match` blocks
-count). Every path it reads can be given as an option, so that tests never touch the
-machine's own files; the defaults are the real system's.
+settings (mfa_cli.sshdconf: `sshd -T`, once for everyone and once per local user, so
+that `Match` blocks count), and asks mfa_cli.clocksync about the clock. Every path it
+reads can be given as an option, so that tests never touch the machine's own files; the
+defaults are the real system's.
 
 The checks, in the order printed:
 
@@ -24,11 +25,8 @@ The checks, in the order printed:
 from __future__ import annotations
 
 import functools
-import pwd
-import shutil
 import stat
 import statistics
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 import click
 import yaml
 
-from mfa_cli import __version__, pamstack
+from mfa_cli import __version__, clocksync, pamstack, sshdconf
 from mfa_cli.client import DaemonClient, pass_client
 from mfa_cli.display import json_text, safe
 from mfa_cli.errors import CliError, DaemonUnreachable
@@ -57,13 +55,6 @@ MODULE_DIRS = (
     Path("/usr/lib/security"),
     Path("/lib/security"),
 )
-NO_LOGIN_SHELLS = frozenset(
-    {"", "/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false"}
-)
-PROBE_USER = "mfa-doctor-nobody"
-"""The user sshd -T is asked about for its settings outside every `Match User` block."""
-MAX_USERS = 2000
-"""Local users whose sshd settings are evaluated one by one (13 ms each)."""
 SETUP = "see the README, 'Requiring a code for SSH logins'"
 
 
@@ -338,7 +329,7 @@ class Doctor:
         if not self.sshd.exists():
             return [Check("sshd", OK, f"no {self.sshd}: no SSH server here")]
         try:
-            base = self._sshd_settings(PROBE_USER)
+            base = self._sshd_settings(sshdconf.PROBE_USER)
         except CliError as exc:
             return [Check("sshd", FAIL, str(exc.message), "`sshd -t` says what is wrong")]
         report = self.pam_reports.get("sshd")
@@ -349,7 +340,7 @@ class Doctor:
                     "sshd.methods",
                     OK if self.settings.mode_for("sshd") == "off" else WARN,
                     f"no code over SSH ({'mode off' if stack else 'pam_mfa.so not in sshd'}); "
-                    + _deployment(base, stack),
+                    + sshdconf.deployment(base, stack),
                     "" if self.settings.mode_for("sshd") == "off" else "`mfa pam install sshd`",
                 )
             ]
@@ -358,28 +349,14 @@ class Doctor:
         return checks
 
     def _sshd_settings(self, user: str) -> dict[str, str]:
-        spec = f"user={user},host=doctor.invalid,addr=192.0.2.1,laddr=192.0.2.2,lport=22"
         try:
-            done = subprocess.run(
-                [str(self.sshd), "-T", "-f", str(self.sshd_config), "-C", spec],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise CliError(f"cannot run {self.sshd} -T: {exc}") from None
-        if done.returncode != 0:
-            raise CliError(f"{self.sshd} -T -f {self.sshd_config}: {done.stderr.strip()}")
-        settings: dict[str, str] = {}
-        for line in done.stdout.splitlines():
-            key, _, value = line.partition(" ")
-            settings.setdefault(key, value)
-        return settings
+            return sshdconf.effective(self.sshd, self.sshd_config, user)
+        except sshdconf.SshdError as exc:
+            raise CliError(str(exc)) from None
 
     def _methods(self, base: dict[str, str], stack: str) -> Check:
-        bad = _without_code(base, stack)
-        deployment = _deployment(base, stack)
+        bad = sshdconf.without_code(base, stack)
+        deployment = sshdconf.deployment(base, stack)
         if bad:
             return Check(
                 "sshd.methods",
@@ -391,14 +368,14 @@ class Doctor:
         must: list[str] = []
         may: list[str] = []
         exempt: list[str] = []
-        for user in _local_users():
+        for user in sshdconf.local_users():
             try:
                 own = self._sshd_settings(user)
             except CliError:
                 continue
-            if all(own.get(key) == base.get(key) for key in _METHOD_SETTINGS):
+            if all(own.get(key) == base.get(key) for key in sshdconf.METHOD_SETTINGS):
                 continue
-            why = _without_code(own, stack)
+            why = sshdconf.without_code(own, stack)
             if not why:
                 continue
             state = states.get(user)
@@ -426,7 +403,7 @@ class Doctor:
             )
         if exempt:
             deployment += f"; a Match block for exempt service accounts: {', '.join(exempt)}"
-        if stack == "password" and "password" in _methods_used(base):
+        if stack == "password" and "password" in sshdconf.methods_used(base):
             return Check(
                 "sshd.methods",
                 WARN,
@@ -600,75 +577,6 @@ def settings_from_file(path: Path) -> Settings:
     )
 
 
-def _local_users() -> list[str]:
-    users = [p.pw_name for p in pwd.getpwall() if p.pw_shell not in NO_LOGIN_SHELLS]
-    return sorted(set(users))[:MAX_USERS]
-
-
-# --- sshd's methods ---
-
-_ENABLED_BY = {
-    "publickey": "pubkeyauthentication",
-    "password": "passwordauthentication",
-    "keyboard-interactive": "kbdinteractiveauthentication",
-    "hostbased": "hostbasedauthentication",
-    "gssapi-with-mic": "gssapiauthentication",
-}
-
-
-_METHOD_SETTINGS = ("usepam", "authenticationmethods", *_ENABLED_BY.values())
-"""The settings of sshd -T that decide how a login can complete (a Match block may change
-any of them)."""
-
-
-def _method_lists(settings: dict[str, str]) -> list[tuple[str, ...]]:
-    """The method lists that can complete a login, each as the methods it needs."""
-    enabled = {m for m, key in _ENABLED_BY.items() if settings.get(key) == "yes"}
-    value = settings.get("authenticationmethods", "any")
-    if value == "any":
-        return [(m,) for m in _ENABLED_BY if m in enabled]
-    lists = [tuple(m.split(":")[0] for m in item.split(",")) for item in value.split()]
-    return [methods for methods in lists if set(methods) <= enabled]
-
-
-def _methods_used(settings: dict[str, str]) -> set[str]:
-    return {m for methods in _method_lists(settings) for m in methods}
-
-
-def _runs_pam(methods: tuple[str, ...], settings: dict[str, str]) -> bool:
-    if settings.get("usepam") != "yes":
-        return False
-    return "keyboard-interactive" in methods or "password" in methods
-
-
-def _without_code(settings: dict[str, str], stack: str | None) -> str:
-    """How a login can pass these settings without a code ("" if none can)."""
-    ways = []
-    for methods in _method_lists(settings):
-        shown = "+".join(methods)
-        if not _runs_pam(methods, settings):
-            ways.append(f"`{shown}` alone")
-        elif stack == "key" and "publickey" not in methods:
-            what = "any password" if "keyboard-interactive" not in methods else "the code alone"
-            ways.append(f"`{shown}` with {what} (the key stack checks no password)")
-    return "; ".join(dict.fromkeys(ways))
-
-
-def _deployment(settings: dict[str, str], stack: str | None) -> str:
-    lists = _method_lists(settings)
-    if not lists:
-        return "no method can complete a login"
-    shown = " ".join(",".join(m) for m in lists)
-    if settings.get("usepam") == "yes" and all("keyboard-interactive" in m for m in lists):
-        if stack == "key" and all("publickey" in m for m in lists):
-            return f"in force: public key + code (AuthenticationMethods {shown})"
-        if stack == "password" and all("publickey" in m for m in lists):
-            return f"in force: public key + password + code (AuthenticationMethods {shown})"
-        if stack == "password":
-            return f"in force: password + code (AuthenticationMethods {shown})"
-    return f"methods that complete a login: {shown}"
-
-
 def _methods_fix(stack: str) -> str:
     if stack == "key":
         return (
@@ -696,62 +604,26 @@ def _pam_settings(settings: dict[str, str]) -> Check:
     return Check("sshd.pam", OK, "UsePAM yes, KbdInteractiveAuthentication yes")
 
 
-# --- the system clock ---
-
-
 def clock_sync() -> Check:
     """Whether the system clock is synchronised, as timedatectl, chronyc or ntpq says."""
-    for probe in (_timedatectl, _chrony, _ntpq):
-        verdict = probe()
-        if verdict is None:
-            continue
-        synced, source = verdict
-        if synced:
-            return Check("clock.sync", OK, f"synchronised ({source})")
+    verdict = clocksync.synchronised()
+    if verdict is None:
         return Check(
             "clock.sync",
-            FAIL,
-            f"not synchronised ({source}): codes drift out of totp.window",
-            "enable NTP (`timedatectl set-ntp true`, or install chrony)",
+            WARN,
+            "cannot tell whether the clock is synchronised (no answer from timedatectl, "
+            "chronyc or ntpq)",
+            "run an NTP client (chrony, systemd-timesyncd or ntpsec)",
         )
+    synced, source = verdict
+    if synced:
+        return Check("clock.sync", OK, f"synchronised ({source})")
     return Check(
         "clock.sync",
-        WARN,
-        "cannot tell whether the clock is synchronised (no answer from timedatectl, chronyc "
-        "or ntpq)",
-        "run an NTP client (chrony, systemd-timesyncd or ntpsec)",
+        FAIL,
+        f"not synchronised ({source}): codes drift out of totp.window",
+        "enable NTP (`timedatectl set-ntp true`, or install chrony)",
     )
-
-
-def _run(*argv: str) -> str | None:
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
-def _timedatectl() -> tuple[bool, str] | None:
-    out = _run("timedatectl", "show", "--property=NTPSynchronized", "--value")
-    if out is None or out.strip() not in ("yes", "no"):
-        return None
-    return out.strip() == "yes", "timedatectl"
-
-
-def _chrony() -> tuple[bool, str] | None:
-    out = _run("chronyc", "-n", "tracking")
-    if out is None or "Leap status" not in out:
-        return None
-    return "Not synchronised" not in out, "chronyc tracking"
-
-
-def _ntpq() -> tuple[bool, str] | None:
-    out = _run("ntpq", "-c", "rv 0 leap")
-    if out is None or "leap=" not in out:
-        return None
-    return "leap=11" not in out and "leap=3" not in out, "ntpq"
 
 
 # --- the command ---
