@@ -282,3 +282,28 @@ def test_include_and_substack_are_judged_as_libpam_runs_them(
     assert (result.texts("prompt_off") == ["Password: ", "Verification code: "]) is asked
     problems = {f.problem for f in pamstack.analyse(pam_dir, "svc").findings}
     assert (pamstack.Problem.BYPASS in problems) is not asked
+
+
+def test_install_leaves_a_hand_written_line_alone(pam_dir: Path) -> None:
+    """pam_mfa.so already in the file, not put there by `pam install`: it is not touched
+    (the administrator's line is theirs), and the message says how to proceed."""
+    text = "@include common-auth\nauth required pam_mfa.so timeout=5\n"
+    (pam_dir / "sudo").write_text(text)
+
+    result = install(pam_dir, "sudo")
+
+    assert result.exit_code == 1
+    assert "was not written by `mfa pam install`" in result.output
+    assert (pam_dir / "sudo").read_text() == text
+
+
+@pytest.mark.parametrize("arg", ["socket=/run/x #y", "fail=open#", "[debug]", ""])
+def test_a_module_argument_libpam_would_split_is_refused(pam_dir: Path, arg: str) -> None:
+    """An argument with a blank, `#` or bracket would not reach pam_mfa.so as written:
+    a usage error, and the file is not touched."""
+    before = (pam_dir / "sshd").read_text()
+
+    result = install(pam_dir, "sshd", "--module-arg", arg)
+
+    assert result.exit_code == 2
+    assert (pam_dir / "sshd").read_text() == before

@@ -330,6 +330,7 @@ def pam() -> None:
     multiple=True,
     metavar="ARG",
     help="An argument for pam_mfa.so, e.g. socket=/run/mfad/pam.sock or fail=open; repeatable.",
+    callback=lambda _ctx, _param, value: _plain_words(value),
 )
 @_pam_dir
 @_backup_dir
@@ -366,6 +367,17 @@ def remove_command(service: str, pam_dir: Path, backup_dir: Path) -> None:
     except OSError as exc:
         raise _unwritable(exc) from None
     click.echo(safe(outcome.message))
+
+
+def _plain_words(values: tuple[str, ...]) -> tuple[str, ...]:
+    """A module argument libpam reads as one: no blank (it splits there), no `#` (a
+    comment from there on), no bracket (its quoting), nothing unprintable."""
+    for value in values:
+        if not value or any(c in value for c in " \t#[]") or not value.isprintable():
+            raise click.BadParameter(
+                f"{value!r}: a module argument may hold no blank, `#`, bracket or control character"
+            )
+    return values
 
 
 def _unwritable(exc: OSError) -> CliError:
