@@ -249,6 +249,7 @@ class PrivateSshd:
         *,
         interactive: bool = False,
         ssh_options: Sequence[str] = (),
+        methods: str = "keyboard-interactive",
     ) -> Login:
         """Run `ssh user@127.0.0.1 command` as a person would, answering each prompt.
 
@@ -264,6 +265,7 @@ class PrivateSshd:
         remotely (ssh then allocates a pseudo-terminal, as for a person who just
         types `ssh host`), and types `command; exit` at the shell's first prompt.
         `ssh_options` go to the client before the destination (e.g. `-q`).
+        `methods` is the client's PreferredAuthentications (a key: add `-i KEY` too).
         """
         pending = list(codes)
         result = Login(output="")
@@ -278,7 +280,7 @@ class PrivateSshd:
                 "-o",
                 "UserKnownHostsFile=/dev/null",
                 "-o",
-                "PreferredAuthentications=keyboard-interactive",
+                f"PreferredAuthentications={methods}",
                 "-o",
                 "ConnectTimeout=10",
                 "-p",

@@ -19,6 +19,7 @@ from mfa_cli import __version__
 from mfa_cli.accounts import list_accounts, show, status
 from mfa_cli.audit import audit
 from mfa_cli.client import DEFAULT_SOCKET, DaemonClient
+from mfa_cli.doctor import doctor
 from mfa_cli.enrol import enroll, recovery_codes
 from mfa_cli.errors import EXIT_CODES
 from mfa_cli.imports import import_tokens, resync
@@ -34,6 +35,7 @@ from mfa_cli.lifecycle import (
     unlock,
 )
 from mfa_cli.metrics import metrics
+from mfa_cli.paminstall import pam
 
 
 class _Ordered(click.Group):
@@ -74,6 +76,9 @@ Examples, for root and the admin group:
                                  take over ~/.google_authenticator files
   mfa import oath /etc/users.oath  take over pam_oath's tokens
   mfa audit --since 2h           the audit trail; see `mfa audit --help`
+  mfa metrics                    counters for Prometheus (logins, locks, errors)
+  mfa pam install sshd           ask for the code in sshd's PAM stack (root)
+  mfa doctor                     is the second factor in force? (root)
 
 {EXIT_CODES}""",
 )
@@ -118,6 +123,8 @@ for command in (
     import_tokens,
     audit,
     metrics,
+    pam,
+    doctor,
 ):
     cli.add_command(command)
 

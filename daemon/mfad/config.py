@@ -21,6 +21,10 @@ from mfad.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/mfad/mfad.yaml")
 MODES = ("off", "optional", "required")
+SERVICE_VARIANTS = {"su-l": "su", "sudo-i": "sudo"}
+"""PAM services that are the login-shell form of another: `su -` runs su-l and `sudo -i`
+runs sudo-i. A `services` entry for the base name covers the variant too, unless the
+variant has an entry of its own: a rule for `su` that `su -` escaped would be a hole."""
 ALGORITHMS = ("SHA1", "SHA256", "SHA512")
 
 
@@ -102,7 +106,11 @@ class Config:
     enrolment: EnrolmentConfig = field(default_factory=EnrolmentConfig)
 
     def mode_for(self, service: str) -> str:
-        return self.services.get(service, self.mode)
+        """The mode for logins through PAM service `service`: its `services` entry, else
+        that of the service it is a variant of (SERVICE_VARIANTS), else `mode`."""
+        if service in self.services:
+            return self.services[service]
+        return self.services.get(SERVICE_VARIANTS.get(service, ""), self.mode)
 
 
 # --- validators: each takes the raw YAML value and returns the typed one or raises ValueError ---

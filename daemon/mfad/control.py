@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import grp
+import hmac
 import json
 import os
 import pwd
@@ -38,7 +39,7 @@ from mfa_wire.control import decode_request, failure, json_chunks
 from mfa_wire.errors import BadMessage, ErrorCode
 from mfa_wire.events import Event, Outcome
 from mfa_wire.framing import Frame
-from mfad import auditread, times
+from mfad import __version__, auditread, times
 from mfad.accounts import AccountOps, Caller
 from mfad.context import Context
 from mfad.errors import (
@@ -51,6 +52,7 @@ from mfad.errors import (
 )
 from mfad.qrtext import render_qr
 from mfad.ratelimit import Budget, Coalescer
+from mfad.secretbox import SecretBox
 from mfad.tokenops import TokenOps
 
 log = structlog.get_logger("mfad.control")
@@ -101,6 +103,7 @@ class ControlHandler:
             "audit_verify": self.audit_verify,
             "audit_summary": self.audit_summary,
             "metrics": self.metrics,
+            "health": self.health,
         }
 
     async def handle(self, frame: Frame, uid: int) -> Response:
@@ -247,6 +250,46 @@ class ControlHandler:
             raise RequestError("`invert` must be true or false")
         offer = await self._accounts.enroll_begin(caller, request)
         return {**offer, "qr": render_qr(offer["uri"], invert=invert)}
+
+    async def health(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        """For `mfa doctor` (administrators): the version, whether the key file on disk is
+        still the key the store's secrets were sealed with (mfad checked it at start; a file
+        replaced since would stop the next start), and the settings in force that name
+        files, sockets and services. No secret, no key material, no account."""
+        cfg = self.ctx.config
+        stored = await self.ctx.store.get_key_check()
+        try:
+            on_disk = await asyncio.to_thread(SecretBox.from_file, cfg.key_file)
+        except MfaError as exc:
+            key_check, key_message = "unreadable", str(exc)
+        else:
+            matches = stored is not None and hmac.compare_digest(stored, on_disk.check_value())
+            key_check = "ok" if matches else "mismatch"
+            key_message = (
+                f"{cfg.key_file} is the key the store's secrets were sealed with"
+                if matches
+                else f"{cfg.key_file} is not the key the store's secrets were sealed with: "
+                "mfad will refuse to start with it; restore the original key file"
+            )
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "key_check": key_check,
+            "key_message": key_message,
+            "config": {
+                "mode": cfg.mode,
+                "services": dict(cfg.services),
+                "pam_socket": str(cfg.pam_socket),
+                "control_socket": str(cfg.control_socket),
+                "store_backend": cfg.store_backend,
+                "store_path": str(cfg.store_path),
+                "store_password_file": str(cfg.store_password_file or ""),
+                "key_file": str(cfg.key_file),
+                "audit_path": str(cfg.audit_path),
+                "totp_window": cfg.totp.window,
+                "totp_period": cfg.totp.period,
+            },
+        }
 
     # --- audit trail (mfa audit): read-only, administrators only ---
     # The files are read by auditread in a worker thread, never on the event loop.
