@@ -12,6 +12,7 @@ is recorded, and the notice goes out once the server is back, with no restart.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -240,6 +241,46 @@ def test_mail_server_down_logins_go_on_the_failure_is_recorded_and_the_notice_fo
     assert sent["attempt"] == len(records(daemon, "notice_failed")) + 1 >= 2
     assert daemon.proc is not None and daemon.proc.pid == pid
     assert_nothing_secret([message])
+
+
+def test_a_mail_server_that_never_answers_holds_up_nothing(ca: TestCA, make_user: MakeUser) -> None:
+    """A server that takes the connection and then says nothing: a login made while
+    mfad waits for it succeeds (its record comes before the failure's), and the try
+    ends at smtp.timeout, recorded with what to check."""
+    with running_daemon() as daemon, socket.socket() as frozen:
+        # the kernel completes the handshake; no one speaks (closed first at the end, so
+        # the last try at stop is refused at once)
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen()
+        cfg = mail_config(ca, frozen.getsockname()[1])
+        cfg["smtp"]["timeout"] = 2
+        daemon.restart(**cfg)
+        alice, bob = make_user(), make_user()
+        daemon.enroll(alice)
+        secret = daemon.enroll(bob)
+        daemon.request("disable", user=alice)
+        time.sleep(BATCH + 0.5)  # the window has closed: mfad is waiting for the server
+        assert login(daemon, bob, [totp_now(secret)]) == "S"
+        [failed, *_] = wait_for_record(daemon, "notice_failed")
+        [logged] = [r for r in records(daemon, "login") if r["user"] == bob]
+    assert logged["seq"] < failed["seq"]
+    assert "did not complete the exchange within smtp.timeout (2 s)" in failed["reason"]
+
+
+def test_what_is_noted_is_sent_when_mfad_stops(
+    ca: TestCA, smtp: SmtpServer, make_user: MakeUser
+) -> None:
+    """A notice still in its batch window when mfad is stopped is sent on the way out."""
+    with running_daemon() as daemon:
+        daemon.restart(**mail_config(ca, smtp.port, batch_seconds=3600))
+        alice = make_user()
+        daemon.enroll(alice)
+        daemon.request("suspend", user=alice)
+        assert smtp.received() == []
+        daemon.stop()
+        [message] = smtp.received()
+        assert [(f["kind"], f["user"]) for f in facts(message)] == [("suspend", alice)]
+        assert records(daemon, "notice_sent")[-1]["seq"] > records(daemon, "daemon_stop")[0]["seq"]
 
 
 def test_a_server_certificate_the_ca_did_not_sign_is_refused(

@@ -63,6 +63,7 @@ MAX_TEXT = 300  # characters of one value (an administrator's reason, say)
 MAX_HOSTS = 10  # remote hosts named in a burst of wrong answers
 RETRY_MAX = 600.0  # seconds between tries, at most
 GIVE_UP = 86_400.0  # seconds after which an unsent message is dropped
+FINAL_TRY = 3.0  # seconds for the last try when mfad stops
 
 _STATES = {"suspended": "suspend", "disabled": "disable", "exempt": "exempt"}
 _LOCKS: dict[str, str] = {Reason.DENY: "lock", Reason.LIFETIME_CAP: "lifetime_cap"}
@@ -205,15 +206,30 @@ class Notifier:
         self._task = asyncio.create_task(self._run(), name="mfad-notify")
 
     async def close(self) -> None:
-        """Stop; what is noted and unsent gets one last try (bounded by smtp.timeout)."""
+        """Stop; what is noted and unsent gets one last try, of at most FINAL_TRY seconds
+        (systemd's stop timeout also waits for the logins in flight and the fleet copy)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         self._take()
-        if self._outbox:
-            await self._try(attempt=1, retry_in=None)
+        if not self._outbox:
+            return
+        told = len(self._outbox) + sum(self._untold.values())
+        try:
+            async with asyncio.timeout(FINAL_TRY):
+                await self._try(attempt=1, retry_in=None)
+        except TimeoutError:
+            await self._record(
+                Event.NOTICE_FAILED,
+                outcome=Outcome.ERROR,
+                reason=f"mfad stopped before the SMTP server took the message (waited "
+                f"{FINAL_TRY:g} s); the audit trail has the records",
+                facts=told,
+                attempt=1,
+                gave_up=True,
+            )
 
     async def _run(self) -> None:
         while True:
