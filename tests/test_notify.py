@@ -11,6 +11,8 @@ is recorded, and the notice goes out once the server is back, with no restart.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
 import time
@@ -20,16 +22,22 @@ from typing import Any
 
 import pyotp
 import pytest
+import yaml
 from conftest import SEEN, Daemon, MakeUser, running_daemon, totp_now
 from smtpserver import Received, SmtpServer, TestCA
 from wire import PamWire
 
+from mfa_wire.events import Event, Outcome
 from mfad import config
+from mfad.audit import AuditLog
 from mfad.errors import ConfigError
+from mfad.mailer import Mailer
+from mfad.notify import Notifier
 
 ADMINS = ["security@example.com", "oncall@example.com"]
 BATCH = 0.3  # seconds: a notice goes out this long after its first fact
 DIGITS = re.compile(r"\d{6,}")
+TYPED: set[str] = set()  # wrong codes the tests typed: no message may hold those either
 
 
 @pytest.fixture
@@ -65,11 +73,11 @@ def notifying(ca: TestCA, smtp: SmtpServer) -> Iterator[Daemon]:
 
 
 def wrong_code(secret: str) -> str:
-    """A code right for no step near now; remembered as one a user typed."""
+    """A code right for no step near now; remembered (TYPED) as one a user typed."""
     otp = pyotp.TOTP(secret)
     near = {otp.at(time.time() + 30 * k) for k in range(-25, 26)}
     code = next(c for c in (f"{n:06d}" for n in range(1000000)) if c not in near)
-    SEEN["code"].add(code)
+    TYPED.add(code)
     return code
 
 
@@ -108,12 +116,13 @@ def facts(message: Received) -> list[dict[str, str]]:
 
 
 def assert_nothing_secret(messages: list[Received]) -> None:
-    """No key, recovery code or code the suite used (or a user typed) is in any message."""
+    """No key, recovery code or code the suite used (or a test typed) is in any message."""
     for message in messages:
         for text in (message.raw, message.subject, message.body):
             for kind in ("secret", "recovery code"):
                 assert not [s for s in SEEN[kind] if s in text], (kind, text)
-            assert not [run for run in DIGITS.findall(text) if run in SEEN["code"]], text
+            codes = SEEN["code"] | TYPED
+            assert not [run for run in DIGITS.findall(text) if run in codes], text
 
 
 def test_each_notice_is_one_message_with_its_facts(
@@ -210,6 +219,46 @@ def test_a_flood_of_wrong_answers_is_one_message_per_window(
             assert told[0]["answers"] == "100 wrong"
         assert all(f["remote hosts"] == "192.0.2.7" and f["services"] == "sshd" for f in told)
         assert_nothing_secret(messages)
+
+
+def test_a_bulk_change_is_one_message_that_lists_a_hundred_and_counts_the_rest(
+    ca: TestCA, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """150 disables recorded in one window (what `mfa disable --group` of a large group
+    writes) through a real audit log, notifier, mailer and server: one message, listing
+    the first 100 and counting the other 50, recorded as one notice of 150 facts."""
+    cfg = config.parse(yaml.safe_dump(mail_config(ca, smtp.port)))
+
+    async def bulk() -> None:
+        notifier = Notifier(lambda: cfg, Mailer(lambda: cfg.smtp))
+        audit = AuditLog(tmp_path / "audit.jsonl", to_stderr=False, observer=notifier.observe)
+        await audit.open()
+        notifier.start(audit)
+        for n in range(150):
+            await audit.record(
+                Event.CONTROL,
+                outcome=Outcome.SUCCESS,
+                op="disable",
+                user=f"user{n:03d}",
+                actor="root",
+                actor_uid=0,
+                before="active",
+                after="disabled",
+            )
+        await asyncio.to_thread(smtp.wait_for, 1)
+        await notifier.close()
+        await audit.close()
+
+    asyncio.run(bulk())
+    [message] = smtp.received()
+    listed = facts(message)
+    assert [f["user"] for f in listed] == [f"user{n:03d}" for n in range(100)]
+    assert "and 50 more not listed here (50 disable)." in message.body
+    assert (
+        message.subject.startswith("[mfad ") and "150 notices: disable user000" in message.subject
+    )
+    log = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r["facts"] for r in log if r["event"] == "notice_sent"] == [150]
 
 
 def test_mail_server_down_logins_go_on_the_failure_is_recorded_and_the_notice_follows(
