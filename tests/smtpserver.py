@@ -172,7 +172,8 @@ class _Handler:
 
 
 class SmtpServer:
-    """aiosmtpd on 127.0.0.1:`port`, in a thread, TLS with the given certificate."""
+    """aiosmtpd on 127.0.0.1:`port`, in a thread, TLS with the given certificate (STARTTLS
+    required; `implicit`: TLS from the first byte; `plain`: no TLS offered at all)."""
 
     def __init__(
         self,
@@ -180,11 +181,13 @@ class SmtpServer:
         key: Path,
         *,
         implicit: bool = False,
+        plain: bool = False,
         auth: tuple[str, str] | None = None,
         port: int | None = None,
     ) -> None:
         self.cert, self.key = cert, key
         self.implicit = implicit
+        self.plain = plain  # no TLS at all: no STARTTLS offered
         self.auth = auth
         self.port = port or free_port()
         self.messages: list[Received] = []
@@ -210,7 +213,7 @@ class SmtpServer:
         options: dict[str, Any] = {}
         if self.implicit:
             options["ssl_context"] = context
-        else:
+        elif not self.plain:
             options.update(tls_context=context, require_starttls=True)
         if self.auth is not None:
             # with implicit TLS aiosmtpd does not count the session as encrypted (it

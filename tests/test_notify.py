@@ -359,6 +359,25 @@ def test_a_server_certificate_the_ca_did_not_sign_is_refused(
     assert [(f["kind"], f["user"]) for f in facts(message)] == [("suspend", alice)]
 
 
+def test_a_server_that_offers_no_starttls_gets_nothing_in_clear_text(
+    notifying: Daemon, smtp: SmtpServer, ca: TestCA, make_user: MakeUser
+) -> None:
+    """STARTTLS left out of the server's answer (a plain server, or a machine in between
+    stripping it): mfad sends nothing in clear text and records why."""
+    smtp.stop()
+    stripped = SmtpServer(*ca.issue("plain"), plain=True, port=smtp.port).start()
+    try:
+        alice = make_user()
+        daemon = notifying
+        daemon.enroll(alice)
+        daemon.request("suspend", user=alice)
+        failed = wait_for_record(daemon, "notice_failed")
+    finally:
+        stripped.stop()
+    assert stripped.received() == []
+    assert "does not offer STARTTLS" in failed[0]["reason"]
+
+
 # aiosmtpd does not count implicit TLS as TLS for AUTH (tests/smtpserver.py) and says so
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 def test_implicit_tls_with_a_login_from_a_password_file(

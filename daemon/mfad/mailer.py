@@ -192,7 +192,12 @@ def _explain(exc: BaseException, server: str, cfg: SmtpConfig) -> str:
             "smtp.tls, and that mfad may reach it (the systemd unit needs network access: "
             "README, Notifications)"
         )
-    # the server lacks what the config asks for (STARTTLS, AUTH over this connection)
+    if cfg.tls == "starttls" and "STARTTLS" in str(exc):
+        return (
+            f"{server} does not offer STARTTLS (or something between removed it), so nothing "
+            "was sent: a server on port 465 needs smtp.tls: implicit"
+        )
+    # the server lacks something else the config asks for (AUTH over this connection)
     hint = "; a server on port 465 needs smtp.tls: implicit" if cfg.tls == "starttls" else ""
     return (
         f"{server} cannot do what mfad.yaml asks ({_reply(str(exc))}): check smtp.tls and "

@@ -129,6 +129,7 @@ class Notifier:
         self._outbox: list[Fact] = []  # taken from windows, not yet sent
         self._untold: collections.Counter[str] = collections.Counter()  # past MAX_FACTS
         self._recent: dict[str, _Recent] = {}
+        self._swept = 0.0  # when _recent was last cleared of quiet users
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -154,12 +155,14 @@ class Notifier:
         if kind is not None and kind in notify.events:
             self._note(Fact(kind, _text(fields.get("user")), now, _details(event, fields)))
 
-    def _note(self, fact: Fact) -> None:
+    def _note(self, fact: Fact) -> bool:
+        """Add a fact to the window; False if it is only counted (MAX_FACTS reached)."""
+        self._wake.set()
         if len(self._noted) + len(self._outbox) < MAX_FACTS:
             self._noted.append(fact)
-        else:
-            self._untold[fact.kind] += 1
-        self._wake.set()
+            return True
+        self._untold[fact.kind] += 1
+        return False
 
     def _count(self, fields: Mapping[str, Any], now: float, burst: int, window: float) -> None:
         user = fields.get("user")
@@ -169,7 +172,9 @@ class Notifier:
         recent = self._recent.get(user)
         if recent is None:
             if len(self._recent) >= MAX_TRACKED:
-                self._forget_quiet(now - window)
+                if now - self._swept >= window:  # a sweep per window at most, not per answer
+                    self._swept = now
+                    self._forget_quiet(now - window)
                 if len(self._recent) >= MAX_TRACKED:
                     return  # a spray over more users than that: their locks are told
             recent = self._recent[user] = _Recent(collections.deque(maxlen=burst))
@@ -186,8 +191,8 @@ class Notifier:
             for at, outcome, rhost, service in recent.answers:
                 fact.count(outcome, rhost, service, at)
             recent.answers.clear()
-            recent.open = fact
-            self._note(fact)
+            if self._note(fact):  # else only counted: the next burst is counted anew
+                recent.open = fact
 
     def _forget_quiet(self, before: float) -> None:
         """Stop counting for users with no answer since `before` and nothing being told."""
