@@ -7,6 +7,7 @@ of the key it is about. Unknown keys are errors: a typo such as
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket
@@ -283,11 +284,15 @@ def _notices(value: Any) -> tuple[str, ...]:
 def _mail_host(value: Any) -> str:
     if value == "":
         return ""
-    try:
-        ipaddress.ip_address(value)
-        return str(value)
-    except ValueError:
-        return _host_name(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(value)
+            return value
+        with contextlib.suppress(ValueError):
+            return _host_name(value)
+    raise ValueError(
+        f"must be the mail server's host name or IP address, or empty for none, got {value!r}"
+    )
 
 
 def is_loopback(host: str) -> bool:
