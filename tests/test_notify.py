@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -330,6 +331,25 @@ def test_what_is_noted_is_sent_when_mfad_stops(
         [message] = smtp.received()
         assert [(f["kind"], f["user"]) for f in facts(message)] == [("suspend", alice)]
         assert records(daemon, "notice_sent")[-1]["seq"] > records(daemon, "daemon_stop")[0]["seq"]
+
+
+def test_a_reload_changes_who_is_told_and_what(
+    notifying: Daemon, smtp: SmtpServer, ca: TestCA, make_user: MakeUser
+) -> None:
+    """SIGHUP with new `notify.admins` and `notify.events` (require added): the next notice
+    goes to the new address only, and a require, off before, is now told."""
+    daemon = notifying
+    alice = make_user()
+    cfg = mail_config(ca, smtp.port, events=["require"])
+    cfg["notify"]["admins"] = ["new-admin@example.com"]
+    daemon.write_config(**cfg)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for_record(daemon, "daemon_reload")
+    daemon.request("require", user=alice)
+    [message] = smtp.wait_for(1)
+    assert message.recipients == ["new-admin@example.com"]
+    assert [(f["kind"], f["user"]) for f in facts(message)] == [("require", alice)]
 
 
 def test_a_server_certificate_the_ca_did_not_sign_is_refused(
