@@ -7,6 +7,7 @@ of the key it is about. Unknown keys are errors: a typo such as
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket
@@ -26,6 +27,25 @@ SERVICE_VARIANTS = {"su-l": "su", "sudo-i": "sudo"}
 runs sudo-i. A `services` entry for the base name covers the variant too, unless the
 variant has an entry of its own: a rule for `su` that `su -` escaped would be a hole."""
 ALGORITHMS = ("SHA1", "SHA256", "SHA512")
+SMTP_TLS = ("starttls", "implicit", "none")
+NOTICES = (
+    "disable",
+    "reset",
+    "exempt",
+    "suspend",
+    "lock",
+    "lifetime_cap",
+    "failures",
+    "require",
+    "resume",
+    "unexempt",
+    "unlock",
+    "forget",
+)
+"""What `notify.events` may name: the administrators' actions (the control ops of the
+same name), an account lock (`lock`: lockout.deny; `lifetime_cap`), a burst of wrong
+answers for one user (`failures`). mfad.notify maps audit records to these."""
+DEFAULT_NOTICES = NOTICES[:7]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +99,30 @@ class EnrolmentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    """The mail server mfad sends through (mfad.mailer)."""
+
+    host: str = ""  # "": no server; notify.admins then needs one
+    port: int = 587
+    tls: str = "starttls"  # starttls | implicit (port 465) | none (a loopback host only)
+    ca_file: Path | None = None  # None: the system's CAs
+    username: str = ""  # "": no AUTH
+    password_file: Path | None = None  # with username: the password, one line, mode 0600
+    timeout: float = 8.0  # the whole exchange: connect, TLS, every command
+    sender: str = ""  # the From address; "": mfad@ and the host name
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """Mail to administrators about what the audit trail records (mfad.notify)."""
+
+    admins: tuple[str, ...] = ()  # empty: no notices
+    events: tuple[str, ...] = DEFAULT_NOTICES
+    batch_seconds: float = 60.0  # facts gathered into one message
+    failure_burst: int = 10  # wrong answers for one user within batch_seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mode: str = "optional"
     require_groups: tuple[str, ...] = ()
@@ -104,6 +148,8 @@ class Config:
     login: LoginConfig = field(default_factory=LoginConfig)
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     enrolment: EnrolmentConfig = field(default_factory=EnrolmentConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     def mode_for(self, service: str) -> str:
         """The mode for logins through PAM service `service`: its `services` entry, else
@@ -220,6 +266,60 @@ def _optional_path(value: Any) -> Path | None:
     return None if value == "" else _path(value)
 
 
+# an address as mfad writes it into an envelope: local@domain, nothing a header could
+# be split at (no spaces, angle brackets, commas or control characters)
+_ADDRESS = re.compile(r"[^@\s<>,;\"()\[\]\\]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or not _ADDRESS.fullmatch(value) or not value.isprintable():
+        raise ValueError(f"must be an email address such as mfad@example.com, got {value!r}")
+    return value
+
+
+def _optional_address(value: Any) -> str:
+    return "" if value == "" else _address(value)
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of email addresses, got {value!r}")
+    return tuple(dict.fromkeys(_address(v) for v in value))
+
+
+def _notices(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of notice names ({', '.join(NOTICES)}), got {value!r}")
+    unknown = [v for v in value if v not in NOTICES]
+    if unknown:
+        raise ValueError(f"unknown notice {unknown[0]!r}; choose from {', '.join(NOTICES)}")
+    return tuple(dict.fromkeys(value))
+
+
+def _mail_host(value: Any) -> str:
+    if value == "":
+        return ""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(value)
+            return value
+        with contextlib.suppress(ValueError):
+            return _host_name(value)
+    raise ValueError(
+        f"must be the mail server's host name or IP address, or empty for none, got {value!r}"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """A name or address that never leaves this machine (RFC 6761 for `localhost`)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # key path in the file -> (Config attribute path, validator)
 _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "mode": ("mode", _choice(*MODES)),
@@ -261,6 +361,18 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "lockout.source_block_time": ("lockout.source_block_time", _seconds(1, 7 * 86400)),
     "lockout.delay": ("lockout.delay", _seconds(0, 60)),
     "lockout.max_delay": ("lockout.max_delay", _seconds(0, 600)),
+    "smtp.host": ("smtp.host", _mail_host),
+    "smtp.port": ("smtp.port", _int(1, 65535)),
+    "smtp.tls": ("smtp.tls", _choice(*SMTP_TLS)),
+    "smtp.ca_file": ("smtp.ca_file", _optional_path),
+    "smtp.username": ("smtp.username", _text),
+    "smtp.password_file": ("smtp.password_file", _optional_path),
+    "smtp.timeout": ("smtp.timeout", _seconds(1, 120)),
+    "smtp.from": ("smtp.sender", _optional_address),
+    "notify.admins": ("notify.admins", _addresses),
+    "notify.events": ("notify.events", _notices),
+    "notify.batch_seconds": ("notify.batch_seconds", _seconds(0.1, 3600)),
+    "notify.failure_burst": ("notify.failure_burst", _int(2, 10000)),
 }
 _SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
 
@@ -310,6 +422,8 @@ def parse(text: str, where: str = "<config>") -> Config:
         "login": {},
         "lockout": {},
         "enrolment": {},
+        "smtp": {},
+        "notify": {},
     }
     for key, (raw, line) in flat.items():
         attr, check = _SCHEMA[key]
@@ -326,6 +440,7 @@ def parse(text: str, where: str = "<config>") -> Config:
             "libpq connection string such as 'host=db.example.com dbname=mfad user=mfad "
             "sslmode=verify-full'; the password goes in store.password_file)"
         )
+    _check_mail(nested["smtp"], nested["notify"], flat, where)
     return Config(
         **top,
         totp=TotpConfig(**nested["totp"]),
@@ -333,7 +448,36 @@ def parse(text: str, where: str = "<config>") -> Config:
         login=LoginConfig(**nested["login"]),
         lockout=LockoutConfig(**nested["lockout"]),
         enrolment=EnrolmentConfig(**nested["enrolment"]),
+        smtp=SmtpConfig(**nested["smtp"]),
+        notify=NotifyConfig(**nested["notify"]),
     )
+
+
+def _check_mail(
+    smtp: dict[str, Any], notify: dict[str, Any], flat: dict[str, tuple[Any, int]], where: str
+) -> None:
+    """The smtp settings that only make sense together."""
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{where} line {flat[key][1]}: {key}: {message}")
+
+    host = smtp.get("host", "")
+    if smtp.get("tls") == "none" and not is_loopback(host):
+        # on the network the mail (and any AUTH password) would go in clear text, and a
+        # machine in the middle could read or drop every notice unseen
+        raise fail(
+            "smtp.tls",
+            f"none is allowed only for a server on this machine (localhost, 127.0.0.1, ::1), "
+            f"not {host or 'no host'!r}: use starttls (port 587) or implicit (port 465)",
+        )
+    if bool(smtp.get("username")) != bool(smtp.get("password_file")):
+        given = "smtp.username" if smtp.get("username") else "smtp.password_file"
+        raise fail(given, "smtp.username and smtp.password_file go together (AUTH needs both)")
+    if notify.get("admins") and not host:
+        raise fail(
+            "notify.admins",
+            "needs smtp.host: the mail server mfad sends the notices through",
+        )
 
 
 def load(path: Path = DEFAULT_PATH) -> Config:

@@ -5,6 +5,7 @@
     ├── StoreError             the store cannot be read or written
     │   └── KeyFileError       the secret key file is missing, unreadable or malformed
     ├── AuditError             the audit log cannot be written
+    ├── MailError              a message could not be handed to the SMTP server
     └── RequestError           a control request that is refused; carries a wire error code
         ├── Forbidden
         ├── NoSuchUser
@@ -44,6 +45,7 @@ __all__ = [
     "Forbidden",
     "KeyFileError",
     "Locked",
+    "MailError",
     "MfaError",
     "NoPendingEnrolment",
     "NoSuchUser",
@@ -75,6 +77,11 @@ class KeyFileError(StoreError):
 
 class AuditError(MfaError):
     """The audit log cannot be written; logins fail closed."""
+
+
+class MailError(MfaError):
+    """The SMTP server could not be reached, refused TLS, AUTH or the message; the message
+    says which and what to check (never the password)."""
 
 
 class RequestError(MfaError):

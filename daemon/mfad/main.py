@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 import structlog.tracebacks
@@ -25,8 +26,10 @@ from mfad.backends import check_key, open_store
 from mfad.context import Context
 from mfad.errors import ConfigError, MfaError
 from mfad.lockout import Guard
+from mfad.mailer import Mailer
 from mfad.metrics import Metrics
 from mfad.migrate import migrate_store
+from mfad.notify import Notifier
 from mfad.secretbox import SecretBox, generate_key_file
 from mfad.server import Server
 
@@ -89,15 +92,22 @@ async def serve(config_path: Path) -> None:
         await store.close()
         raise
     metrics = Metrics(lambda: frozenset(ctx.config.services))
+    notifier = Notifier(lambda: ctx.config, Mailer(lambda: ctx.config.smtp))
+
+    def observe(event: str, fields: dict[str, Any]) -> None:  # each record, as written
+        metrics.observe(event, fields)
+        notifier.observe(event, fields)
+
     audit = AuditLog(
         cfg.audit_path,
         host=cfg.audit_host,
         required=lambda: ctx.config.audit_required,
-        observer=metrics.observe,
+        observer=observe,
         on_error=metrics.audit_failed,
     )
-    await audit.open()
     ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout), metrics)
+    await audit.open()  # after ctx: the records it may write are observed
+    notifier.start(audit)
     if cfg.metrics_listen:
         try:
             metrics.serve(cfg.metrics_listen)
@@ -131,6 +141,7 @@ async def serve(config_path: Path) -> None:
         await audit.record(Event.DAEMON_STOP, outcome=Outcome.SUCCESS, pid=os.getpid())
     except MfaError as exc:
         log.error("audit_unwritable", error=str(exc))
+    await notifier.close()  # what is noted gets one last try, within smtp.timeout
     if mirror is not None and mirroring is not None:
         mirroring.cancel()
         # the last records (this stop) go to the fleet's table if the database answers soon

@@ -38,6 +38,9 @@ class Event(enum.StrEnum):
     DAEMON_STOP = "daemon_stop"
     AUDIT_REPAIRED = "audit_repaired"  # a partial last line moved into a record at start
     AUDIT_TAMPERED = "audit_tampered"  # the log ends before its head: cut or altered
+    # mail to the administrators (mfad.notify)
+    NOTICE_SENT = "notice_sent"  # a message listing recorded facts was accepted by the server
+    NOTICE_FAILED = "notice_failed"  # a try to send one failed (retried, or given up)
 
 
 class Outcome(enum.StrEnum):
