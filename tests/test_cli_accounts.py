@@ -579,3 +579,25 @@ def test_a_user_enrolling_again_is_told_to_ask_an_administrator(
     assert out.returncode != 0
     assert "ask an administrator to reset it" in out.stderr
     assert "mfa reset" not in out.stderr
+
+
+def test_list_sorts_by_the_column_names_the_table_shows(
+    mfad: Daemon, make_user: MakeUser, pam_login: Any
+) -> None:
+    """`mfa list --sort` takes a column as the table heads it (FAILED, "LAST VERIFIED",
+    in any case, words joined by a space or '-') as well as mfad's field name; an unknown
+    column is a usage error that lists the columns."""
+    a, b = make_user(), make_user()
+    secret_a, secret_b = mfad.enroll(a), mfad.enroll(b)
+    assert pam_login(b, [wrong_code(secret_b)]).name != "PAM_SUCCESS"
+    assert pam_login(a, [totp_now(secret_a)]).name == "PAM_SUCCESS"
+    header = mfa(mfad, "list").stdout.splitlines()[0]
+    assert "FAILED" in header and "LAST VERIFIED (UTC)" in header
+
+    for column in ("failed", "FAILED", "failed_attempts"):
+        assert [r["user"] for r in listed(mfad, "--sort", column, "--reverse")] == [b, a]
+    for column in ("LAST VERIFIED", "last-verified", "Last Verified (UTC)"):
+        assert [r["user"] for r in listed(mfad, "--sort", column)] == [a, b]
+    unknown = mfa(mfad, "list", "--sort", "password")
+    assert unknown.exit_code == 2
+    assert "last-verified" in unknown.output and "failed" in unknown.output

@@ -42,6 +42,27 @@ TIME_KEYS = frozenset(
 )
 CSV_KEYS = (*SORT_KEYS, "algorithm", "digits", "period", "clock_offset_steps")
 STATES = ("pending", "active", "suspended", "disabled", "exempt")
+
+
+def _column_name(text: str) -> str:
+    """A column as people type it: lower case, words joined by '-', no '(UTC)'."""
+    return "-".join(text.lower().replace("(utc)", "").replace("_", " ").split())
+
+
+SORT_NAMES = {
+    **{_column_name(header): key for key, header in COLUMNS},
+    **{_column_name(key): key for key in SORT_KEYS},
+}
+"""--sort takes a column as the table heads it (FAILED, "LAST VERIFIED", last-verified) or
+as mfad names it (failed_attempts), in any case."""
+
+
+def _sort_column(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    key = SORT_NAMES.get(_column_name(value))
+    if key is None:
+        shown = ", ".join(_column_name(header) for _, header in COLUMNS)
+        raise click.BadParameter(f"{value!r} is not a column; choose one of {shown}")
+    return key
 UNLOCKED_BY_ADMIN = "until unlocked"
 """mfad's `locked_until` for a lock that only an administrator lifts (unlock_time 0)."""
 
@@ -185,11 +206,13 @@ def _cell(row: dict[str, Any], key: str) -> str:
 @click.option(
     "--sort",
     "sort_key",
-    type=click.Choice(SORT_KEYS),
     default="user",
     metavar="COLUMN",
     show_default=True,
-    help=f"Sort by COLUMN, one of: {', '.join(SORT_KEYS)}. Unset values come last.",
+    callback=_sort_column,
+    help="Sort by COLUMN, named as the table heads it, in any case, with '-' or quotes "
+    f"between words ({', '.join(_column_name(h) for _, h in COLUMNS)}), or as in the JSON "
+    "(failed_attempts). Unset values come last.",
 )
 @click.option("--reverse", is_flag=True, help="Sort in descending order.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects, one per account.")
