@@ -63,6 +63,8 @@ def _sort_column(_ctx: click.Context, _param: click.Parameter, value: str) -> st
         shown = ", ".join(_column_name(header) for _, header in COLUMNS)
         raise click.BadParameter(f"{value!r} is not a column; choose one of {shown}")
     return key
+
+
 UNLOCKED_BY_ADMIN = "until unlocked"
 """mfad's `locked_until` for a lock that only an administrator lifts (unlock_time 0)."""
 

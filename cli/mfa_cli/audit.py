@@ -19,7 +19,7 @@ from mfa_cli.client import DaemonClient, pass_client
 from mfa_cli.display import clean, json_text, safe
 from mfa_cli.errors import ChainBroken, DaemonUnreachable
 from mfa_cli.times import parse_when, rfc3339, utc_text
-from mfa_wire.events import Event
+from mfa_wire.events import Event, Outcome
 
 DEFAULT_LIMIT = 100
 """Records `mfa audit` lists by default: the most recent ones, like `journalctl -n`."""
@@ -28,13 +28,20 @@ FOLLOW_BACKLOG = 10
 
 COLUMNS = (
     ("TIME (UTC)", 19),
-    ("EVENT", 14),
-    ("OUTCOME", 8),
-    ("USER", 12),
-    ("SERVICE", 8),
-    ("RHOST", 15),
+    ("EVENT", max(len(e) for e in Event)),
+    ("OUTCOME", max(len(o) for o in Outcome)),
+    ("USER", 16),
+    ("SERVICE", 10),
+    ("RHOST", 20),
+    ("METHOD", len("enrolment")),
     ("REASON", 0),
 )
+"""The table's columns and their widths (0: the rest of the line). Every event, outcome and
+method mfad writes fits; a longer cell (a long user name or host, an event of a newer mfad)
+is cut with an ellipsis, so that no row pushes its columns out of line (``--full``: never
+cut, as `last -w` and `journalctl --full` do). A width cannot come from the records
+themselves: a listing is printed as it streams in, and --follow never ends."""
+ELLIPSIS = "…"
 
 
 def _time_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -64,16 +71,29 @@ def _detail(record: dict[str, Any]) -> str:
     return str(reason or record.get("message") or "")
 
 
-def _row(values: Iterable[str]) -> str:
-    cells = [v.ljust(width) for v, (_, width) in zip(values, COLUMNS, strict=True)]
+def _fit(value: str, width: int) -> str:
+    """``value`` padded to ``width``, or cut to it with an ellipsis; width 0: as it is."""
+    if not width:
+        return value
+    if len(value) > width:
+        return value[: width - 1] + ELLIPSIS
+    return value.ljust(width)
+
+
+def _row(values: Iterable[str], full: bool = False) -> str:
+    cells = [
+        v.ljust(width) if full else _fit(v, width)
+        for v, (_, width) in zip(values, COLUMNS, strict=True)
+    ]
     return " ".join(cells).rstrip()
 
 
 class _Printer:
     """Records as a table (header before the first) or as JSON lines."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, full: bool = False) -> None:
         self.as_json = as_json
+        self.full = full
         self.header_done = False
 
     def header(self) -> None:
@@ -93,10 +113,11 @@ class _Printer:
                     _shown_time(record),
                     *(
                         str(record.get(k) or "-")
-                        for k in ("event", "outcome", "user", "service", "rhost")
+                        for k in ("event", "outcome", "user", "service", "rhost", "method")
                     ),
                     _detail(record),
-                ]
+                ],
+                self.full,
             )
         )
 
@@ -127,6 +148,11 @@ otherwise; --limit 0 shows all.""",
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as logged.")
 @click.option("--follow", "-f", is_flag=True, help="Keep going: show new records as they come.")
 @click.option(
+    "--full",
+    is_flag=True,
+    help="Never cut a long user name, service or remote host with '…' (columns may then shift).",
+)
+@click.option(
     "--limit",
     "-n",
     type=click.IntRange(min=0),
@@ -145,13 +171,16 @@ def audit(
     until: str | None,
     as_json: bool,
     follow: bool,
+    full: bool,
     limit: int | None,
 ) -> None:
     """List the audit trail (root and the admin group only).
 
-    A table of time, event, outcome, user, service, remote host and reason,
-    oldest first; filters combine (all must match). Control characters in the
-    records are shown escaped (ESC as \\x1b, a backslash as \\\\); --json
+    A table of time, event, outcome, user, service, remote host, method (how
+    a login succeeded: totp, recovery, enrolment) and reason, oldest first; a
+    cell too long for its column ends in '…' (--full: never cut). Filters
+    combine (all must match). Control characters in the records are shown
+    escaped (ESC as \\x1b, a backslash as \\\\); --json
     escapes them as \\u001b, and is otherwise each record as logged.
     """
     if ctx.invoked_subcommand is not None:
@@ -173,7 +202,7 @@ def audit(
     }
     if limit is None:
         limit = FOLLOW_BACKLOG if follow else DEFAULT_LIMIT
-    printer = _Printer(as_json)
+    printer = _Printer(as_json, full)
     matched = 0
     following = False
     try:
