@@ -335,7 +335,8 @@ def test_enrolling_an_unknown_user_exits_5(mfad: Any) -> None:
 def test_status_shows_enrolment_and_last_login(
     mfad: Any, make_user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`mfa status USER` shows the state and when the user enrolled; after a login it shows
+    """`mfa status USER` shows the state and when the user enrolled, which is when a code was
+    last verified (the one that confirmed the enrolment), not "never"; after a login it shows
     when and from where the last code was verified and how far the phone's clock is off
     (a code from the next step: one step, about 30 s, ahead). `--json` gives the same as
     data. The socket can also come from MFA_SOCKET."""
@@ -350,7 +351,8 @@ def test_status_shows_enrolment_and_last_login(
     assert fields["User"] == user
     assert fields["State"] == "active"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", fields["Enrolled at"])
-    assert fields["Last verified"] == "never"
+    # the code that confirmed the enrolment (over the control socket: no remote host)
+    assert fields["Last verified"] == fields["Enrolled at"]
     assert fields["Last remote host"] == "-"
 
     with PamWire(mfad.pam_socket) as wire:

@@ -584,7 +584,7 @@ def test_a_user_enrolling_again_is_told_to_ask_an_administrator(
 def test_list_sorts_by_the_column_names_the_table_shows(
     mfad: Daemon, make_user: MakeUser, pam_login: Any
 ) -> None:
-    """`mfa list --sort` takes a column as the table heads it (FAILED, "LAST VERIFIED",
+    """`mfa list --sort` takes a column as the table heads it (FAILED, "LAST RHOST",
     in any case, words joined by a space or '-') as well as mfad's field name; an unknown
     column is a usage error that lists the columns."""
     a, b = make_user(), make_user()
@@ -592,12 +592,13 @@ def test_list_sorts_by_the_column_names_the_table_shows(
     assert pam_login(b, [wrong_code(secret_b)]).name != "PAM_SUCCESS"
     assert pam_login(a, [totp_now(secret_a)]).name == "PAM_SUCCESS"
     header = mfa(mfad, "list").stdout.splitlines()[0]
-    assert "FAILED" in header and "LAST VERIFIED (UTC)" in header
+    assert "FAILED" in header and "LAST RHOST" in header
 
     for column in ("failed", "FAILED", "failed_attempts"):
         assert [r["user"] for r in listed(mfad, "--sort", column, "--reverse")] == [b, a]
-    for column in ("LAST VERIFIED", "last-verified", "Last Verified (UTC)"):
-        assert [r["user"] for r in listed(mfad, "--sort", column)] == [a, b]
+    for column in ("LAST RHOST", "last-rhost", "Last Rhost", "ENROLLED (UTC)"):
+        assert len(listed(mfad, "--sort", column)) == 2
+    assert [r["user"] for r in listed(mfad, "--sort", "last rhost", "--reverse")] == [a, b]
     unknown = mfa(mfad, "list", "--sort", "password")
     assert unknown.exit_code == 2
     assert "last-verified" in unknown.output and "failed" in unknown.output

@@ -56,6 +56,7 @@ from mfad.store import (
     ACCOUNT_SOURCE,
     Store,
     account_from_row,
+    activation_values,
     counter_from_row,
     enrolment_values,
 )
@@ -336,34 +337,31 @@ class PostgresStore(Store):
         return await self._run(q)
 
     async def activate(
-        self, pending: PendingEnrolment, step: int, now: float, recovery: Sequence[bytes] = ()
+        self,
+        pending: PendingEnrolment,
+        step: int,
+        now: float,
+        recovery: Sequence[bytes] = (),
+        rhost: str | None = None,
     ) -> None:
         p = pending
 
         async def q(db: Conn) -> None:
             await db.execute(
                 'INSERT INTO accounts ("user", state, secret, algorithm, digits, period,'
-                " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid)"
-                " VALUES (%s, 'active', %s, %s, %s, %s, %s, %s, 0, %s, %s, %s)"
+                " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid,"
+                " last_verified_at, last_rhost)"
+                " VALUES (%s, 'active', %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (\"user\") DO UPDATE SET state = 'active', secret = excluded.secret,"
                 " algorithm = excluded.algorithm, digits = excluded.digits,"
                 " period = excluded.period, enrolled_at = excluded.enrolled_at,"
                 " last_step = excluded.last_step, clock_offset = 0,"
                 " updated_at = excluded.updated_at, deadline = NULL, exempt_reason = NULL,"
                 " exempt_until = NULL, state_changed_at = excluded.state_changed_at,"
-                " uid = coalesce(excluded.uid, accounts.uid)",
-                (
-                    p.user,
-                    p.sealed_secret,
-                    p.params.algorithm,
-                    p.params.digits,
-                    p.params.period,
-                    now,
-                    step,
-                    now,
-                    now,
-                    p.uid,
-                ),
+                " uid = coalesce(excluded.uid, accounts.uid),"
+                " last_verified_at = excluded.last_verified_at,"
+                " last_rhost = excluded.last_rhost",
+                (*activation_values(p, step, now), rhost),
             )
             await db.execute('DELETE FROM enrolments WHERE "user" = %s', (p.user,))
             await _replace_codes(db, p.user, recovery, now)

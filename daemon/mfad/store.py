@@ -59,10 +59,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def activate(
-        self, pending: PendingEnrolment, step: int, now: float, recovery: Sequence[bytes] = ()
+        self,
+        pending: PendingEnrolment,
+        step: int,
+        now: float,
+        recovery: Sequence[bytes] = (),
+        rhost: str | None = None,
     ) -> None:
         """Make a confirmed secret the user's token with fresh recovery codes (as digests);
-        its confirming step counts as used."""
+        its confirming step counts as used, and the confirmation, a correct code from
+        `rhost` (None: not known), is the account's last verification."""
 
     @abc.abstractmethod
     async def consume_step(
@@ -263,6 +269,24 @@ def enrolment_values(p: PendingEnrolment) -> tuple[Any, ...]:
         p.uid,
         p.expires_at,
         p.origin,
+    )
+
+
+def activation_values(p: PendingEnrolment, step: int, now: float) -> tuple[Any, ...]:
+    """An activated account's columns but the last host, in the order both backends' INSERTs
+    name them: the confirming code is the last verification, at `now`."""
+    return (
+        p.user,
+        p.sealed_secret,
+        p.params.algorithm,
+        p.params.digits,
+        p.params.period,
+        now,
+        step,
+        now,
+        now,
+        p.uid,
+        now,
     )
 
 
@@ -482,7 +506,12 @@ class SqliteStore(Store):
         return await self._run(q)
 
     async def activate(
-        self, pending: PendingEnrolment, step: int, now: float, recovery: Sequence[bytes] = ()
+        self,
+        pending: PendingEnrolment,
+        step: int,
+        now: float,
+        recovery: Sequence[bytes] = (),
+        rhost: str | None = None,
     ) -> None:
         p = pending
 
@@ -490,27 +519,19 @@ class SqliteStore(Store):
             with _transaction(db):
                 db.execute(
                     "INSERT INTO accounts (user, state, secret, algorithm, digits, period,"
-                    " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid)"
-                    " VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
+                    " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid,"
+                    " last_verified_at, last_rhost)"
+                    " VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (user) DO UPDATE SET state = 'active', secret = excluded.secret,"
                     " algorithm = excluded.algorithm, digits = excluded.digits,"
                     " period = excluded.period, enrolled_at = excluded.enrolled_at,"
                     " last_step = excluded.last_step, clock_offset = 0,"
                     " updated_at = excluded.updated_at, deadline = NULL, exempt_reason = NULL,"
                     " exempt_until = NULL, state_changed_at = excluded.state_changed_at,"
-                    " uid = coalesce(excluded.uid, uid)",
-                    (
-                        p.user,
-                        p.sealed_secret,
-                        p.params.algorithm,
-                        p.params.digits,
-                        p.params.period,
-                        now,
-                        step,
-                        now,
-                        now,
-                        p.uid,
-                    ),
+                    " uid = coalesce(excluded.uid, uid),"
+                    " last_verified_at = excluded.last_verified_at,"
+                    " last_rhost = excluded.last_rhost",
+                    (*activation_values(p, step, now), rhost),
                 )
                 db.execute("DELETE FROM enrolments WHERE user = ?", (p.user,))
                 _replace_codes(db, p.user, recovery, now)
