@@ -477,7 +477,10 @@ def test_unlock_lifts_a_lock(mfad: Daemon, make_user: MakeUser, pam_login: Any) 
     result = mfa(mfad, "unlock", user, other)
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{user}: unlocked\n{other}: was not locked\n"
+    assert result.stdout == (
+        f"{user}: unlocked: account lock (until an administrator unlocked it) lifted\n"
+        f"{other}: was not locked or blocked\n"
+    )
     assert any(
         (r["event"], r.get("op"), r.get("user")) == ("control", "unlock", user)
         for r in mfad.audit()
@@ -602,3 +605,93 @@ def test_list_sorts_by_the_column_names_the_table_shows(
     unknown = mfa(mfad, "list", "--sort", "password")
     assert unknown.exit_code == 2
     assert "last-verified" in unknown.output and "failed" in unknown.output
+
+
+def test_host_blocks_are_shown_and_unlock_says_it_lifted_them(
+    mfad: Daemon, make_user: MakeUser, pam_login: Any
+) -> None:
+    """A remote host blocked for a user after wrong codes (the account itself not locked)
+    shows in `mfa status`, `mfa show` and `mfa list` (which host, until when; the JSON and
+    CSV too). `mfa unlock` lifts it and says so, by host, and the audit's lock_cleared
+    names it; then the status shows no block and the right code from that host logs in."""
+    mfad.restart(lockout={"deny": 100, "source_deny": 2, "source_block_time": 600})
+    user = make_user()
+    secret = mfad.enroll(user)
+    assert pam_login(user, [wrong_code(secret)] * 2, rhost="192.0.2.77").name != "PAM_SUCCESS"
+    assert pam_login(user, [totp_now(secret, +1)], rhost="192.0.2.77").name != "PAM_SUCCESS"
+
+    status = mfa(mfad, "status", user).stdout
+    assert re.search(r"^Locked:\s+-$", status, re.MULTILINE)
+    shown = re.search(r"^Blocked sources:\s+192\.0\.2\.77 until (\S+)$", status, re.MULTILINE)
+    assert shown, status
+    until = datetime.fromisoformat(shown.group(1))
+    assert timedelta(seconds=590) < until - datetime.now(UTC) <= timedelta(seconds=600)
+    assert status in mfa(mfad, "show", user).stdout
+    [row] = listed(mfad)
+    assert row["source_blocks"] == [{"source": "host:192.0.2.77", "until": shown.group(1)}]
+    table = mfa(mfad, "list").stdout.splitlines()
+    assert "BLOCKED SOURCES (UTC)" in table[0] and "192.0.2.77 until " in table[1]
+    [csv_row] = csv.DictReader(io.StringIO(mfa(mfad, "list", "--csv").stdout))
+    assert csv_row["source_blocks"] == f"host:192.0.2.77 until {shown.group(1)}"
+    assert [r["user"] for r in listed(mfad, "--sort", "blocked-sources")] == [user]
+
+    result = mfa(mfad, "unlock", user)
+
+    assert result.exit_code == 0, result.output
+    lifted = f"192.0.2.77 unblocked (was until {shown.group(1)})"
+    assert result.stdout == f"{user}: unlocked: {lifted}\n"
+    [cleared] = [r for r in mfad.audit() if r["event"] == "lock_cleared"]
+    assert cleared["source_blocks"] == row["source_blocks"]
+    assert "locked_until" not in cleared  # the account was not locked
+    assert re.search(r"^Blocked sources:\s+-$", mfa(mfad, "status", user).stdout, re.MULTILINE)
+    assert pam_login(user, [totp_now(secret, +1)], rhost="192.0.2.77").name == "PAM_SUCCESS"
+
+
+UNKNOWN = "mfanosuchuser"
+VERBS = [
+    ["status", UNKNOWN],
+    ["show", UNKNOWN],
+    ["enroll", UNKNOWN],
+    ["recovery-codes", UNKNOWN],
+    ["unlock", UNKNOWN],
+    ["require", UNKNOWN],
+    ["suspend", UNKNOWN],
+    ["resume", UNKNOWN],
+    ["disable", "--yes", UNKNOWN],
+    ["reset", UNKNOWN],
+    ["exempt", "--reason", "test", UNKNOWN],
+    ["unexempt", UNKNOWN],
+    ["forget", "--yes", UNKNOWN],
+]
+
+
+@pytest.mark.parametrize("args", VERBS, ids=[v[0] for v in VERBS])
+def test_every_verb_exits_5_for_a_user_that_does_not_exist(mfad: Daemon, args: list[str]) -> None:
+    """Every command that names a user exits 5 ("no such user", as the README promises)
+    for a name nobody on the system has, says so, and changes nothing."""
+    result = mfa(mfad, *args, input="")
+
+    assert result.exit_code == 5, result.output
+    assert UNKNOWN in result.output
+    assert mfad.request("list")["accounts"] == []
+
+
+def test_unlock_names_who_does_not_exist_and_unlocks_the_others(
+    mfad: Daemon, make_user: MakeUser, pam_login: Any
+) -> None:
+    """`mfa unlock` of a real locked user and an unknown name unlocks the real one, says the
+    other does not exist (stderr, audited as refused) and exits 5."""
+    mfad.restart(lockout=LOCKOUT)
+    user = make_user()
+    lock(pam_login, user, mfad.enroll(user))
+
+    result = mfa(mfad, "unlock", user, UNKNOWN)
+
+    assert result.exit_code == 5, result.output
+    assert result.stdout.startswith(f"{user}: unlocked: account lock")
+    assert f"{UNKNOWN}: refused: there is no user" in result.stderr
+    assert any(
+        (r["event"], r.get("op"), r.get("user"), r["outcome"])
+        == ("control", "unlock", UNKNOWN, "refused")
+        for r in mfad.audit()
+    )

@@ -25,6 +25,7 @@ from mfad.model import (
     GuardState,
     PendingEnrolment,
     Site,
+    SourceBlock,
     State,
     StateChange,
     TokenParams,
@@ -502,5 +503,31 @@ def test_enrolling_again_records_the_confirmation_as_the_last_verification(
         await s.activate(pending(secret=b"phone-3"), 400, 50.0)
         a = await s.get_account("alice")
         assert a is not None and (a.last_verified_at, a.last_rhost) == (50.0, None)
+
+    backend.run(body)
+
+
+def test_source_blocks_lists_the_blocks_in_force(backend: Backend) -> None:
+    """source_blocks names each (user, source) block whose time has not passed, by user and
+    source, of one user or of everyone; an expired block, a source's count without a block
+    and the account-wide lock are not source blocks; clear_guard lifts them."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        account_lock = Counter(5, 10.0, math.inf, 5)
+        await s.put_guard("bob", "host:h2", GuardState(account_lock, Counter(4, 10.0, 900.0, 4)))
+        await s.put_guard("alice", "host:h1", GuardState(Counter(), Counter(4, 10.0, 900.0, 4)))
+        await s.put_guard("alice", "local", GuardState(Counter(), Counter(4, 10.0, 50.0, 4)))
+        await s.put_guard("alice", "uid:1000", GuardState(Counter(), Counter(1, 10.0, 0.0, 1)))
+
+        assert await s.source_blocks(40.0) == [
+            SourceBlock("alice", "host:h1", 900.0),
+            SourceBlock("alice", "local", 50.0),
+            SourceBlock("bob", "host:h2", 900.0),
+        ]
+        assert await s.source_blocks(60.0, "alice") == [SourceBlock("alice", "host:h1", 900.0)]
+        assert await s.source_blocks(60.0, "carol") == []
+        assert await s.clear_guard("alice")
+        assert await s.source_blocks(60.0) == [SourceBlock("bob", "host:h2", 900.0)]
 
     backend.run(body)

@@ -49,6 +49,7 @@ from mfad.model import (
     Login,
     PendingEnrolment,
     Site,
+    SourceBlock,
     StateChange,
     TokenParams,
 )
@@ -528,6 +529,17 @@ class PostgresStore(Store):
             )
             await _write_guard(db, user, source, new)
             return new
+
+        return await self._run(q)
+
+    async def source_blocks(self, now: float, user: str | None = None) -> list[SourceBlock]:
+        async def q(db: Conn) -> list[SourceBlock]:
+            cur = await db.execute(
+                'SELECT "user", source, until FROM guard WHERE source <> %s AND until > %s'
+                ' AND (%s::text IS NULL OR "user" = %s) ORDER BY "user", source',
+                (ACCOUNT_SOURCE, now, user, user),
+            )
+            return [SourceBlock(u, src, float(t)) for u, src, t in await cur.fetchall()]
 
         return await self._run(q)
 

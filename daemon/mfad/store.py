@@ -35,6 +35,7 @@ from mfad.model import (
     Login,
     PendingEnrolment,
     Site,
+    SourceBlock,
     State,
     StateChange,
     TokenParams,
@@ -150,6 +151,11 @@ class Store(abc.ABC):
         store) comes between the read and the write, so no wrong code goes uncounted.
         lockout.Guard's per-user lock covers one daemon only. `change` must be pure: it
         may run again when the database asks for a retry."""
+
+    @abc.abstractmethod
+    async def source_blocks(self, now: float, user: str | None = None) -> list[SourceBlock]:
+        """The per-source blocks in force at `now` (of `user`, or of everyone), by user and
+        source: what `mfa status` and `mfa list` show and `mfa unlock` lifts."""
 
     @abc.abstractmethod
     async def clear_guard(self, user: str) -> bool:
@@ -682,6 +688,17 @@ class SqliteStore(Store):
                 new = change(_read_guard(db, user, source))
                 _write_guard(db, user, source, new)
             return new
+
+        return await self._run(q)
+
+    async def source_blocks(self, now: float, user: str | None = None) -> list[SourceBlock]:
+        def q(db: sqlite3.Connection) -> list[SourceBlock]:
+            rows = db.execute(
+                "SELECT user, source, until FROM guard WHERE source != ? AND until > ?"
+                " AND (? IS NULL OR user = ?) ORDER BY user, source",
+                (ACCOUNT_SOURCE, now, user, user),
+            ).fetchall()
+            return [SourceBlock(u, src, math.inf if t >= _FOREVER else t) for u, src, t in rows]
 
         return await self._run(q)
 
