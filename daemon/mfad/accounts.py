@@ -378,7 +378,14 @@ class AccountOps:
             lambda: enrolment.activate(self.ctx, confirmed),
             state="active",
         )
-        return {"user": ident.name, "state": "active", "recovery_codes": confirmed.codes}
+        # The confirming code's step is used (replay protection): a login needs a later code.
+        period = confirmed.pending.params.period
+        return {
+            "user": ident.name,
+            "state": "active",
+            "recovery_codes": confirmed.codes,
+            "next_code_at": iso((confirmed.step + 1) * period),
+        }
 
     async def recovery_codes(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """How many are left; with `regenerate`, a new set (a user must give a current code)."""
