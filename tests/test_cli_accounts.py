@@ -643,6 +643,8 @@ def test_host_blocks_are_shown_and_unlock_says_it_lifted_them(
     assert result.stdout == f"{user}: unlocked: {lifted}\n"
     [cleared] = [r for r in mfad.audit() if r["event"] == "lock_cleared"]
     assert cleared["source_blocks"] == row["source_blocks"]
+    trail = mfa(mfad, "audit", "--event", "lock_cleared", "--full").stdout
+    assert "unlocked by administrator; unblocked host:192.0.2.77" in trail
     assert "locked_until" not in cleared  # the account was not locked
     assert re.search(r"^Blocked sources:\s+-$", mfa(mfad, "status", user).stdout, re.MULTILINE)
     assert pam_login(user, [totp_now(secret, +1)], rhost="192.0.2.77").name == "PAM_SUCCESS"

@@ -64,6 +64,13 @@ def _detail(record: dict[str, Any]) -> str:
     if event == Event.CONTROL:
         text = f"{record.get('op', '?')} by {record.get('actor', '?')}"
         return f"{text}: {reason}" if reason else text
+    if event == Event.LOCK_CLEARED and record.get("source_blocks"):
+        blocks = record["source_blocks"]
+        hosts = ", ".join(
+            str(b.get("source") if isinstance(b, dict) else b)
+            for b in (blocks if isinstance(blocks, list) else [blocks])
+        )
+        return f"{reason or 'cleared'}; unblocked {hosts}"
     if event in (Event.LOCK_SET, Event.SOURCE_BLOCKED):
         return f"until {record['until']}" if record.get("until") else "until unlocked"
     if event == Event.ATTEMPT and reason:
