@@ -541,6 +541,8 @@ def test_enroll_with_token_parameters(mfad: Daemon, make_user: MakeUser, pam_log
 
     assert confirmed.exit_code == 0, confirmed.output
     assert len(RECOVERY_CODE.findall(confirmed.stdout)) == 10
+    # confirmed with the code before the current one: the current one logs in (below)
+    assert "the code the app shows now is a later one and logs in." in confirmed.stdout
     assert (
         "Token:            totp, SHA256, 8 digits, every 60 s" in mfa(mfad, "status", user).stdout
     )

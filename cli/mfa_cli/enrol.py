@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
@@ -116,15 +117,26 @@ def _activated(user: str, result: dict[str, Any], as_json: bool) -> None:
         return
     click.echo(f"Enrolment of {safe(user)} is active.")
     if next_at:
-        click.echo(
-            "The code just given is used up and will not log in again: log in with the "
-            f"next code the app shows (from {safe(utc_text(next_at))} UTC on)."
-        )
+        click.echo(_next_code_note(str(next_at)))
     if codes:
         click.echo()
     show_recovery_codes(
         codes,
         "Recovery codes, each good for one login when the phone is not at hand:",
+    )
+
+
+def _next_code_note(next_at: str) -> str:
+    """That the confirming code cannot log in (each code is accepted once), and which can."""
+    used = "The code just given is used up and will not log in again"
+    try:
+        due = datetime.fromisoformat(next_at) > datetime.now(UTC)
+    except ValueError:
+        due = True
+    if not due:  # confirmed with the code before the current one
+        return f"{used}; the code the app shows now is a later one and logs in."
+    return (
+        f"{used}: log in with the next code the app shows (from {safe(utc_text(next_at))} UTC on)."
     )
 
 
