@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -342,7 +343,8 @@ def test_enroll_json_gives_scripts_the_key_then_the_recovery_codes(
     active = json.loads(done.stdout)
     assert (active["user"], active["state"]) == (user, "active")
     assert len(set(active["recovery_codes"])) == 10
-    assert active["next_code_at"] > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    next_code = datetime.fromisoformat(active["next_code_at"]).timestamp()
+    assert next_code % 30 == 0 and abs(next_code - time.time()) <= 30
     assert state_of(mfad, user) == "active"
 
     # stdin is not read for a new key: no code can exist before the key it is made from
