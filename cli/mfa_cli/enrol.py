@@ -251,8 +251,8 @@ def enroll(
     recovery codes are shown, once. Each run without --confirm starts over with
     a new key.
 
-    The code that confirms the enrolment is used up, as every code is once
-    accepted: log in with the next code the app shows (the output says from when).
+    The code that confirms the enrolment is used up, like every accepted code
+    (each is accepted once): log in with a later one (the output says from when).
 
     When stdin is not a terminal, the code is read from it instead; with nothing
     there the enrolment is left pending (exit code 0) and the next step is
