@@ -3,6 +3,98 @@
 # and mfa into their own virtualenv, write the config and key if missing, and
 # start mfad. Run as root from the repository. Safe to run again: it upgrades
 # the code, keeps /etc/mfad as it is, and restarts the daemon.
+
+say() { printf '== %s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+# The pid in the pid file $1 if that process is still an mfad (not a pid the kernel has
+# since given to another program); nothing, and no complaint, if it has gone.
+running_mfad_pid() {
+    local pid cmdline
+    pid=$(cat "$1" 2>/dev/null) || return 0
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    { cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline"); } 2>/dev/null || return 0
+    [[ $cmdline == *mfad* ]] && printf '%s\n' "$pid"
+    return 0
+}
+
+# The PAM services in directory $1 (/etc/pam.d) whose auth stack has pam_mfa.so: on a
+# line of their own, or in a file they @include (common-auth), one name per line.
+pam_mfa_services() {
+    local dir=$1 file name included
+    local -a with=()
+    for file in "$dir"/*; do
+        [[ -f $file ]] || continue
+        if grep -Eq '^[[:space:]]*-?auth[[:space:]].*pam_mfa\.so' "$file"; then
+            with+=("${file##*/}")
+        fi
+    done
+    for file in "$dir"/*; do
+        [[ -f $file ]] || continue
+        name=${file##*/}
+        if printf '%s\n' "${with[@]}" | grep -qxF -- "$name"; then
+            printf '%s\n' "$name"
+            continue
+        fi
+        for included in "${with[@]}"; do
+            if awk -v n="$included" '($1 == "@include" && $2 == n) ||
+                ($1 ~ /^-?auth$/ && ($2 == "include" || $2 == "substack") && $3 == n) { f = 1 }
+                END { exit !f }' "$file"; then
+                printf '%s\n' "$name"
+                break
+            fi
+        done
+    done
+}
+
+# What is in force after the install: which PAM services in $1 ask for codes, and under
+# which mode of the config $2 (read by mfad's own parser, run by the python $3).
+describe_in_force() {
+    local dir=$1 conf=$2 python=$3
+    local -a services
+    mapfile -t services < <(pam_mfa_services "$dir")
+    if (( ${#services[@]} == 0 )); then
+        cat <<EOM
+Nothing asks for a code yet: no PAM service in $dir uses pam_mfa.so. To require
+one for SSH logins:
+
+  1. In $dir/sshd, directly after "@include common-auth", add:
+         auth required pam_mfa.so
+     (see etc/pam.d/sshd in this repository for the module arguments)
+  2. Copy etc/ssh/sshd_config.d/pam-mfa.conf to /etc/ssh/sshd_config.d/,
+     check with "sshd -t", then reload sshd.
+  3. Enrol each user, e.g. "mfa enroll alice", and scan the QR code.
+
+Keep a root shell open while you test a new login in another terminal.
+EOM
+        return 0
+    fi
+    printf 'pam_mfa.so is in force for these PAM services (%s):\n' "$dir"
+    "$python" - "$conf" "${services[@]}" <<'PY'
+import sys
+from pathlib import Path
+
+from mfad.config import load
+
+WHAT = {
+    "off": "nobody is asked for a code",
+    "optional": "users who enrolled, or whom you require (mfa require, require_groups), "
+    "give a code",
+    "required": "every user not exempt gives a code, or enrols at the next login",
+}
+config = load(Path(sys.argv[1]))
+width = max(len(s) for s in sys.argv[2:])
+for service in sys.argv[2:]:
+    mode = config.mode_for(service)
+    print(f"  {service:<{width}}  mode {mode}: {WHAT.get(mode, mode)}")
+PY
+    echo '"mfa list" shows who is enrolled, pending or exempt.'
+}
+
+# Sourced (tests/test_install_script.py checks the functions above alone): stop here.
+# `return` succeeds only in a sourced file, whatever $0 is.
+if (return 0 2>/dev/null); then return 0; fi
+
 set -euo pipefail
 umask 022
 cd "$(dirname "$0")/.."
@@ -15,9 +107,6 @@ KEY=$CONF_DIR/secret.key
 RUN_DIR=/run/mfad
 PID_FILE=$RUN_DIR/mfad.pid
 LOG_FILE=/var/log/mfad/mfad.log
-
-say() { printf '== %s\n' "$*"; }
-die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root"
 
@@ -121,9 +210,9 @@ else
     say "systemd is not PID 1: starting mfad in the background"
     install -d -m 0755 "$RUN_DIR"
     if [[ -f $PID_FILE ]]; then
-        old=$(cat "$PID_FILE")
+        old=$(running_mfad_pid "$PID_FILE")
         # Only signal the pid if it is still an mfad, not a recycled pid.
-        if [[ $old =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null | grep -q mfad; then
+        if [[ -n $old ]]; then
             say "stopping the running mfad (pid $old)"
             kill -TERM "$old"
             for _ in $(seq 1 100); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
@@ -142,17 +231,5 @@ else
     say "mfad is running (pid $pid, pid file $PID_FILE, log $LOG_FILE)"
 fi
 
-cat <<EOM
-
-pam-mfa is installed and mfad answers on $control_socket.
-Nothing asks for a code yet. To require one for SSH logins:
-
-  1. In /etc/pam.d/sshd, directly after "@include common-auth", add:
-         auth required pam_mfa.so
-     (see etc/pam.d/sshd in this repository for the module arguments)
-  2. Copy etc/ssh/sshd_config.d/pam-mfa.conf to /etc/ssh/sshd_config.d/,
-     check with "sshd -t", then reload sshd.
-  3. Enrol each user, e.g. "mfa enroll alice", and scan the QR code.
-
-Keep a root shell open while you test a new login in another terminal.
-EOM
+printf '\npam-mfa is installed and mfad answers on %s.\n' "$control_socket"
+describe_in_force /etc/pam.d "$CONF" "$VENV/bin/python"

@@ -41,9 +41,9 @@ def login(mfad: Daemon, user: str, answers: list[str], rhost: str, service: str 
 
 def rows(output: str) -> list[list[str]]:
     """The table's rows, header first, as cells: date, time, event, outcome, user, service,
-    rhost, reason (no cell but the last holds a space; an empty one shows as "-")."""
+    rhost, method, reason (no cell but the last holds a space; an empty one shows as "-")."""
     lines = [ln for ln in output.splitlines() if ln.strip()]
-    return [ln.split(None, 7) for ln in lines]
+    return [ln.split(None, 8) for ln in lines]
 
 
 def wrong_codes(secret: str, n: int) -> list[str]:
@@ -83,7 +83,7 @@ def test_help_shows_examples_time_forms_and_exit_code_7() -> None:
 
 def test_listing_is_a_table_that_filters_combine_on(mfad: Daemon, traffic: dict[str, str]) -> None:
     """`mfa audit` prints a table (time, event, outcome, user, service, remote host,
-    reason), oldest first. --user, --event, --outcome, --service and --rhost each narrow
+    method, reason), oldest first. --user, --event, --outcome, --service and --rhost each narrow
     it, and together they must all match."""
     alice, bob = traffic["alice"], traffic["bob"]
 
@@ -91,7 +91,9 @@ def test_listing_is_a_table_that_filters_combine_on(mfad: Daemon, traffic: dict[
 
     assert everything.exit_code == 0, everything.output
     table = rows(everything.stdout)
-    assert table[0] == ["TIME", "(UTC)", "EVENT", "OUTCOME", "USER", "SERVICE", "RHOST", "REASON"]
+    assert table[0] == [
+        *("TIME", "(UTC)", "EVENT", "OUTCOME", "USER", "SERVICE", "RHOST", "METHOD", "REASON")
+    ]
     assert [r[2] for r in table[1:5]] == ["daemon_start", "daemon_stop", "daemon_start", "control"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d", table[1][0])
 
@@ -100,10 +102,10 @@ def test_listing_is_a_table_that_filters_combine_on(mfad: Daemon, traffic: dict[
         ("success", alice, "sshd", "203.0.113.7"),
         ("success", alice, "sudo", "-"),
     ]
-    assert mine[0][7] == "correct_code"
+    assert [(r[7], r[8]) for r in mine] == [("totp", "correct_code")] * 2
 
     refused = rows(mfa(mfad, "audit", "--event", "login", "--outcome", "failure").stdout)[1:]
-    assert [(r[4], r[7]) for r in refused] == [(bob, "too_many_attempts")]
+    assert [(r[4], r[8]) for r in refused] == [(bob, "too_many_attempts")]
 
     by_host = rows(mfa(mfad, "audit", "--rhost", "203.0.113.7").stdout)[1:]
     assert {r[2] for r in by_host} == {"challenge", "login"}
@@ -267,12 +269,12 @@ def test_follow_shows_a_login_made_after_it_started(
         timeout=15,
     )
     try:
-        child.expect(rf"control\s+success\s+{user}\s+-\s+-\s+enroll_confirm by root")
+        child.expect(rf"control\s+success\s+{user}(\s+-){{3}}\s+enroll_confirm by root")
         child.expect("following new records; Ctrl-C to stop")
 
         assert login(mfad, user, [totp_now(secret)], rhost="203.0.113.9") == "S"
 
-        child.expect(rf"login\s+success\s+{user}\s+sshd\s+203\.0\.113\.9\s+correct_code")
+        child.expect(rf"login\s+success\s+{user}\s+sshd\s+203\.0\.113\.9\s+totp\s+correct_code")
         child.sendintr()
         child.expect(pexpect.EOF)
         child.close()
@@ -347,3 +349,31 @@ def test_times_are_sent_to_mfad_in_utc(mfad: Daemon) -> None:
     result = mfa(mfad, "audit", "--json", "--since", minute_ago.isoformat())
 
     assert [r["event"] for r in _json(result)] == ["daemon_start"]
+
+
+def test_listing_columns_stay_in_line_whatever_the_lengths(
+    mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """Every column of `mfa audit` starts where its header does, on every line: long event
+    names (recovery_code_used) fit their column, and a remote host longer than its column is
+    cut with an ellipsis instead of pushing the rest of the line aside (--full shows it
+    whole). The METHOD column
+    says how a login succeeded (totp, recovery)."""
+    user = make_user()
+    secret = mfad.enroll(user)
+    codes = mfad.request("recovery_codes", user=user, regenerate=True)["codes"]
+    long_host = "a-rather-long-host-name.example.com"
+    assert login(mfad, user, [codes[0]], rhost=long_host) == "S"
+    assert login(mfad, user, [totp_now(secret)], rhost="192.0.2.1") == "S"
+
+    lines = mfa(mfad, "audit", "--user", user).stdout.splitlines()
+
+    header = lines[0]
+    starts = [header.index(name) for name in ("EVENT", "OUTCOME", "USER", "RHOST", "METHOD")]
+    for line in lines[1:]:
+        assert all(line[at - 1] == " " and line[at] != " " for at in starts), (header, line)
+    used = next(line for line in lines if "recovery_code_used" in line)
+    assert long_host not in used and " a-rather-long-host-\u2026 " in used
+    assert long_host in mfa(mfad, "audit", "--full", "--user", user).stdout
+    logins = [line for line in lines if line.split()[2] == "login"]
+    assert [line[starts[4] :].split()[0] for line in logins] == ["recovery", "totp"]

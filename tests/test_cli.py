@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -122,8 +123,8 @@ def test_enroll_shows_a_qr_code_that_scans_to_the_shown_uri(mfad: Any, make_user
     """`mfa enroll USER` shows a QR code that a scanner reads as exactly the otpauth:// URI
     printed under it; the URI names the issuer and account and carries the key that is also
     shown in groups of four; digits and period match what is printed (absent from the URI
-    means the key-URI format's defaults, 6 and 30). No code typed: the enrolment stays
-    pending and the user is told how to confirm it."""
+    means the key-URI format's defaults, 6 and 30). No code given: the enrolment stays
+    pending (exit code 0) and the user is told how to confirm it."""
     user = make_user()
 
     result = mfa(mfad, "enroll", user, input="")
@@ -140,9 +141,9 @@ def test_enroll_shows_a_qr_code_that_scans_to_the_shown_uri(mfad: Any, make_user
     assert all(len(group) == 4 for group in shown_key(result.stdout).split()[:-1])
     digits, period = int(query.get("digits", ["6"])[0]), int(query.get("period", ["30"])[0])
     assert f"{digits} digits, every {period} s" in result.stdout
-    assert result.exit_code == 1
+    assert result.exit_code == 0, result.output
     assert "pending, not active" in result.stderr
-    assert f"mfa enroll {user} --confirm" in result.stderr
+    assert f"echo CODE | mfa enroll {user} --confirm" in result.stderr
     assert state_of(mfad, user) == "none"
 
 
@@ -259,18 +260,20 @@ def test_a_code_on_the_command_line_is_refused(mfad: Any, make_user: Any) -> Non
 
 
 def test_scripted_enrolment_gives_the_code_on_stdin(mfad: Any, make_user: Any) -> None:
-    """The enrol help's two scripted steps, run as the installed `mfa`: with nothing on
-    stdin `mfa enroll USER` prints the key and leaves the enrolment pending (exit 1);
-    `mfa enroll USER --confirm` with nothing on stdin exits 1 and leaves it pending;
-    with the code as a line on stdin it activates it and prints the recovery codes,
-    never the code."""
+    """The README's scripted enrolment, run as the installed `mfa`: with nothing on stdin
+    `mfa enroll USER` prints the key, leaves the enrolment pending and exits 0, naming the
+    next step on stderr; `mfa enroll USER --confirm` with nothing on stdin exits 1 and
+    leaves it pending; with the code as a line on stdin it activates it and prints the
+    recovery codes, never the code, and says that code is used up and from when the next
+    one logs in: the same code at a login is refused as already used."""
     user = make_user()
     command = [str(MFA), "--socket", str(mfad.control_socket), "enroll", user]
     begun = subprocess.run(
         command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False
     )
-    assert begun.returncode == 1, begun.stderr
+    assert begun.returncode == 0, begun.stderr
     assert "pending, not active" in begun.stderr
+    assert f"`echo CODE | mfa enroll {user} --confirm`" in begun.stderr
     totp = totp_of(shown_uri(begun.stdout))
 
     empty = subprocess.run(
@@ -285,7 +288,8 @@ def test_scripted_enrolment_gives_the_code_on_stdin(mfad: Any, make_user: Any) -
     assert "No code given" in empty.stderr
     assert state_of(mfad, user) == "none"
 
-    code = totp.now()
+    now = time.time()
+    code = totp.at(now)
     confirmed = subprocess.run(
         [*command, "--confirm"],
         input=f"{code}\n",
@@ -300,6 +304,53 @@ def test_scripted_enrolment_gives_the_code_on_stdin(mfad: Any, make_user: Any) -
     assert len(set(RECOVERY_CODE.findall(confirmed.stdout))) == 10
     assert code not in confirmed.stdout + confirmed.stderr
     assert state_of(mfad, user) == "active"
+    next_step = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime((now // 30 + 1) * 30))
+    used = "The code just given is used up and will not log in again"
+    assert used in confirmed.stdout
+    if time.time() < (now // 30 + 1) * 30:  # (the next step may have begun meanwhile)
+        assert (
+            f"{used}: log in with the next code the app shows (from {next_step} UTC on)."
+        ) in confirmed.stdout
+    with PamWire(mfad.pam_socket) as wire:
+        frames = wire.login(user, [code], service="sshd", rhost="203.0.113.7")
+    assert "That code was already used" in " ".join(f.payload for f in frames)
+    assert frames[-1] != Frame("R", "S")
+
+
+def test_enroll_json_gives_scripts_the_key_then_the_recovery_codes(
+    mfad: Any, make_user: Any
+) -> None:
+    """`mfa enroll USER --json` with nothing on stdin prints one JSON object (user, otpauth
+    URI, key, token parameters, state "pending", the command that confirms it) and exits 0;
+    `mfa enroll USER --confirm --json` with the code on stdin prints the state "active",
+    the ten recovery codes and from when the next code logs in."""
+    user, other = make_user(), make_user()
+
+    begun = mfa(mfad, "enroll", user, "--json", input="")
+
+    assert begun.exit_code == 0, begun.output
+    offer = json.loads(begun.stdout)
+    assert offer["user"] == user and offer["state"] == "pending"
+    assert offer["uri"].startswith("otpauth://totp/") and offer["secret"] in offer["uri"]
+    assert (offer["algorithm"], offer["digits"], offer["period"]) == ("SHA1", 6, 30)
+    assert offer["confirm_with"] == f"echo CODE | mfa enroll {user} --confirm"
+    assert state_of(mfad, user) == "none"
+
+    totp = pyotp.TOTP(offer["secret"])
+    done = mfa(mfad, "enroll", user, "--confirm", "--json", input=f"{totp.now()}\n")
+
+    assert done.exit_code == 0, done.output
+    active = json.loads(done.stdout)
+    assert (active["user"], active["state"]) == (user, "active")
+    assert len(set(active["recovery_codes"])) == 10
+    next_code = datetime.fromisoformat(active["next_code_at"]).timestamp()
+    assert next_code % 30 == 0 and abs(next_code - time.time()) <= 30
+    assert state_of(mfad, user) == "active"
+
+    # stdin is not read for a new key: no code can exist before the key it is made from
+    again = mfa(mfad, "enroll", other, "--json", input="123456\n")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["state"] == "pending"
 
 
 def test_confirm_in_a_terminal_asks_for_the_code_without_echoing_it(
@@ -335,7 +386,8 @@ def test_enrolling_an_unknown_user_exits_5(mfad: Any) -> None:
 def test_status_shows_enrolment_and_last_login(
     mfad: Any, make_user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`mfa status USER` shows the state and when the user enrolled; after a login it shows
+    """`mfa status USER` shows the state and when the user enrolled, which is when a code was
+    last verified (the one that confirmed the enrolment), not "never"; after a login it shows
     when and from where the last code was verified and how far the phone's clock is off
     (a code from the next step: one step, about 30 s, ahead). `--json` gives the same as
     data. The socket can also come from MFA_SOCKET."""
@@ -350,7 +402,8 @@ def test_status_shows_enrolment_and_last_login(
     assert fields["User"] == user
     assert fields["State"] == "active"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", fields["Enrolled at"])
-    assert fields["Last verified"] == "never"
+    # the code that confirmed the enrolment (over the control socket: no remote host)
+    assert fields["Last verified"] == fields["Enrolled at"]
     assert fields["Last remote host"] == "-"
 
     with PamWire(mfad.pam_socket) as wire:

@@ -234,8 +234,9 @@ def test_list_json_and_csv_show_every_state(
     assert [r["user"] for r in parsed] == sorted(rows)
     for row in parsed:
         for key, value in rows[row["user"]].items():
-            if key in row:
+            if key in row and key != "source_blocks":  # "SOURCE until TIME; ...": none here
                 assert row[key] == ("" if value is None else str(value)), (key, row)
+        assert row["source_blocks"] == ""
 
     table = mfa(mfad, "list").stdout.splitlines()
     assert table[0].split()[:3] == ["USER", "STATE", "METHOD"]
@@ -477,7 +478,10 @@ def test_unlock_lifts_a_lock(mfad: Daemon, make_user: MakeUser, pam_login: Any) 
     result = mfa(mfad, "unlock", user, other)
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{user}: unlocked\n{other}: was not locked\n"
+    assert result.stdout == (
+        f"{user}: unlocked: account lock (until an administrator unlocked it) lifted\n"
+        f"{other}: was not locked or blocked\n"
+    )
     assert any(
         (r["event"], r.get("op"), r.get("user")) == ("control", "unlock", user)
         for r in mfad.audit()
@@ -537,6 +541,8 @@ def test_enroll_with_token_parameters(mfad: Daemon, make_user: MakeUser, pam_log
 
     assert confirmed.exit_code == 0, confirmed.output
     assert len(RECOVERY_CODE.findall(confirmed.stdout)) == 10
+    # confirmed with the code before the current one: the current one logs in (below)
+    assert "the code the app shows now is a later one and logs in." in confirmed.stdout
     assert (
         "Token:            totp, SHA256, 8 digits, every 60 s" in mfa(mfad, "status", user).stdout
     )
@@ -579,3 +585,118 @@ def test_a_user_enrolling_again_is_told_to_ask_an_administrator(
     assert out.returncode != 0
     assert "ask an administrator to reset it" in out.stderr
     assert "mfa reset" not in out.stderr
+
+
+def test_list_sorts_by_the_column_names_the_table_shows(
+    mfad: Daemon, make_user: MakeUser, pam_login: Any
+) -> None:
+    """`mfa list --sort` takes a column as the table heads it (FAILED, "LAST RHOST",
+    in any case, words joined by a space or '-') as well as mfad's field name; an unknown
+    column is a usage error that lists the columns."""
+    a, b = make_user(), make_user()
+    secret_a, secret_b = mfad.enroll(a), mfad.enroll(b)
+    assert pam_login(b, [wrong_code(secret_b)]).name != "PAM_SUCCESS"
+    assert pam_login(a, [totp_now(secret_a)]).name == "PAM_SUCCESS"
+    header = mfa(mfad, "list").stdout.splitlines()[0]
+    assert "FAILED" in header and "LAST RHOST" in header
+
+    for column in ("failed", "FAILED", "failed_attempts"):
+        assert [r["user"] for r in listed(mfad, "--sort", column, "--reverse")] == [b, a]
+    for column in ("LAST RHOST", "last-rhost", "Last Rhost", "ENROLLED (UTC)"):
+        assert len(listed(mfad, "--sort", column)) == 2
+    assert [r["user"] for r in listed(mfad, "--sort", "last rhost", "--reverse")] == [a, b]
+    unknown = mfa(mfad, "list", "--sort", "password")
+    assert unknown.exit_code == 2
+    assert "last-verified" in unknown.output and "failed" in unknown.output
+
+
+def test_host_blocks_are_shown_and_unlock_says_it_lifted_them(
+    mfad: Daemon, make_user: MakeUser, pam_login: Any
+) -> None:
+    """A remote host blocked for a user after wrong codes (the account itself not locked)
+    shows in `mfa status`, `mfa show` and `mfa list` (which host, until when; the JSON and
+    CSV too). `mfa unlock` lifts it and says so, by host, and the audit's lock_cleared
+    names it; then the status shows no block and the right code from that host logs in."""
+    mfad.restart(lockout={"deny": 100, "source_deny": 2, "source_block_time": 600})
+    user = make_user()
+    secret = mfad.enroll(user)
+    assert pam_login(user, [wrong_code(secret)] * 2, rhost="192.0.2.77").name != "PAM_SUCCESS"
+    assert pam_login(user, [totp_now(secret, +1)], rhost="192.0.2.77").name != "PAM_SUCCESS"
+
+    status = mfa(mfad, "status", user).stdout
+    assert re.search(r"^Locked:\s+-$", status, re.MULTILINE)
+    shown = re.search(r"^Blocked sources:\s+192\.0\.2\.77 until (\S+)$", status, re.MULTILINE)
+    assert shown, status
+    until = datetime.fromisoformat(shown.group(1))
+    assert timedelta(seconds=590) < until - datetime.now(UTC) <= timedelta(seconds=600)
+    assert status in mfa(mfad, "show", user).stdout
+    [row] = listed(mfad)
+    assert row["source_blocks"] == [{"source": "host:192.0.2.77", "until": shown.group(1)}]
+    table = mfa(mfad, "list").stdout.splitlines()
+    assert "BLOCKED SOURCES (UTC)" in table[0] and "192.0.2.77 until " in table[1]
+    [csv_row] = csv.DictReader(io.StringIO(mfa(mfad, "list", "--csv").stdout))
+    assert csv_row["source_blocks"] == f"host:192.0.2.77 until {shown.group(1)}"
+    assert [r["user"] for r in listed(mfad, "--sort", "blocked-sources")] == [user]
+
+    result = mfa(mfad, "unlock", user)
+
+    assert result.exit_code == 0, result.output
+    lifted = f"192.0.2.77 unblocked (was until {shown.group(1)})"
+    assert result.stdout == f"{user}: unlocked: {lifted}\n"
+    [cleared] = [r for r in mfad.audit() if r["event"] == "lock_cleared"]
+    assert cleared["source_blocks"] == row["source_blocks"]
+    trail = mfa(mfad, "audit", "--event", "lock_cleared", "--full").stdout
+    assert "unlocked by administrator; unblocked host:192.0.2.77" in trail
+    assert "locked_until" not in cleared  # the account was not locked
+    assert re.search(r"^Blocked sources:\s+-$", mfa(mfad, "status", user).stdout, re.MULTILINE)
+    assert pam_login(user, [totp_now(secret, +1)], rhost="192.0.2.77").name == "PAM_SUCCESS"
+
+
+UNKNOWN = "mfanosuchuser"
+VERBS = [
+    ["status", UNKNOWN],
+    ["show", UNKNOWN],
+    ["enroll", UNKNOWN],
+    ["recovery-codes", UNKNOWN],
+    ["unlock", UNKNOWN],
+    ["require", UNKNOWN],
+    ["suspend", UNKNOWN],
+    ["resume", UNKNOWN],
+    ["disable", "--yes", UNKNOWN],
+    ["reset", UNKNOWN],
+    ["exempt", "--reason", "test", UNKNOWN],
+    ["unexempt", UNKNOWN],
+    ["forget", "--yes", UNKNOWN],
+]
+
+
+@pytest.mark.parametrize("args", VERBS, ids=[v[0] for v in VERBS])
+def test_every_verb_exits_5_for_a_user_that_does_not_exist(mfad: Daemon, args: list[str]) -> None:
+    """Every command that names a user exits 5 ("no such user", as the README promises)
+    for a name nobody on the system has, says so, and changes nothing."""
+    result = mfa(mfad, *args, input="")
+
+    assert result.exit_code == 5, result.output
+    assert UNKNOWN in result.output
+    assert mfad.request("list")["accounts"] == []
+
+
+def test_unlock_names_who_does_not_exist_and_unlocks_the_others(
+    mfad: Daemon, make_user: MakeUser, pam_login: Any
+) -> None:
+    """`mfa unlock` of a real locked user and an unknown name unlocks the real one, says the
+    other does not exist (stderr, audited as refused) and exits 5."""
+    mfad.restart(lockout=LOCKOUT)
+    user = make_user()
+    lock(pam_login, user, mfad.enroll(user))
+
+    result = mfa(mfad, "unlock", user, UNKNOWN)
+
+    assert result.exit_code == 5, result.output
+    assert result.stdout.startswith(f"{user}: unlocked: account lock")
+    assert f"{UNKNOWN}: refused: there is no user" in result.stderr
+    assert any(
+        (r["event"], r.get("op"), r.get("user"), r["outcome"])
+        == ("control", "unlock", UNKNOWN, "refused")
+        for r in mfad.audit()
+    )

@@ -116,10 +116,11 @@ def test_a_remote_host_with_escapes_is_shown_escaped_everywhere(
     mfad: Daemon, make_user: MakeUser, pam_login: Any
 ) -> None:
     """A PAM_RHOST holding ESC, BEL and U+009B (CSI), given at a failed and then a
-    successful login through pam_mfa.so, is shown escaped and never raw by `mfa audit`,
-    `mfa audit summary`, `mfa status`, `mfa show`, `mfa list` and `mfa list --csv`; the
-    JSON outputs (`mfa audit --json`, `mfa status/show/list --json`) escape it too
-    (U+009B as \\u009b) and still decode to the host as given."""
+        successful login through pam_mfa.so, is shown escaped and never raw by `mfa audit`
+    (cut with an ellipsis to its column; whole with --full),
+        `mfa audit summary`, `mfa status`, `mfa show`, `mfa list` and `mfa list --csv`; the
+        JSON outputs (`mfa audit --json`, `mfa status/show/list --json`) escape it too
+        (U+009B as \\u009b) and still decode to the host as given."""
     user = make_user()
     secret = mfad.enroll(user)
     assert pam_login(user, [wrong_code(secret)], rhost=EVIL_HOST).name != "PAM_SUCCESS"
@@ -127,8 +128,11 @@ def test_a_remote_host_with_escapes_is_shown_escaped_everywhere(
     # What mfad kept is what must be shown escaped; today that is the host as given.
     stored = str(mfad.request("status", user=user)["last_rhost"])
 
+    cut = mfa(mfad, "audit", "--user", user)  # the host is longer than its column
+    assert_no_raw_control(cut.output, "mfa audit")
+    assert escaped(stored)[:19] + "\u2026" in cut.stdout
     for args in (
-        ["audit", "--user", user],
+        ["audit", "--full", "--user", user],
         ["audit", "summary"],
         ["status", user],
         ["show", user],

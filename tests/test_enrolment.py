@@ -38,13 +38,18 @@ def _enrol_at_login(pam_login: PamLogin, user: str) -> tuple[str, list[str]]:
 def test_pending_user_enrols_at_login_then_uses_code_and_recovery_code(
     mfad: Daemon, pam_login: PamLogin, make_user: MakeUser
 ) -> None:
-    """Scan the QR shown at login, confirm, get 10 recovery codes; then a code logs in, and a
-    recovery code logs in exactly once."""
+    """Scan the QR shown at login, confirm, get 10 recovery codes (`mfa status` then shows the
+    confirmation as the last verified code, from the login's host); then a code logs in,
+    and a recovery code logs in exactly once."""
     user = make_user()
     mfad.request("require", user=user)
     secret, codes = _enrol_at_login(pam_login, user)
     assert len(codes) == 10 and len(set(codes)) == 10
-    assert mfad.request("status", user=user)["state"] == "active"
+    status = mfad.request("status", user=user)
+    assert status["state"] == "active"
+    # the confirming code is the last verification, from the login's host
+    assert status["last_verified_at"] == status["enrolled_at"] is not None
+    assert status["last_rhost"] == "192.0.2.1"
     assert pam_login(user, [totp_now(secret, 1)]).name == "PAM_SUCCESS"
     assert pam_login(user, [codes[0].lower().replace("-", " ")]).name == "PAM_SUCCESS"
     again = pam_login(user, [codes[0]] * 3)

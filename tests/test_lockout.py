@@ -188,6 +188,10 @@ def test_admin_unlock_lifts_a_lock_without_expiry(
         "ok": True,
         "unlocked": [user],
         "canonical": {user: user},
+        "cleared": {
+            user: {"locked_until": "until unlocked", "source_blocks": [], "failed_attempts": 2}
+        },
+        "refused": [],
     }
     assert pam.login(user, [totp_now(secret)])[0] == "PAM_SUCCESS"
     events = [r["event"] for r in mfad.audit()]

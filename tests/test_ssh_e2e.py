@@ -26,8 +26,8 @@ command's output, a login shell shows it a second time as the login message,
 and a quiet client (`ssh -q`, or `LogLevel QUIET`/`ERROR` in ssh_config)
 does not print it at all. That is why mfad shows the recovery codes, which
 exist in clear only once, in front of one more prompt ("Press Enter once the
-recovery codes are saved: "); the "Only N recovery codes left." warning
-still comes after the last prompt (tests below).
+recovery codes are saved: "), and the "Only N recovery codes left." warning
+in front of "Press Enter to continue: " (tests below, `ssh -q` included).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from mfad.model import (
     Kind,
     PendingEnrolment,
     Site,
+    SourceBlock,
     State,
     StateChange,
     TokenParams,
@@ -111,7 +112,8 @@ async def enrolled(store: Store, user: str = "alice", step: int = 100, codes: in
 def test_an_enrolment_is_held_aside_until_activated(backend: Backend) -> None:
     """begin_enrolment keeps a secret aside (replacing an older one) without making an
     account; activate turns it into an active token with its params, uid, confirming
-    step and recovery codes, and the pending enrolment is gone."""
+    step and recovery codes, its confirmation the last verification, and the pending
+    enrolment is gone."""
 
     async def body(stores: list[Store]) -> None:
         (s,) = stores
@@ -131,6 +133,7 @@ def test_an_enrolment_is_held_aside_until_activated(backend: Backend) -> None:
             TokenParams("SHA256", 8, 60),
         )
         assert (a.enrolled_at, a.last_step, a.clock_offset, a.uid) == (20.0, 1234, 0, 1000)
+        assert (a.last_verified_at, a.last_rhost) == (20.0, None)
         assert await s.get_pending("alice") is None
         assert await s.recovery_codes_left("alice") == 2
         assert await s.list_accounts() == {"alice": "active"}
@@ -623,3 +626,51 @@ def test_counting_is_atomic_across_daemons(backend: Backend) -> None:
         assert (final.account.total, final.source.total) == (60, 60)
 
     backend.run(body, hosts=3)
+
+
+def test_enrolling_again_records_the_confirmation_as_the_last_verification(
+    backend: Backend,
+) -> None:
+    """A new token confirmed from a remote host replaces the old token's last verification
+    (time and host); one confirmed where no host is known leaves no host from before."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await enrolled(s)
+        assert await s.consume_step("alice", 200, 0, 30.0, SSH)
+        await s.begin_enrolment(pending(secret=b"phone-2"))
+        await s.activate(pending(secret=b"phone-2"), 300, 40.0, rhost="198.51.100.4")
+        a = await s.get_account("alice")
+        assert a is not None and (a.last_verified_at, a.last_rhost) == (40.0, "198.51.100.4")
+        await s.begin_enrolment(pending(secret=b"phone-3"))
+        await s.activate(pending(secret=b"phone-3"), 400, 50.0)
+        a = await s.get_account("alice")
+        assert a is not None and (a.last_verified_at, a.last_rhost) == (50.0, None)
+
+    backend.run(body)
+
+
+def test_source_blocks_lists_the_blocks_in_force(backend: Backend) -> None:
+    """source_blocks names each (user, source) block whose time has not passed, by user and
+    source, of one user or of everyone; an expired block, a source's count without a block
+    and the account-wide lock are not source blocks; clear_guard lifts them."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        account_lock = Counter(5, 10.0, math.inf, 5)
+        await s.put_guard("bob", "host:h2", GuardState(account_lock, Counter(4, 10.0, 900.0, 4)))
+        await s.put_guard("alice", "host:h1", GuardState(Counter(), Counter(4, 10.0, 900.0, 4)))
+        await s.put_guard("alice", "local", GuardState(Counter(), Counter(4, 10.0, 50.0, 4)))
+        await s.put_guard("alice", "uid:1000", GuardState(Counter(), Counter(1, 10.0, 0.0, 1)))
+
+        assert await s.source_blocks(40.0) == [
+            SourceBlock("alice", "host:h1", 900.0),
+            SourceBlock("alice", "local", 50.0),
+            SourceBlock("bob", "host:h2", 900.0),
+        ]
+        assert await s.source_blocks(60.0, "alice") == [SourceBlock("alice", "host:h1", 900.0)]
+        assert await s.source_blocks(60.0, "carol") == []
+        assert await s.clear_guard("alice")
+        assert await s.source_blocks(60.0) == [SourceBlock("bob", "host:h2", 900.0)]
+
+    backend.run(body)

@@ -33,15 +33,40 @@ COLUMNS = (
     ("exempt_reason", "EXEMPT BECAUSE"),
     ("exempt_until", "EXEMPT UNTIL (UTC)"),
     ("enrol_by", "ENROL BY (UTC)"),
+    ("source_blocks", "BLOCKED SOURCES (UTC)"),
 )
 SORT_KEYS = tuple(key for key, _ in COLUMNS)
 TABLE_ORDER = (*(k for k in SORT_KEYS if k != "exempt_reason"), "exempt_reason")
 """The free-text reason goes last in the table so that it cannot push the others apart."""
+
 TIME_KEYS = frozenset(
     {"enrolled_at", "last_verified_at", "locked_until", "exempt_until", "enrol_by"}
 )
 CSV_KEYS = (*SORT_KEYS, "algorithm", "digits", "period", "clock_offset_steps")
 STATES = ("pending", "active", "suspended", "disabled", "exempt")
+
+
+def _column_name(text: str) -> str:
+    """A column as people type it: lower case, words joined by '-', no '(UTC)'."""
+    return "-".join(text.lower().replace("(utc)", "").replace("_", " ").split())
+
+
+SORT_NAMES = {
+    **{_column_name(header): key for key, header in COLUMNS},
+    **{_column_name(key): key for key in SORT_KEYS},
+}
+"""--sort takes a column as the table heads it (FAILED, "LAST VERIFIED", last-verified) or
+as mfad names it (failed_attempts), in any case."""
+
+
+def _sort_column(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    key = SORT_NAMES.get(_column_name(value))
+    if key is None:
+        shown = ", ".join(_column_name(header) for _, header in COLUMNS)
+        raise click.BadParameter(f"{value!r} is not a column; choose one of {shown}")
+    return key
+
+
 UNLOCKED_BY_ADMIN = "until unlocked"
 """mfad's `locked_until` for a lock that only an administrator lifts (unlock_time 0)."""
 
@@ -84,6 +109,20 @@ def _locked(result: dict[str, Any]) -> str:
     return "until an administrator unlocks it" if until == UNLOCKED_BY_ADMIN else str(until)
 
 
+def source_text(source: str) -> str:
+    """A guard source key (mfad.lockout) in words: the remote host, or where codes came from."""
+    kind, _, rest = source.partition(":")
+    if kind == "host":
+        return rest
+    if kind == "uid":
+        return f"mfa run by uid {rest}"
+    return "local logins (no remote host)" if source == "local" else source
+
+
+def _blocks_text(blocks: list[dict[str, Any]], when: Any = str) -> list[str]:
+    return [f"{source_text(b.get('source', '?'))} until {when(b.get('until'))}" for b in blocks]
+
+
 def _status_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     state = result.get("state")
     rows: list[tuple[str, Any]] = [("User", result.get("user")), ("State", _state(result))]
@@ -101,9 +140,12 @@ def _status_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
     if result.get("method"):
         rows.append(("Recovery codes", f"{result.get('recovery_codes_left', 0)} left"))
+    blocks = _blocks_text(result.get("source_blocks") or [])
     rows += [
         ("Failed attempts", result.get("failed_attempts", 0)),
         ("Locked", _locked(result)),
+        ("Blocked sources", blocks[0] if blocks else "-"),
+        *(("", more) for more in blocks[1:]),
     ]
     return rows
 
@@ -111,7 +153,7 @@ def _status_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
 def _print_rows(rows: list[tuple[str, Any]]) -> None:
     """Label: value lines; the values come from an answer already made safe (``clean``)."""
     for label, value in rows:
-        click.echo(f"{label + ':':<18}{value}")
+        click.echo(f"{label + ':' if label else '':<18}{value}")
 
 
 def _as_json(result: dict[str, Any]) -> str:
@@ -176,11 +218,21 @@ def _aligned(table: Sequence[Sequence[str]]) -> list[str]:
 
 def _cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
-    if value is None:
+    if value is None or value == []:
         return "-"
+    if key == "source_blocks":
+        return ", ".join(_blocks_text(value, utc_text))
     if key == "locked_until" and value == UNLOCKED_BY_ADMIN:
         return "admin unlock"
     return utc_text(value) if key in TIME_KEYS else str(value)
+
+
+def _csv_cell(row: dict[str, Any], key: str) -> str:
+    """A CSV field: escaped text; the source blocks as `SOURCE until TIME`, joined by '; '."""
+    value = row.get(key)
+    if key == "source_blocks":
+        return "; ".join(safe(f"{b.get('source')} until {b.get('until')}") for b in value or [])
+    return "" if value is None else safe(value)
 
 
 @click.command("list", short_help="Every account: state, logins, locks, exemptions.")
@@ -189,11 +241,13 @@ def _cell(row: dict[str, Any], key: str) -> str:
 @click.option(
     "--sort",
     "sort_key",
-    type=click.Choice(SORT_KEYS),
     default="user",
     metavar="COLUMN",
     show_default=True,
-    help=f"Sort by COLUMN, one of: {', '.join(SORT_KEYS)}. Unset values come last.",
+    callback=_sort_column,
+    help="Sort by COLUMN, named as the table heads it, in any case, with '-' or quotes "
+    f"between words ({', '.join(_column_name(h) for _, h in COLUMNS)}), or as in the JSON "
+    "(failed_attempts). Unset values come last.",
 )
 @click.option("--reverse", is_flag=True, help="Sort in descending order.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects, one per account.")
@@ -212,6 +266,7 @@ def list_accounts(
 ) -> None:
     """Every account mfad knows (root and the admin group only), one row each: state,
     method, when enrolled, last verified code and its remote host, failed attempts, lock,
+    the remote hosts (sources) blocked for the user after wrong codes and until when,
     exemption (reason and expiry) and, for pending accounts, the enrolment deadline.
 
     Users never configured (state `none`) have no row. Control characters in names,
@@ -231,14 +286,14 @@ def list_accounts(
         rows += result.get("accounts") or []
     # mfad's descending order puts unset values first; "never verified" belongs at the end
     # either way. The sort is stable, so mfad's order stands otherwise.
-    rows.sort(key=lambda r: r.get(sort_key) is None)
+    rows.sort(key=lambda r: r.get(sort_key) in (None, []))
     if as_json:
         click.echo(json_text(rows, indent=2))
     elif as_csv:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_KEYS)
-        writer.writerows([("" if r.get(k) is None else safe(r[k])) for k in CSV_KEYS] for r in rows)
+        writer.writerows([_csv_cell(r, k) for k in CSV_KEYS] for r in rows)
         click.echo(out.getvalue(), nl=False)
     elif not rows:
         click.echo("No accounts match.", err=True)

@@ -19,7 +19,7 @@ from mfa_cli.client import DaemonClient, pass_client
 from mfa_cli.display import clean, json_text, safe
 from mfa_cli.errors import ChainBroken, DaemonUnreachable
 from mfa_cli.times import parse_when, rfc3339, utc_text
-from mfa_wire.events import Event
+from mfa_wire.events import Event, Outcome
 
 DEFAULT_LIMIT = 100
 """Records `mfa audit` lists by default: the most recent ones, like `journalctl -n`."""
@@ -28,13 +28,20 @@ FOLLOW_BACKLOG = 10
 
 COLUMNS = (
     ("TIME (UTC)", 19),
-    ("EVENT", 14),
-    ("OUTCOME", 8),
-    ("USER", 12),
-    ("SERVICE", 8),
-    ("RHOST", 15),
+    ("EVENT", max(len(e) for e in Event)),
+    ("OUTCOME", max(len(o) for o in Outcome)),
+    ("USER", 16),
+    ("SERVICE", 10),
+    ("RHOST", 20),
+    ("METHOD", len("enrolment")),
     ("REASON", 0),
 )
+"""The table's columns and their widths (0: the rest of the line). Every event, outcome and
+method mfad writes fits; a longer cell (a long user name or host, an event of a newer mfad)
+is cut with an ellipsis, so that no row pushes its columns out of line (``--full``: never
+cut, as `last -w` and `journalctl --full` do). A width cannot come from the records
+themselves: a listing is printed as it streams in, and --follow never ends."""
+ELLIPSIS = "…"
 
 
 def _time_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -57,6 +64,13 @@ def _detail(record: dict[str, Any]) -> str:
     if event == Event.CONTROL:
         text = f"{record.get('op', '?')} by {record.get('actor', '?')}"
         return f"{text}: {reason}" if reason else text
+    if event == Event.LOCK_CLEARED and record.get("source_blocks"):
+        blocks = record["source_blocks"]
+        hosts = ", ".join(
+            str(b.get("source") if isinstance(b, dict) else b)
+            for b in (blocks if isinstance(blocks, list) else [blocks])
+        )
+        return f"{reason or 'cleared'}; unblocked {hosts}"
     if event in (Event.LOCK_SET, Event.SOURCE_BLOCKED):
         return f"until {record['until']}" if record.get("until") else "until unlocked"
     if event == Event.ATTEMPT and reason:
@@ -67,16 +81,29 @@ def _detail(record: dict[str, Any]) -> str:
 HOST_WIDTH = 16  # of the HOST column, with --all-hosts
 
 
-def _row(values: Iterable[str]) -> str:
-    cells = [v.ljust(width) for v, (_, width) in zip(values, COLUMNS, strict=True)]
+def _fit(value: str, width: int) -> str:
+    """``value`` padded to ``width``, or cut to it with an ellipsis; width 0: as it is."""
+    if not width:
+        return value
+    if len(value) > width:
+        return value[: width - 1] + ELLIPSIS
+    return value.ljust(width)
+
+
+def _row(values: Iterable[str], full: bool = False) -> str:
+    cells = [
+        v.ljust(width) if full else _fit(v, width)
+        for v, (_, width) in zip(values, COLUMNS, strict=True)
+    ]
     return " ".join(cells).rstrip()
 
 
 class _Printer:
     """Records as a table (header before the first) or as JSON lines."""
 
-    def __init__(self, as_json: bool, show_host: bool = False) -> None:
+    def __init__(self, as_json: bool, full: bool = False, show_host: bool = False) -> None:
         self.as_json = as_json
+        self.full = full
         self.show_host = show_host  # the fleet's records: each line starts with its host
         self.header_done = False
 
@@ -86,7 +113,9 @@ class _Printer:
             self.header_done = True
 
     def _host_cell(self, host: str) -> str:
-        return f"{host:<{HOST_WIDTH}} " if self.show_host else ""
+        if not self.show_host:
+            return ""
+        return (host.ljust(HOST_WIDTH) if self.full else _fit(host, HOST_WIDTH)) + " "
 
     def record(self, record: dict[str, Any]) -> None:
         if self.as_json:
@@ -101,10 +130,11 @@ class _Printer:
                     _shown_time(record),
                     *(
                         str(record.get(k) or "-")
-                        for k in ("event", "outcome", "user", "service", "rhost")
+                        for k in ("event", "outcome", "user", "service", "rhost", "method")
                     ),
                     _detail(record),
-                ]
+                ],
+                self.full,
             )
         )
 
@@ -140,6 +170,11 @@ otherwise; --limit 0 shows all.""",
     help="Every host of the fleet, from the shared store's audit table (PostgreSQL only).",
 )
 @click.option(
+    "--full",
+    is_flag=True,
+    help="Never cut a long user name, service or remote host with '…' (columns may then shift).",
+)
+@click.option(
     "--limit",
     "-n",
     type=click.IntRange(min=0),
@@ -159,13 +194,16 @@ def audit(
     as_json: bool,
     follow: bool,
     all_hosts: bool,
+    full: bool,
     limit: int | None,
 ) -> None:
     """List the audit trail (root and the admin group only).
 
-    A table of time, event, outcome, user, service, remote host and reason,
-    oldest first; filters combine (all must match). Control characters in the
-    records are shown escaped (ESC as \\x1b, a backslash as \\\\); --json
+    A table of time, event, outcome, user, service, remote host, method (how
+    a login succeeded: totp, recovery, enrolment) and reason, oldest first; a
+    cell too long for its column ends in '…' (--full: never cut). Filters
+    combine (all must match). Control characters in the records are shown
+    escaped (ESC as \\x1b, a backslash as \\\\); --json
     escapes them as \\u001b, and is otherwise each record as logged.
     """
     if ctx.invoked_subcommand is not None:
@@ -191,7 +229,7 @@ def audit(
         filters["all_hosts"] = True
     if limit is None:
         limit = FOLLOW_BACKLOG if follow else DEFAULT_LIMIT
-    printer = _Printer(as_json, show_host=all_hosts)
+    printer = _Printer(as_json, full, show_host=all_hosts)
     matched = 0
     following = False
     try:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 
 from mfa_cli.client import DaemonClient, pass_client
-from mfa_cli.display import clean, safe
+from mfa_cli.display import clean, json_text, safe
 from mfa_cli.errors import CliError, WrongCode
 from mfa_cli.identity import invoking_user, is_root
+from mfa_cli.times import utc_text
 
 MAX_TRIES = 3
 """Codes `mfa enroll` asks for before giving up, as many as a login allows."""
@@ -46,16 +48,17 @@ def no_code_option(instead: str) -> Callable[[F], F]:
     return click.option("--code", metavar="CODE", hidden=True, expose_value=False, callback=refuse)
 
 
-def read_code(prompt: str) -> str | None:
-    """A verification code: typed at a hidden prompt if stdin is a terminal, else the
-    first line of stdin (for scripts). None if there is none: end of input, an empty
-    line, or Ctrl-C / Ctrl-D at the prompt."""
+def read_code(prompt: str, err: bool = False) -> str | None:
+    """A verification code: typed at a hidden prompt if stdin is a terminal (the prompt on
+    stderr with `err`, to keep stdout for JSON), else the first line of stdin (for
+    scripts). None if there is none: end of input, an empty line, or Ctrl-C / Ctrl-D at
+    the prompt."""
     stdin = sys.stdin
     if stdin is None:
         return None
     if stdin.isatty():
         try:
-            return str(click.prompt(prompt, hide_input=True))
+            return str(click.prompt(prompt, hide_input=True, err=err))
         except click.Abort:
             click.echo(err=True)
             return None
@@ -83,9 +86,11 @@ def show_recovery_codes(codes: list[str], heading: str) -> None:
     click.echo("Store these safely, they are not shown again.")
 
 
-def _confirm(client: DaemonClient, user: str, code: str, digits: int | None) -> str | list[str]:
-    """Send one code for the pending enrolment: the recovery codes once it is active, else
-    why not (a string). A malformed code is refused here, without a round trip."""
+def _confirm(
+    client: DaemonClient, user: str, code: str, digits: int | None
+) -> str | dict[str, Any]:
+    """Send one code for the pending enrolment: mfad's answer once it is active, else why
+    not (a string). A malformed code is refused here, without a round trip."""
     code = normalise_code(code)
     if not (code.isascii() and code.isdigit()) or (digits and len(code) != digits):
         return f"A verification code is {digits or 'six or eight'} digits."
@@ -95,16 +100,63 @@ def _confirm(client: DaemonClient, user: str, code: str, digits: int | None) -> 
         return "Incorrect verification code."
     if result.get("state") != "active":
         return "Incorrect verification code."
-    return list(result.get("recovery_codes") or [])
+    return result
 
 
-def _activated(user: str, codes: list[str]) -> None:
+def _activated(user: str, result: dict[str, Any], as_json: bool) -> None:
+    """The enrolment is active: the recovery codes, once, and when the next code logs in."""
+    codes = list(result.get("recovery_codes") or [])
+    next_at = result.get("next_code_at")
+    if as_json:
+        click.echo(
+            json_text(
+                {"user": user, "state": "active", "recovery_codes": codes, "next_code_at": next_at},
+                indent=2,
+            )
+        )
+        return
     click.echo(f"Enrolment of {safe(user)} is active.")
+    if next_at:
+        click.echo(_next_code_note(str(next_at)))
     if codes:
         click.echo()
     show_recovery_codes(
         codes,
         "Recovery codes, each good for one login when the phone is not at hand:",
+    )
+
+
+def _next_code_note(next_at: str) -> str:
+    """That the confirming code cannot log in (each code is accepted once), and which can."""
+    used = "The code just given is used up and will not log in again"
+    try:
+        due = datetime.fromisoformat(next_at) > datetime.now(UTC)
+    except ValueError:
+        due = True
+    if not due:  # confirmed with the code before the current one
+        return f"{used}; the code the app shows now is a later one and logs in."
+    return (
+        f"{used}: log in with the next code the app shows (from {safe(utc_text(next_at))} UTC on)."
+    )
+
+
+def _pending(user: str, begun: dict[str, Any], as_json: bool) -> None:
+    """No code given (a script): the enrolment waits; say how to confirm it."""
+    step = f"echo CODE | mfa enroll {user} --confirm"
+    if as_json:
+        fields = ("user", "uri", "secret", "algorithm", "digits", "period")
+        click.echo(
+            json_text(
+                {**{k: begun.get(k) for k in fields}, "state": "pending", "confirm_with": step},
+                indent=2,
+            )
+        )
+        return
+    click.echo(
+        f"The enrolment of {user} is pending, not active: add the key to the app, then "
+        f"confirm it with the code the app shows: `{step}` (or `mfa enroll {user} "
+        "--confirm` in a terminal, which asks for it).",
+        err=True,
     )
 
 
@@ -130,6 +182,18 @@ def _show_enrolment(begun: dict[str, Any], invert: bool) -> None:
     )
     click.echo(f"  URI:     {begun['uri']}")
     click.echo()
+
+
+def _next_answer(interactive: bool) -> str | None:
+    """The next code: at a prompt in a terminal, else the next line of stdin; None if none."""
+    if not interactive:
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        return line.strip() or None
+    try:
+        return str(click.prompt("Verification code"))
+    except click.Abort:
+        click.echo(err=True)
+        return None
 
 
 @click.command(short_help="Enrol USER (default: you): QR code, key, recovery codes.")
@@ -176,6 +240,13 @@ def _show_enrolment(begun: dict[str, Any], invert: bool) -> None:
     show_default=True,
     help="With --hotp: the token's next counter (codes before it count as used).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="For scripts: print a JSON object instead of the QR code and text, and never prompt: "
+    "a new enrolment is left pending (confirm it with --confirm --json, the code on stdin).",
+)
 @pass_client
 def enroll(
     client: DaemonClient,
@@ -188,6 +259,7 @@ def enroll(
     hotp: bool,
     hex_key: bool,
     counter: int,
+    as_json: bool,
 ) -> None:
     """Enrol USER (default: you) for authenticator codes.
 
@@ -197,11 +269,21 @@ def enroll(
     recovery codes are shown, once. Each run without --confirm starts over with
     a new key.
 
+    The code that confirms the enrolment is used up, like every accepted code
+    (each is accepted once): log in with a later one (the output says from when).
+
+    When stdin is not a terminal, the code is read from it instead; with nothing
+    there the enrolment is left pending (exit code 0) and the next step is
+    printed on stderr. --json prints a new enrolment as user, uri, secret,
+    algorithm, digits, period, state "pending" and confirm_with (the command that
+    confirms it), and with --confirm: user, state "active", recovery_codes and
+    next_code_at (from when a code logs in).
+
     \b
     Scripted, in two steps (the code on stdin, never as an argument,
     where every local user would see it in `ps`):
-      mfa enroll alice < /dev/null               prints the key, leaves it pending
-      echo 123456 | mfa enroll alice --confirm   confirms it, prints the recovery codes
+      mfa enroll alice --json < /dev/null          the key as JSON, left pending
+      echo 123456 | mfa enroll alice --confirm     confirms it, prints the recovery codes
 
     \b
     A hardware OATH token from its seed file (key on stdin):
@@ -209,18 +291,21 @@ def enroll(
     """
     user = user or invoking_user()
     if hotp:
-        if confirm or period:
-            raise click.UsageError("--hotp takes no --confirm or --period: it is active at once")
+        if confirm or period or as_json:
+            raise click.UsageError(
+                "--hotp takes no --confirm, --period or --json: it is active at once"
+            )
         _enroll_hotp(client, user, hex_key, counter, digits, algorithm)
         return
     if hex_key or counter:
         raise click.UsageError("--hex and --counter go with --hotp")
+    stdin_is_terminal = sys.stdin is not None and sys.stdin.isatty()
     if confirm:
         if digits or algorithm or period:
             raise click.UsageError(
                 "--digits, --algorithm and --period go with a new enrolment, not with --confirm"
             )
-        code = read_code("Verification code")
+        code = read_code("Verification code", err=as_json)
         if code is None:
             raise CliError(
                 f"No code given; the enrolment of {user} is pending, not active. "
@@ -229,7 +314,7 @@ def enroll(
         outcome = _confirm(client, user, code, digits=None)
         if isinstance(outcome, str):
             raise WrongCode(f"{outcome} The enrolment of {user} is pending, not active.")
-        _activated(user, outcome)
+        _activated(user, outcome, as_json)
         return
 
     params: dict[str, Any] = {}
@@ -240,24 +325,33 @@ def enroll(
     if period:
         params["period"] = int(period)
     begun = client.request("enroll_begin", user=user, invert=invert, **params)
+    if as_json:  # no code can come before the key it is made from, which is only now shown
+        _pending(user, begun, as_json)
+        return
     _show_enrolment(begun, invert)
     expected = int(begun["digits"])
-    for _ in range(MAX_TRIES):
-        try:
-            answer = click.prompt("Verification code")
-        except click.Abort:
-            click.echo(err=True)
+    wrong = 0
+    while wrong < MAX_TRIES:
+        answer = _next_answer(stdin_is_terminal)
+        if answer is None and stdin_is_terminal:
             raise CliError(
                 f"No code entered; the enrolment of {user} is pending, not active. "
                 f"Confirm it with `mfa enroll {user} --confirm` (it asks for the code)."
-            ) from None
+            )
+        if answer is None and not wrong:  # a script that gives no code: step one of two
+            _pending(user, begun, as_json)
+            return
+        if answer is None:
+            break
         outcome = _confirm(client, user, answer, expected)
         if not isinstance(outcome, str):
-            _activated(user, outcome)
+            _activated(user, outcome, as_json)
             return
         click.echo(outcome, err=True)
+        wrong += 1
+    tries = f"{wrong} incorrect code{'' if wrong == 1 else 's'}"
     raise WrongCode(
-        f"{MAX_TRIES} incorrect codes; the enrolment of {user} is pending, not active. "
+        f"{tries}; the enrolment of {user} is pending, not active. "
         f"Check that the phone's clock is right, then confirm with "
         f"`mfa enroll {user} --confirm`, or start over with `mfa enroll {user}`."
     )

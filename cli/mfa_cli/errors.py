@@ -33,13 +33,14 @@ Exit codes:
   4  not allowed: only root or the admin group may act on other users,
      list accounts, or change, exempt or unlock them
   5  no such user or group, or the user is not enrolled; for the
-     account changes (require, suspend, ...): a user named does not exist
+     account changes (require, suspend, ...), unlock and forget: a user
+     named does not exist
   6  the verification code was not accepted
   7  mfa audit verify: the audit trail was altered (edited, deleted,
      reordered or truncated records); the first bad record is shown
   8  an account change was refused for at least one user, because it
      does not fit their state (each reason is printed; the other users
-     named were changed); mfa forget: a user named was not forgotten
+     named were changed); mfa forget: a user named still exists
   9  locked: the account, or the host it is used from, is locked after
      too many wrong codes (the message says until when)
  10  too many requests from this user in a short time: wait, then retry"""

@@ -5,8 +5,9 @@ Administrators only. Each names its users as arguments, as the members of one
 applies the change to each user on its own and answers which changed and which
 were refused (and why). This module prints both and picks the exit code:
 5 if a user named does not exist, else 8 if any change was refused. `forget`
-takes user names only (its users may no longer exist) and exits 8 if any was
-refused. Names and reasons are printed escaped (mfa_cli.display.safe).
+takes user names only (its users may no longer exist) and exits 5 if mfad has
+no account for a name, else 8 if any was refused; `unlock` exits 5 for a name
+nobody has. Names and reasons are printed escaped (mfa_cli.display.safe).
 
 Each command is its own function. What they share is here once: the options
 naming whom to act on (``_whom_options``, ``_reason_option``, both put on each
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 import click
 
+from mfa_cli.accounts import UNLOCKED_BY_ADMIN, source_text
 from mfa_cli.client import DaemonClient, pass_client
 from mfa_cli.display import clean, safe
 from mfa_cli.errors import Forbidden, NotFound, Refused
@@ -336,13 +338,29 @@ def unexempt(client: DaemonClient, reason: str | None, **whom: Any) -> None:
     _run_action(client, "unexempt", reason=reason, **whom)
 
 
-@click.command(short_help="Lift USERS' lock after too many wrong codes.")
+def _lifted(was: dict[str, Any]) -> list[str]:
+    """What an unlock lifted, in words, from mfad's `cleared` entry for one user (raw)."""
+    lifted = []
+    until = was.get("locked_until")
+    if until is not None:
+        lock = "until an administrator unlocked it" if until == UNLOCKED_BY_ADMIN else until
+        lifted.append(f"account lock ({lock}) lifted")
+    for block in was.get("source_blocks") or []:
+        lifted.append(
+            f"{source_text(str(block.get('source')))} unblocked (was until {block.get('until')})"
+        )
+    return lifted
+
+
+@click.command(short_help="Lift USERS' lock and host blocks after too many wrong codes.")
 @click.argument("users", nargs=-1, metavar="[USER]...")
 @click.option("--group", metavar="GROUP", help="Also every member of GROUP (from NSS).")
 @pass_client
 def unlock(client: DaemonClient, users: tuple[str, ...], group: str | None) -> None:
-    """Lift the lockout of USERS: clear their lock, remote-host blocks and failure counts
-    (like `faillock --reset`). Users who were not locked are left as they are.
+    """Lift the lockout of USERS: clear their account lock, the remote hosts blocked for
+    them and their failure counts (like `faillock --reset`), and say which of these were
+    in force. Users who were not locked are left as they are. A user NSS does not know
+    (and mfad counts nothing for) is refused with exit code 5.
 
     \b
     Example:
@@ -352,14 +370,32 @@ def unlock(client: DaemonClient, users: tuple[str, ...], group: str | None) -> N
     answer = client.request("unlock", **fields)
     unlocked = list(answer.get("unlocked") or [])
     spelt = answer.get("canonical") or {}  # each name as given -> as NSS spells it
+    cleared = answer.get("cleared") or {}
     for user in unlocked:
-        click.echo(f"{safe(user)}: unlocked")
+        was = cleared.get(user) or {}
+        lifted = _lifted(was)
+        failures = was.get("failed_attempts") or 0
+        counted = f"{failures} failed attempt{'' if failures == 1 else 's'} cleared"
+        if lifted:
+            click.echo(safe(f"{user}: unlocked: {'; '.join(lifted)}"))
+        elif failures:
+            click.echo(safe(f"{user}: was not locked or blocked ({counted})"))
+        else:
+            click.echo(safe(f"{user}: was not locked or blocked (failure counts cleared)"))
+    refused = answer.get("refused") or []
     named = {spelt.get(user, user): user for user in users}
     for canonical, user in named.items():
-        if canonical not in unlocked:
-            click.echo(f"{safe(user)}: was not locked")
+        if canonical not in unlocked and user not in {r.get("user") for r in refused}:
+            click.echo(f"{safe(user)}: was not locked or blocked")
     if group and not any(u not in named for u in unlocked):
         click.echo(f"No other member of group {safe(group)} was locked.")
+    _print_refusals(refused)
+    if refused:
+        raise NotFound(
+            "no such user (see above)"
+            if len(refused) == 1
+            else f"{len(refused)} users named do not exist (see above)"
+        )
 
 
 @click.command(short_help="Drop mfad's account of deleted or re-created USERS.")
@@ -374,7 +410,8 @@ def forget(client: DaemonClient, users: tuple[str, ...], yes: bool) -> None:
     Asks first unless --yes.
 
     Prints one line per user forgotten (with the state and uid mfad had) and one,
-    on stderr, per user refused and why.
+    on stderr, per user refused and why. Exit code 5 if mfad has no account for a
+    name, else 8 if a user named still exists.
 
     \b
     Example:
@@ -398,8 +435,11 @@ def forget(client: DaemonClient, users: tuple[str, ...], yes: bool) -> None:
     _print_refusals(refused)
     if refused:
         total = len(forgotten) + len(refused)
-        raise Refused(
+        summary = (
             "not forgotten (see above)"
             if total == 1
             else f"{len(refused)} of {total} users not forgotten (see above)"
         )
+        if any(r.get("error") == ErrorCode.NO_SUCH_USER for r in refused):
+            raise NotFound(summary)
+        raise Refused(summary)

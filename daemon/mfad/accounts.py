@@ -21,7 +21,7 @@ says so; the client is told the truth either way.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -46,7 +46,8 @@ from mfad.errors import (
 )
 from mfad.identity import Identity
 from mfad.lockout import Refusal, control_source
-from mfad.model import Account, Counter, Kind, Site, State, TokenParams, state_of
+from mfad.model import Account, Counter, Kind, Site, SourceBlock, State, TokenParams, state_of
+from mfad.store import ACCOUNT_SOURCE
 from mfad.times import iso
 from mfad.verify import Purpose, Subject, Verdict, Verifier
 
@@ -71,6 +72,7 @@ LIST_COLUMNS = (
     "exempt_reason",
     "exempt_until",
     "enrol_by",
+    "source_blocks",
 )
 
 
@@ -103,8 +105,20 @@ def _refused(verdict: Verdict, wrong: str) -> RequestError:
     return _locked(verdict.refusal) if verdict.refusal is not None else WrongCode(wrong)
 
 
-def _row(account: Account, counter: Counter, now: float) -> dict[str, Any]:
+def _locked_until(counter: Counter, now: float) -> str | None:
     locked = counter.until if counter.until > now else None
+    return "until unlocked" if locked is not None and math.isinf(locked) else iso(locked)
+
+
+def _blocks(blocks: Sequence[SourceBlock]) -> list[dict[str, Any]]:
+    """The per-source blocks in force, as the rows carry them: the guard's source key
+    (`host:RHOST`, `local`, `uid:N`) and until when."""
+    return [{"source": b.source, "until": iso(b.until)} for b in blocks]
+
+
+def _row(
+    account: Account, counter: Counter, blocks: Sequence[SourceBlock], now: float
+) -> dict[str, Any]:
     token = account.sealed_secret is not None
     hotp_token = token and account.params.kind is Kind.HOTP
     return {
@@ -122,13 +136,12 @@ def _row(account: Account, counter: Counter, now: float) -> dict[str, Any]:
         "last_rhost": account.last_rhost,
         "failed_attempts": counter.failures,
         "failures_since_success": counter.total,
-        "locked_until": (
-            "until unlocked" if locked is not None and math.isinf(locked) else iso(locked)
-        ),
+        "locked_until": _locked_until(counter, now),
         "exempt_reason": account.exempt_reason,
         "exempt_until": iso(account.exempt_until),
         "enrol_by": iso(account.deadline) if account.state is State.PENDING else None,
         "clock_offset_steps": account.clock_offset,
+        "source_blocks": _blocks(blocks),
     }
 
 
@@ -220,6 +233,8 @@ class AccountOps:
             stale = None
         except StaleAccount as exc:
             account, stale = await self.ctx.store.get_account(ident.name), str(exc)
+        now = self.ctx.clock()
+        blocks = await self.ctx.store.source_blocks(now, ident.name)
         if account is None:
             row = {
                 "user": ident.name,
@@ -233,10 +248,11 @@ class AccountOps:
                 "failures_since_success": 0,
                 "locked_until": None,
                 "clock_offset_steps": 0,
+                "source_blocks": _blocks(blocks),
             }
             return row if stale is None else {**row, "stale": stale}
-        guard = await self.ctx.store.get_guard(ident.name, "*")
-        row = _row(account, guard.account, self.ctx.clock())
+        guard = await self.ctx.store.get_guard(ident.name, ACCOUNT_SOURCE)
+        row = _row(account, guard.account, blocks, now)
         if stale is not None:
             row["stale"] = stale
         return row
@@ -273,10 +289,13 @@ class AccountOps:
             raise RequestError(f"cannot sort by {sort!r}; choose one of {', '.join(LIST_COLUMNS)}")
         now = self.ctx.clock()
         found = await self.ctx.store.accounts()
+        blocked: dict[str, list[SourceBlock]] = {}
+        for block in await self.ctx.store.source_blocks(now):
+            blocked.setdefault(block.user, []).append(block)
         uids = await identity.current_uids([a.user for a, _ in found])
         rows = []
         for account, counter in found:
-            row = _row(account, counter, now)
+            row = _row(account, counter, blocked.get(account.user, []), now)
             current = uids.get(account.user)
             if current is None or account.uid not in (None, current):
                 row["stale"] = identity.stale_message(account.user, account.uid, current)
@@ -288,9 +307,13 @@ class AccountOps:
                 raise RequestError("`group` must be a group name")
             members = set(await lifecycle.group_members(group))
             rows = [r for r in rows if r["user"] in members]
-        present = [r for r in rows if r[sort] is not None]
-        present.sort(key=lambda r: r[sort], reverse=bool(request.get("descending")))
-        rows = present + [r for r in rows if r[sort] is None]
+        # unset values last; source blocks by how many there are
+        present = [r for r in rows if r[sort] not in (None, [])]
+        present.sort(
+            key=lambda r: len(r[sort]) if isinstance(r[sort], list) else r[sort],
+            reverse=bool(request.get("descending")),
+        )
+        rows = present + [r for r in rows if r[sort] in (None, [])]
         return _frames(rows)
 
     async def enroll_begin(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +382,14 @@ class AccountOps:
             lambda: enrolment.activate(self.ctx, confirmed),
             state="active",
         )
-        return {"user": ident.name, "state": "active", "recovery_codes": confirmed.codes}
+        # The confirming code's step is used (replay protection): a login needs a later code.
+        period = confirmed.pending.params.period
+        return {
+            "user": ident.name,
+            "state": "active",
+            "recovery_codes": confirmed.codes,
+            "next_code_at": iso((confirmed.step + 1) * period),
+        }
 
     async def recovery_codes(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """How many are left; with `regenerate`, a new set (a user must give a current code)."""
@@ -399,25 +429,50 @@ class AccountOps:
             raise _refused(verdict, "give a current code from your authenticator app")
 
     async def unlock(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        """Clear locks, source blocks and failure counts (pam_faillock --reset)."""
-        unlocked, canonical = [], {}
+        """Clear locks, source blocks and failure counts (pam_faillock --reset), and say which
+        were in force. A name NSS does not know is refused (`no_such_user`) unless mfad
+        counts wrong codes under it (a user since deleted, or guesses at a made-up name)."""
+        unlocked, canonical, cleared, refused = [], {}, {}, []
+        now = self.ctx.clock()
         for name in await lifecycle.targets(self.ctx, _with_user(request)):
             ident = await identity.resolve(name)
             user = canonical[name] = ident.name if ident is not None else name
-            if await self._audited(caller, "unlock", user, partial(self.ctx.guard.unlock, user)):
-                unlocked.append(user)
-                try:
-                    await self.ctx.audit.record(
-                        Event.LOCK_CLEARED,
-                        outcome=Outcome.SUCCESS,
-                        user=user,
-                        actor=caller.name,
-                        actor_uid=caller.uid,
-                        reason="unlocked by administrator",
-                    )
-                except AuditError as err:  # the unlock itself is on record already
-                    log.error("audit_unwritable", error=str(err), op="unlock", user=user)
-        return {"unlocked": unlocked, "canonical": canonical}
+            counter = (await self.ctx.store.get_guard(user, ACCOUNT_SOURCE)).account
+            blocks = await self.ctx.store.source_blocks(now, user)
+            if ident is None and counter == Counter() and not blocks:
+                exc = NoSuchUser(f"there is no user {name!r} on this system")
+                refused.append({"user": name, "error": exc.code, "message": str(exc)})
+                await self._audit(caller, "unlock", name, outcome=Outcome.REFUSED, message=str(exc))
+                continue
+            was = {
+                "locked_until": _locked_until(counter, now),
+                "source_blocks": _blocks(blocks),
+                "failed_attempts": counter.failures,
+            }
+            if not await self._audited(
+                caller, "unlock", user, partial(self.ctx.guard.unlock, user)
+            ):
+                continue
+            unlocked.append(user)
+            cleared[user] = was
+            try:
+                await self.ctx.audit.record(
+                    Event.LOCK_CLEARED,
+                    outcome=Outcome.SUCCESS,
+                    user=user,
+                    actor=caller.name,
+                    actor_uid=caller.uid,
+                    reason="unlocked by administrator",
+                    **was,
+                )
+            except AuditError as err:  # the unlock itself is on record already
+                log.error("audit_unwritable", error=str(err), op="unlock", user=user)
+        return {
+            "unlocked": unlocked,
+            "canonical": canonical,
+            "cleared": cleared,
+            "refused": refused,
+        }
 
     async def forget(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """Remove the accounts of users who were deleted or re-created with another uid.

@@ -45,6 +45,7 @@ class Confirmed:
     pending: PendingEnrolment
     step: int  # the confirming code's step, used from now on
     codes: list[str]  # the new recovery codes, in clear, to be shown once
+    site: Site  # where the confirming code came from: the account's last verification
 
 
 def default_params(ctx: Context) -> TokenParams:
@@ -153,7 +154,7 @@ async def confirm(
     if not verdict.ok or verdict.step is None or pending is None:
         return verdict, None
     codes = recovery.generate(ctx.config.enrolment.recovery_codes)
-    return verdict, Confirmed(replace(pending, uid=ident.uid), verdict.step, codes)
+    return verdict, Confirmed(replace(pending, uid=ident.uid), verdict.step, codes, site)
 
 
 def refusal(ident: Identity, account: Account | None) -> str | None:
@@ -187,7 +188,11 @@ async def install(
 
 
 async def activate(ctx: Context, confirmed: Confirmed) -> None:
-    """Make the confirmed secret the user's token, its step used, with the new recovery codes."""
+    """Make the confirmed secret the user's token, its step used, with the new recovery codes.
+
+    The confirming code was a correct code: `mfa status` shows it as the last verification
+    (from the login's remote host; none for `mfa enroll`), not "never"."""
     user = confirmed.pending.user
     digests = [ctx.box.digest(user, c) for c in confirmed.codes]
-    await ctx.store.activate(confirmed.pending, confirmed.step, ctx.clock(), digests)
+    rhost = confirmed.site.rhost or None
+    await ctx.store.activate(confirmed.pending, confirmed.step, ctx.clock(), digests, rhost)

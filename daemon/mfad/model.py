@@ -100,6 +100,16 @@ class Counter:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceBlock:
+    """A per-source block in force: `user`'s codes from `source` (lockout.login_source or
+    control_source) are refused until `until`."""
+
+    user: str
+    source: str
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class GuardState:
     account: Counter  # all sources together: the account lock
     source: Counter  # this (user, remote host) pair: the per-source block

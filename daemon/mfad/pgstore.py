@@ -50,6 +50,7 @@ from mfad.model import (
     Login,
     PendingEnrolment,
     Site,
+    SourceBlock,
     StateChange,
     TokenParams,
 )
@@ -60,6 +61,7 @@ from mfad.store import (
     AuditRow,
     Store,
     account_from_row,
+    activation_values,
     counter_from_row,
     enrolment_values,
     portable_row,
@@ -411,14 +413,16 @@ class PostgresStore(Store):
         step: int | None,
         now: float,
         recovery: Sequence[bytes] = (),
+        rhost: str | None = None,
     ) -> None:
         p = pending
 
         async def q(db: Conn) -> None:
             await db.execute(
                 'INSERT INTO accounts ("user", state, secret, algorithm, digits, period,'
-                " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid, kind)"
-                " VALUES (%s, 'active', %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s)"
+                " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid, kind,"
+                " last_verified_at, last_rhost)"
+                " VALUES (%s, 'active', %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (\"user\") DO UPDATE SET state = 'active', secret = excluded.secret,"
                 " algorithm = excluded.algorithm, digits = excluded.digits,"
                 " period = excluded.period, kind = excluded.kind,"
@@ -426,20 +430,10 @@ class PostgresStore(Store):
                 " last_step = excluded.last_step, clock_offset = 0,"
                 " updated_at = excluded.updated_at, deadline = NULL, exempt_reason = NULL,"
                 " exempt_until = NULL, state_changed_at = excluded.state_changed_at,"
-                " uid = coalesce(excluded.uid, accounts.uid)",
-                (
-                    p.user,
-                    p.sealed_secret,
-                    p.params.algorithm,
-                    p.params.digits,
-                    p.params.period,
-                    now,
-                    step,
-                    now,
-                    now,
-                    p.uid,
-                    str(p.params.kind),
-                ),
+                " uid = coalesce(excluded.uid, accounts.uid),"
+                " last_verified_at = excluded.last_verified_at,"
+                " last_rhost = excluded.last_rhost",
+                activation_values(p, step, now, rhost),
             )
             await db.execute('DELETE FROM enrolments WHERE "user" = %s', (p.user,))
             await _replace_codes(db, p.user, recovery, now)
@@ -606,6 +600,17 @@ class PostgresStore(Store):
             )
             await _write_guard(db, user, source, new)
             return new
+
+        return await self._run(q)
+
+    async def source_blocks(self, now: float, user: str | None = None) -> list[SourceBlock]:
+        async def q(db: Conn) -> list[SourceBlock]:
+            cur = await db.execute(
+                'SELECT "user", source, until FROM guard WHERE source <> %s AND until > %s'
+                ' AND (%s::text IS NULL OR "user" = %s) ORDER BY "user", source',
+                (ACCOUNT_SOURCE, now, user, user),
+            )
+            return [SourceBlock(u, src, float(t)) for u, src, t in await cur.fetchall()]
 
         return await self._run(q)
 

@@ -37,6 +37,7 @@ from mfad.model import (
     Login,
     PendingEnrolment,
     Site,
+    SourceBlock,
     State,
     StateChange,
     TokenParams,
@@ -66,10 +67,13 @@ class Store(abc.ABC):
         step: int | None,
         now: float,
         recovery: Sequence[bytes] = (),
+        rhost: str | None = None,
     ) -> None:
         """Make a confirmed secret the user's token with fresh recovery codes (as digests);
-        its confirming step counts as used. The token's kind (TOTP or HOTP) comes with its
-        parameters; `step` None (an imported or hardware token) marks nothing used yet."""
+        its confirming step counts as used, and the confirmation, a correct code from
+        `rhost` (None: not known), is the account's last verification. The token's kind
+        (TOTP or HOTP) comes with its parameters; `step` None (an imported or hardware
+        token) marks nothing used and nothing verified yet."""
 
     @abc.abstractmethod
     async def consume_step(
@@ -153,6 +157,11 @@ class Store(abc.ABC):
         store) comes between the read and the write, so no wrong code goes uncounted.
         lockout.Guard's per-user lock covers one daemon only. `change` must be pure: it
         may run again when the database asks for a retry."""
+
+    @abc.abstractmethod
+    async def source_blocks(self, now: float, user: str | None = None) -> list[SourceBlock]:
+        """The per-source blocks in force at `now` (of `user`, or of everyone), by user and
+        source: what `mfa status` and `mfa list` show and `mfa unlock` lifts."""
 
     @abc.abstractmethod
     async def clear_guard(self, user: str) -> bool:
@@ -380,6 +389,30 @@ def enrolment_values(p: PendingEnrolment) -> tuple[Any, ...]:
         p.uid,
         p.expires_at,
         p.origin,
+    )
+
+
+def activation_values(
+    p: PendingEnrolment, step: int | None, now: float, rhost: str | None
+) -> tuple[Any, ...]:
+    """An activated account's columns, in the order both backends' INSERTs name them: the
+    confirming code is the last verification, at `now` from `rhost`; a token activated
+    with no code (`step` None: imported, or a hardware token's key) has none yet."""
+    confirmed = step is not None
+    return (
+        p.user,
+        p.sealed_secret,
+        p.params.algorithm,
+        p.params.digits,
+        p.params.period,
+        now,
+        step,
+        now,
+        now,
+        p.uid,
+        str(p.params.kind),
+        now if confirmed else None,
+        rhost if confirmed else None,
     )
 
 
@@ -628,6 +661,7 @@ class SqliteStore(Store):
         step: int | None,
         now: float,
         recovery: Sequence[bytes] = (),
+        rhost: str | None = None,
     ) -> None:
         p = pending
 
@@ -636,7 +670,8 @@ class SqliteStore(Store):
                 db.execute(
                     "INSERT INTO accounts (user, state, secret, algorithm, digits, period,"
                     " enrolled_at, last_step, clock_offset, updated_at, state_changed_at, uid,"
-                    " kind) VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
+                    " kind, last_verified_at, last_rhost)"
+                    " VALUES (?, 'active', ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (user) DO UPDATE SET state = 'active', secret = excluded.secret,"
                     " algorithm = excluded.algorithm, digits = excluded.digits,"
                     " period = excluded.period, kind = excluded.kind,"
@@ -644,20 +679,10 @@ class SqliteStore(Store):
                     " last_step = excluded.last_step, clock_offset = 0,"
                     " updated_at = excluded.updated_at, deadline = NULL, exempt_reason = NULL,"
                     " exempt_until = NULL, state_changed_at = excluded.state_changed_at,"
-                    " uid = coalesce(excluded.uid, uid)",
-                    (
-                        p.user,
-                        p.sealed_secret,
-                        p.params.algorithm,
-                        p.params.digits,
-                        p.params.period,
-                        now,
-                        step,
-                        now,
-                        now,
-                        p.uid,
-                        p.params.kind,
-                    ),
+                    " uid = coalesce(excluded.uid, uid),"
+                    " last_verified_at = excluded.last_verified_at,"
+                    " last_rhost = excluded.last_rhost",
+                    activation_values(p, step, now, rhost),
                 )
                 db.execute("DELETE FROM enrolments WHERE user = ?", (p.user,))
                 _replace_codes(db, p.user, recovery, now)
@@ -808,6 +833,17 @@ class SqliteStore(Store):
                 new = change(_read_guard(db, user, source))
                 _write_guard(db, user, source, new)
             return new
+
+        return await self._run(q)
+
+    async def source_blocks(self, now: float, user: str | None = None) -> list[SourceBlock]:
+        def q(db: sqlite3.Connection) -> list[SourceBlock]:
+            rows = db.execute(
+                "SELECT user, source, until FROM guard WHERE source != ? AND until > ?"
+                " AND (? IS NULL OR user = ?) ORDER BY user, source",
+                (ACCOUNT_SOURCE, now, user, user),
+            ).fetchall()
+            return [SourceBlock(u, src, math.inf if t >= _FOREVER else t) for u, src, t in rows]
 
         return await self._run(q)
 
