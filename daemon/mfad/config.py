@@ -177,7 +177,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "admin_group": ("admin_group", _text),
     "max_connections": ("max_connections", _int(16, 65536)),
     "sockets.pam": ("pam_socket", _path),
-    "sockets.pam_user": ("pam_user_socket_setting", _path),
+    "sockets.pam_user": ("pam_user_socket_setting", _optional_path),
     "sockets.control": ("control_socket", _path),
     "store.backend": ("store_backend", _choice("sqlite", "postgresql")),
     "store.path": ("store_path", _path),
