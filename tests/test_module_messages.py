@@ -91,3 +91,21 @@ def test_under_pam_silent_a_wrong_code_is_still_explained(
 
     assert result.name == "PAM_SUCCESS"
     assert result.texts("error") == [INCORRECT]
+
+
+def test_under_pam_silent_no_press_enter_prompt_for_a_warning_not_shown(
+    mfad: Daemon, pam_module: Path, make_user: Callable[..., str]
+) -> None:
+    """The "Only N recovery codes left." warning is information: under PAM_SILENT mfad
+    leaves it out, rather than ask the user to press Enter after a message they never see."""
+    mfad.restart(enrolment={"recovery_codes": 3})
+    user = make_user()
+    begun = mfad.request("enroll_begin", user=user)
+    confirmed = mfad.request("enroll_confirm", user=user, code=totp_now(begun["secret"], -1))
+    codes = confirmed["recovery_codes"]
+    services = service(mfad, pam_module)
+
+    result = authenticate(services, "mfatest", user, [codes[0]], silent=True)
+
+    assert result.name == "PAM_SUCCESS"
+    assert result.messages == [("prompt_off", "Verification code: ")]
