@@ -103,3 +103,26 @@ def test_login_on_a_terminal_with_password_and_code(
     [login] = logins_of(mfad, user)
     assert (login["outcome"], login["service"]) == ("success", "login")
     assert str(login["tty"]).startswith(("/dev/pts/", "pts/"))
+
+
+def test_a_services_rule_for_su_covers_su_dash(
+    private: PrivatePam, mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """`services: {su: off}` also means `su -` (PAM service su-l): the target's password alone
+    is enough there, though the mode is `required` and the target is enrolled."""
+    mfad.restart(services={"su": "off"})
+    caller = make_user()
+    target = make_user(PASSWORD)
+    mfad.enroll(target)
+
+    run = private.run(
+        ["su", "-", target, "-c", "echo su-as-$(id -un)"],
+        {PASSWORD_PROMPT: [PASSWORD], CODE_PROMPT: []},
+        as_user=caller,
+    )
+
+    assert run.exit_status == 0, run.output
+    assert f"su-as-{target}" in run.output
+    assert run.prompts == [PASSWORD_PROMPT]
+    [login] = logins_of(mfad, target)
+    assert (login["outcome"], login["reason"], login["service"]) == ("skipped", "mode_off", "su-l")

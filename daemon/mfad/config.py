@@ -19,6 +19,9 @@ from mfad.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/mfad/mfad.yaml")
 MODES = ("off", "optional", "required")
+# Services the same program runs under another name: `su -` is su-l (Debian's su-l includes
+# su's stack), `sudo -i` is sudo-i. A rule for su or sudo covers them unless they have one.
+SERVICE_SIBLINGS = {"su-l": "su", "sudo-i": "sudo"}
 ALGORITHMS = ("SHA1", "SHA256", "SHA512")
 
 
@@ -96,7 +99,11 @@ class Config:
         return self.pam_user_socket_setting or self.pam_socket.with_name("pam-user.sock")
 
     def mode_for(self, service: str) -> str:
-        return self.services.get(service, self.mode)
+        """The `services` entry for this PAM service, else its sibling's, else `mode`."""
+        for name in (service, SERVICE_SIBLINGS.get(service)):
+            if name in self.services:
+                return self.services[name]
+        return self.mode
 
 
 # --- validators: each takes the raw YAML value and returns the typed one or raises ValueError ---
