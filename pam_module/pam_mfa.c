@@ -8,13 +8,24 @@
  * do pass through it (the code typed; the TOTP key and recovery codes that
  * mfad shows at enrolment): every buffer that held one is wiped before free.
  *
+ * Run as root (sshd, login, su, sudo: euid 0) it uses socket=, which only root
+ * can reach. Run as a user (a screen locker: euid not 0) it uses user_socket=,
+ * open to everyone, where mfad checks only the peer's own account (its uid
+ * must be PAM_USER's) and offers no enrolment.
+ *
+ * What the user is told: every ERROR from mfad, even under PAM_SILENT (sudo
+ * sets it, and a refused code must not look like a mistyped password); INFO
+ * only without PAM_SILENT, which START passes on (silent=1) so that mfad sends
+ * nothing the user needs as INFO. Failing closed because mfad cannot be heard,
+ * the module says MSG_UNAVAILABLE itself; the reason goes to pam_syslog only.
+ *
  * Wire format (normative text: docs/protocol.md, version 1), both directions:
  *
  *   u32 big-endian length N, 1 <= N <= MAX_FRAME
  *   u8  type                 S A P p I E R (table below)
  *   N-1 bytes payload        UTF-8, no terminating NUL on the wire
  *
- *   S START      module -> mfad  "v=1\0user=U\0service=S\0rhost=H\0ruser=R\0tty=T\0"
+ *   S START      module -> mfad  "v=1\0user=U\0service=S\0rhost=H\0ruser=R\0tty=T\0silent=0\0"
  *   A ANSWER     module -> mfad  the user's answer, may be empty
  *   P PROMPT_OFF mfad -> module  prompt text, ask with echo off
  *   p PROMPT_ON  mfad -> module  prompt text, ask with echo on
@@ -32,7 +43,8 @@
  * PAM_AUTH_ERR, and this module's own allocation failing PAM_BUF_ERR.
  *
  * Module arguments (never environment variables: the user may set those):
- *   socket=PATH          daemon socket, default /run/mfad/pam.sock
+ *   socket=PATH          daemon socket when run as root, default /run/mfad/pam.sock
+ *   user_socket=PATH     daemon socket when not, default /run/mfad/pam-user.sock
  *   timeout=SECONDS      per-frame read/write timeout, 1..3600, default 10
  *   fail=closed|open     what "unreachable" returns, default closed
  *   debug                log each frame type (never its text) at LOG_DEBUG
@@ -55,13 +67,15 @@
 #include <security/pam_ext.h>
 #include <security/pam_modules.h>
 
-#define DEFAULT_SOCKET	 "/run/mfad/pam.sock"
-#define DEFAULT_TIMEOUT	 10 /* seconds, per frame */
-#define MAX_TIMEOUT	 3600
-#define MAX_FRAME	 65536 /* type byte + payload */
-#define MAX_USER	 256
-#define MAX_VALUE	 1024
-#define CONNECT_RETRY_MS 50
+#define DEFAULT_SOCKET	  "/run/mfad/pam.sock"
+#define DEFAULT_USER_SOCK "/run/mfad/pam-user.sock"
+#define MSG_UNAVAILABLE	  "Two-factor authentication is unavailable; contact your administrator."
+#define DEFAULT_TIMEOUT	  10 /* seconds, per frame */
+#define MAX_TIMEOUT	  3600
+#define MAX_FRAME	  65536 /* type byte + payload */
+#define MAX_USER	  256
+#define MAX_VALUE	  1024
+#define CONNECT_RETRY_MS  50
 
 enum frame_type {
 	T_START = 'S',
@@ -75,7 +89,9 @@ enum frame_type {
 
 struct relay {
 	pam_handle_t *pamh;
-	const char *socket_path;
+	const char *socket_path; /* the one in use: root_socket or user_socket */
+	const char *root_socket; /* socket=, for a caller with euid 0 */
+	const char *user_socket; /* user_socket=, for any other */
 	int timeout_ms;
 	int fail_open;
 	int spoken; /* mfad has sent a valid frame: from here on, fail closed */
@@ -351,7 +367,9 @@ static void parse_args(struct relay *r, int argc, const char **argv)
 
 	for (int i = 0; i < argc; i++) {
 		if (strncmp(argv[i], "socket=", 7) == 0) {
-			r->socket_path = argv[i] + 7;
+			r->root_socket = argv[i] + 7;
+		} else if (strncmp(argv[i], "user_socket=", 12) == 0) {
+			r->user_socket = argv[i] + 12;
 		} else if (strncmp(argv[i], "timeout=", 8) == 0) {
 			errno = 0;
 			v = strtol(argv[i] + 8, &end, 10);
@@ -373,26 +391,34 @@ static void parse_args(struct relay *r, int argc, const char **argv)
 	}
 }
 
+/* Failing closed, the user hears one fixed sentence (never r->why: that is for the
+ * administrator, in the log); under PAM_SILENT too, as it is an error, not information. */
+static int fail_closed(struct relay *r)
+{
+	pam_prompt(r->pamh, PAM_ERROR_MSG, NULL, "%s", MSG_UNAVAILABLE);
+	return PAM_AUTHINFO_UNAVAIL;
+}
+
 static int unreachable(struct relay *r)
 {
 	if (r->spoken) {
 		pam_syslog(r->pamh, LOG_ERR,
 			   "mfad broke off the conversation on %s: %s; failing closed%s",
 			   r->socket_path, r->why, r->fail_open ? " despite fail=open" : "");
-		return PAM_AUTHINFO_UNAVAIL;
+		return fail_closed(r);
 	}
 	pam_syslog(r->pamh, LOG_ERR, "mfad unreachable on %s: %s; %s", r->socket_path, r->why,
 		   r->fail_open ? "fail=open, ignoring this module" : "failing closed");
-	return r->fail_open ? PAM_IGNORE : PAM_AUTHINFO_UNAVAIL;
+	return r->fail_open ? PAM_IGNORE : fail_closed(r);
 }
 
-/* Shows the daemon's current frame as INFO or ERROR text (unless PAM_SILENT). */
+/* Shows the daemon's current frame as INFO (unless PAM_SILENT) or ERROR text. */
 static int show_text(struct relay *r, int style)
 {
 	char *text;
 	int rc;
 
-	if (r->silent)
+	if (r->silent && style == PAM_TEXT_INFO)
 		return PAM_SUCCESS;
 	if ((text = payload_text(r)) == NULL)
 		return PAM_BUF_ERR;
@@ -459,6 +485,8 @@ static int build_start(struct relay *r)
 	    add_field(r, "ruser", PAM_RUSER, MAX_VALUE) < 0 ||
 	    add_field(r, "tty", PAM_TTY, MAX_VALUE) < 0)
 		return PAM_AUTH_ERR; /* as mfad would answer it: never "unreachable" */
+	memcpy(r->buf + r->len, r->silent ? "silent=1" : "silent=0", 9);
+	r->len += 9;
 	return PAM_SUCCESS;
 }
 
@@ -512,7 +540,8 @@ static int converse_with_mfad(struct relay *r, const char *user)
 static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
 	struct relay r = {.pamh = pamh,
-			  .socket_path = DEFAULT_SOCKET,
+			  .root_socket = DEFAULT_SOCKET,
+			  .user_socket = DEFAULT_USER_SOCK,
 			  .timeout_ms = DEFAULT_TIMEOUT * 1000,
 			  .silent = ((unsigned int)flags & PAM_SILENT) != 0,
 			  .fd = -1};
@@ -520,6 +549,9 @@ static int authenticate(pam_handle_t *pamh, int flags, int argc, const char **ar
 	int rv = PAM_AUTH_ERR;
 
 	parse_args(&r, argc, argv);
+	/* euid, not uid: sudo and su run as root on behalf of a user and use the root
+	 * socket; a screen locker cannot reach it and asks about its own user only. */
+	r.socket_path = geteuid() == 0 ? r.root_socket : r.user_socket;
 	if (pam_get_user(pamh, &user, NULL) != PAM_SUCCESS || user == NULL || *user == '\0') {
 		pam_syslog(pamh, LOG_ERR, "no user name");
 		goto out;

@@ -27,6 +27,8 @@ apt_packages=(
     libpam-wrapper                            # run libpam/sshd against test service files
     libnss-wrapper                            # a case-insensitive name service (tests/nsswrap.py)
     libpam-modules passwd                     # pam_unix, useradd/chpasswd for throwaway users
+    sudo login util-linux                     # the real sudo, su and login (tests/privatepam.py;
+                                              # util-linux: unshare, setpriv)
     oathtool                                  # codes from an independent TOTP implementation
     faketime                                  # libfaketime: a wall clock the tests move, under
                                               # mfad only (tests/fakeclock.py)

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -135,6 +136,7 @@ def authenticate(
     preload_extra: Sequence[str] = (),
     env: dict[str, str] | None = None,
     answer_delay: float = 0,
+    as_user: str | None = None,
 ) -> PamResult:
     """Run pam_authenticate(service, user) in a pam_wrapper child and return its result.
 
@@ -142,6 +144,7 @@ def authenticate(
     the conversation (PAM_CONV_ERR), like a user who closes the terminal.
     `valgrind` runs the child under memcheck, `preload_extra` preloads libraries
     (sanitizer runtimes, hooks) before pam_wrapper; either raises if they report.
+    `as_user` runs the child as that user (setpriv), as a screen locker runs.
     """
     child_env = dict(os.environ)
     child_env.update(
@@ -167,6 +170,10 @@ def authenticate(
     if answer_delay:
         argv += ["-d", str(int(answer_delay * 1000))]
     argv += ["--", service, user, *answers]
+    if as_user is not None:
+        entry = pwd.getpwnam(as_user)
+        ids = [f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups"]
+        argv = ["setpriv", *ids, "--", *argv]
     log_path: Path | None = None
     if valgrind:
         fd, name = tempfile.mkstemp(prefix="pam-mfa-valgrind-", suffix=".log")

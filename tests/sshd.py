@@ -36,6 +36,9 @@ PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without its privilege-s
 PAM_WRAPPER_TMP = Path("/tmp")  # pam_wrapper 1.1 keeps its per-process copies in /tmp/pam.?
 
 PASSWORD_PROMPT = "Password: "
+# The client's own prompt for the "password" method (not PAM's): it asks this when sshd
+# lists no method it may still try and the client falls back to its own list.
+CLIENT_PASSWORD_PROMPT = "'s password: "
 CODE_PROMPT = "Verification code: "
 # After enrolment at login: the recovery codes come with this prompt, so they reach the screen.
 SAVED_PROMPT = "Press Enter once the recovery codes are saved: "
@@ -250,6 +253,7 @@ class PrivateSshd:
         interactive: bool = False,
         ssh_options: Sequence[str] = (),
         methods: str = "keyboard-interactive",
+        client_defaults: bool = False,
     ) -> Login:
         """Run `ssh user@127.0.0.1 command` as a person would, answering each prompt.
 
@@ -266,10 +270,14 @@ class PrivateSshd:
         types `ssh host`), and types `command; exit` at the shell's first prompt.
         `ssh_options` go to the client before the destination (e.g. `-q`).
         `methods` is the client's PreferredAuthentications (a key: add `-i KEY` too).
+        `client_defaults=True` leaves the client its default PreferredAuthentications
+        (password among them) instead of keyboard-interactive alone; the client's own
+        password prompt is then recorded (CLIENT_PASSWORD_PROMPT) and we hang up there.
         """
         pending = list(codes)
         result = Login(output="")
         destination = [f"{user}@127.0.0.1"] if interactive else [f"{user}@127.0.0.1", command]
+        preferred = [] if client_defaults else ["-o", f"PreferredAuthentications={methods}"]
         child = pexpect.spawn(
             SSH,
             [
@@ -279,8 +287,7 @@ class PrivateSshd:
                 "StrictHostKeyChecking=no",
                 "-o",
                 "UserKnownHostsFile=/dev/null",
-                "-o",
-                f"PreferredAuthentications={methods}",
+                *preferred,
                 "-o",
                 "ConnectTimeout=10",
                 "-p",
@@ -295,7 +302,13 @@ class PrivateSshd:
         )
         screen = io.StringIO()
         child.logfile_read = screen
-        patterns: list[object] = [PASSWORD_PROMPT, CODE_PROMPT, pexpect.EOF, _PRESS_ENTER]
+        patterns: list[object] = [
+            PASSWORD_PROMPT,
+            CODE_PROMPT,
+            pexpect.EOF,
+            _PRESS_ENTER,
+            CLIENT_PASSWORD_PROMPT,
+        ]
         if interactive:
             patterns.append(re.escape(SHELL_PROMPT))
         try:
@@ -317,6 +330,10 @@ class PrivateSshd:
                     result.prompts.append(shown)
                     child.sendline("")
                 elif which == 4:
+                    result.prompts.append(CLIENT_PASSWORD_PROMPT)
+                    result.stopped = True
+                    break
+                elif which == 5:
                     patterns.pop()  # the command's own output may hold "$ "; type it once
                     child.sendline(f"{command}; exit")
                 else:

@@ -59,6 +59,8 @@ AT_ONCE = "timeout=30"  # for paths that must not wait: any wait would show
 CODE = "123456"
 IGNORED = "pam_mfa returned PAM_IGNORE"
 MAXTRIES_MESSAGE = "Too many failed attempts with incorrect verification code."
+# what the module itself says when it fails closed because mfad cannot be heard
+UNAVAILABLE = "Two-factor authentication is unavailable; contact your administrator."
 
 # The probe stack: success and every failure end the stack with the module's
 # own code ("done"/"die"); only PAM_IGNORE reaches pam_echo, which prints the
@@ -159,7 +161,15 @@ def test_each_daemon_outcome_maps_to_its_documented_pam_code(
     assert peer.answers == [CODE]
     assert peer.errors == []
     assert peer.starts == [
-        {"v": "1", "user": "alice", "service": "mfatest", "rhost": "", "ruser": "", "tty": ""}
+        {
+            "v": "1",
+            "user": "alice",
+            "service": "mfatest",
+            "rhost": "",
+            "ruser": "",
+            "tty": "",
+            "silent": "0",
+        }
     ]
 
 
@@ -177,6 +187,7 @@ def test_start_frame_carries_the_pam_items(setup: Setup) -> None:
             "rhost": "192.0.2.7",
             "ruser": "bob",
             "tty": "ssh",
+            "silent": "0",
         }
     ]
 
@@ -192,13 +203,15 @@ def test_several_prompts_are_answered_in_order_with_their_echo_mode(setup: Setup
     assert peer.answers == ["phone", CODE] and peer.errors == []
 
 
-def test_pam_silent_hides_info_and_error_but_still_prompts(setup: Setup) -> None:
-    """With PAM_SILENT the user is asked for the code but sees no INFO/ERROR text."""
+def test_pam_silent_hides_info_but_still_shows_errors_and_prompts(setup: Setup) -> None:
+    """With PAM_SILENT (sudo's default) the user is asked for the code and still reads the
+    daemon's ERROR text (why a code was refused), but no INFO; START tells mfad silent=1."""
     setup.service()
-    with serve(setup.sock, outcome_peer("F", CODE)):
+    with serve(setup.sock, outcome_peer("F", CODE)) as peer:
         result = setup.login(silent=True)
     assert result.name == "PAM_AUTH_ERR"
-    assert result.messages == [("prompt_off", PROMPT)]
+    assert result.messages == [("prompt_off", PROMPT), ("error", "and an error line")]
+    assert [start["silent"] for start in peer.starts] == ["1"]
 
 
 def test_text_with_an_embedded_nul_is_shown_up_to_the_nul(setup: Setup) -> None:
@@ -215,11 +228,12 @@ def test_text_with_an_embedded_nul_is_shown_up_to_the_nul(setup: Setup) -> None:
 
 
 def test_daemon_down_fails_closed_and_says_why(setup: Setup, sink: SyslogSink) -> None:
-    """No socket: PAM_AUTHINFO_UNAVAIL, logged at LOG_ERR to authpriv with the path."""
+    """No socket: PAM_AUTHINFO_UNAVAIL, logged at LOG_ERR to authpriv with the path; the
+    user reads one fixed sentence, not the reason."""
     setup.service()
     result = setup.login()
     assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
-    assert result.messages == []
+    assert result.messages == [("error", UNAVAILABLE)]
     refused_log(sink, "No such file or directory; failing closed")
 
 
@@ -593,7 +607,7 @@ def test_real_daemon_back_off_longer_than_the_timeout_is_not_a_bypass(
     _real(setup, mfad, "fail=open")
     result = authenticate(setup.services, "mfatest", user, [wrong] * 3)
     assert module_code(result) == "PAM_AUTHINFO_UNAVAIL"
-    assert result.messages == [("prompt_off", PROMPT)]
+    assert result.messages == [("prompt_off", PROMPT), ("error", UNAVAILABLE)]
 
 
 def test_real_daemon_skip_is_pam_ignore(setup: Setup, mfad: Daemon) -> None:

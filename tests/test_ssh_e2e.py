@@ -9,11 +9,18 @@ What OpenSSH shows the user, found by running it: PAM's error messages
 (PAM_ERROR_MSG) are not printed on their own but collected by sshd and sent
 as the instruction text of the next keyboard-interactive request, so
 "Incorrect verification code." appears just above the next "Verification
-code: " prompt. After the last wrong code pam_mfa returns PAM_MAXTRIES; sshd
-then sends the pending "Too many failed attempts..." text in an info request
-without prompts (the client prints it), turns keyboard-interactive off for
-the connection, and the client ends with "Permission denied ()." without
-asking for the password again.
+code: " prompt. Text pending when PAM fails is sent in an info request
+without prompts, whose instruction the client prints only at its default log
+level: `ssh -q` hides it. So mfad sends a refusal over sshd with one more
+prompt ("Press Enter to continue: ") in front of which it is shown. After the
+last wrong code pam_mfa returns PAM_MAXTRIES; sshd then turns
+keyboard-interactive and password off for the connection and lists no method
+left, which OpenSSH's client takes as "try my own list": with its default
+PreferredAuthentications it asks "user@host's password: " up to three times,
+for a password sshd refuses unseen (auth-pam.c sshpam_set_maxtries_reached,
+sshconnect2.c authmethod_get, OpenSSH 9.2). The shipped sshd drop-in's
+`MaxAuthTries 3` ends the connection first: the client's two silent
+keyboard-interactive retries use up the tries.
 
 Enrolment at login, also found by running it (OpenSSH 9.2, Debian 12): sshd
 gathers PAM's INFO messages and puts them in front of the next prompt's own
@@ -42,7 +49,15 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from conftest import Daemon, totp_from_uri, totp_now
 from qrimage import decode as decode_terminal_qr
-from sshd import CODE_PROMPT, PASSWORD_PROMPT, SAVED_PROMPT, Login, PrivateSshd
+from sshd import (
+    CLIENT_PASSWORD_PROMPT,
+    CODE_PROMPT,
+    CONTINUE_PROMPT,
+    PASSWORD_PROMPT,
+    SAVED_PROMPT,
+    Login,
+    PrivateSshd,
+)
 
 from mfad.qrtext import render_qr
 
@@ -130,7 +145,14 @@ def test_three_wrong_codes_are_refused(
 
     assert login.exit_status == 255
     assert logged_in(user) not in login.output
-    assert login.prompts == [PASSWORD_PROMPT, CODE_PROMPT, CODE_PROMPT, CODE_PROMPT]
+    # the last message comes with one more prompt, so that `ssh -q` shows it too
+    assert login.prompts == [
+        PASSWORD_PROMPT,
+        CODE_PROMPT,
+        CODE_PROMPT,
+        CODE_PROMPT,
+        CONTINUE_PROMPT,
+    ]
     assert login.output.count(INCORRECT) == 2
     assert TOO_MANY in login.output
     # PAM_MAXTRIES makes sshd end keyboard-interactive for this connection:
@@ -214,6 +236,69 @@ def test_fail_open_lets_password_alone_in_when_daemon_down(
     module_log = sshd.stderr_text()[len(logged_before) :]
     assert "mfad unreachable" in module_log
     assert "fail=open" in module_log
+
+
+UNAVAILABLE = "Two-factor authentication is unavailable; contact your administrator."
+SHIPPED_DROP_IN = Path(__file__).resolve().parent.parent / "etc/ssh/sshd_config.d/pam-mfa.conf"
+
+
+def test_daemon_down_tells_the_user_over_ssh(
+    mfa_sshd: PrivateSshd, mfad: Daemon, make_user: Callable[..., str]
+) -> None:
+    """With mfad stopped, the user who typed the right password reads why they are refused:
+    one plain sentence from the module, not a bare password prompt again."""
+    user = make_user(PASSWORD)
+    mfad.enroll(user)
+    mfad.stop()
+
+    login = mfa_sshd.login(user, PASSWORD, [], COMMAND)
+
+    assert login.exit_status == 255
+    assert logged_in(user) not in login.output
+    assert UNAVAILABLE in login.output
+    assert "pam.sock" not in login.output  # the reason is for the administrator's log
+
+
+@pytest.fixture(scope="module")
+def shipped_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSshd]:
+    """An sshd that also reads the shipped drop-in (etc/ssh/sshd_config.d/pam-mfa.conf):
+    its settings that the test config does not set itself (MaxAuthTries) take effect."""
+    server = PrivateSshd(tmp_path_factory.mktemp("sshd-shipped"))
+    server.config.write_text(server.config.read_text() + f"Include {SHIPPED_DROP_IN}\n")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["plain", "ssh-q"])
+def test_third_wrong_code_ends_the_login_with_its_message_and_no_password_prompt(
+    shipped_sshd: PrivateSshd,
+    pam_module: Path,
+    mfad: Daemon,
+    make_user: Callable[..., str],
+    quiet: bool,
+) -> None:
+    """With the client's default methods (password among them) and the shipped sshd
+    drop-in, the third wrong code shows "Too many failed attempts", with `ssh -q` too, and
+    the connection ends: the client never asks for a password that could not succeed."""
+    shipped_sshd.set_pam(
+        ["auth required pam_unix.so", f"auth required {pam_module} socket={mfad.pam_socket}"]
+    )
+    user = make_user(PASSWORD)
+    secret = mfad.enroll(user)
+    codes = [wrong_code(secret) for _ in range(3)]
+
+    login = shipped_sshd.login(
+        user, PASSWORD, codes, COMMAND, client_defaults=True, ssh_options=["-q"] if quiet else []
+    )
+
+    assert TOO_MANY in login.output, login.output
+    assert CLIENT_PASSWORD_PROMPT not in login.prompts, login.output
+    assert login.count(PASSWORD_PROMPT) == 1, login.output
+    assert not login.stopped and login.exit_status == 255
+    assert logged_in(user) not in login.output
 
 
 class Phone:

@@ -130,6 +130,8 @@ class Config:
     services: dict[str, str] = field(default_factory=dict)  # PAM service -> mode, overrides mode
     admin_group: str = ""
     pam_socket: Path = Path("/run/mfad/pam.sock")
+    # for PAM programs that run as the user (screen lockers); None: pam-user.sock beside pam
+    pam_user_socket_setting: Path | None = None
     control_socket: Path = Path("/run/mfad/control.sock")
     store_backend: str = "sqlite"
     store_path: Path = Path("/var/lib/mfad/mfad.db")  # sqlite
@@ -150,6 +152,10 @@ class Config:
     enrolment: EnrolmentConfig = field(default_factory=EnrolmentConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+    @property
+    def pam_user_socket(self) -> Path:
+        return self.pam_user_socket_setting or self.pam_socket.with_name("pam-user.sock")
 
     def mode_for(self, service: str) -> str:
         """The mode for logins through PAM service `service`: its `services` entry, else
@@ -329,6 +335,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "admin_group": ("admin_group", _text),
     "max_connections": ("max_connections", _int(16, 65536)),
     "sockets.pam": ("pam_socket", _path),
+    "sockets.pam_user": ("pam_user_socket_setting", _optional_path),
     "sockets.control": ("control_socket", _path),
     "store.backend": ("store_backend", _choice("sqlite", "postgresql")),
     "store.path": ("store_path", _path),

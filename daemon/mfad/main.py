@@ -182,6 +182,7 @@ async def _reload(ctx: Context, config_path: Path) -> None:
         return
     fixed = (
         "pam_socket",
+        "pam_user_socket",
         "control_socket",
         "store_backend",
         "store_path",

@@ -27,9 +27,12 @@ class Start:
     rhost: str = ""
     ruser: str = ""
     tty: str = ""
+    # PAM_SILENT: the module shows no INFO, so nothing the user needs may travel as INFO
+    silent: bool = False
 
 
 _FIELDS = ("user", "service", "rhost", "ruser", "tty")
+_FLAGS = {"0": False, "1": True}
 
 
 def parse_start(frame: Frame) -> Start:
@@ -52,4 +55,7 @@ def parse_start(frame: Frame) -> Start:
         raise ProtocolError(f"unsupported protocol version {pairs.get('v')!r}")
     if not valid_user_name(pairs.get("user")):
         raise ProtocolError("START has a missing or unusable user name")
-    return Start(**{k: pairs.get(k, "") for k in _FIELDS})
+    silent = _FLAGS.get(pairs.get("silent", "0"))
+    if silent is None:
+        raise ProtocolError("START silent= must be 0 or 1")
+    return Start(**{k: pairs.get(k, "") for k in _FIELDS}, silent=silent)

@@ -1,8 +1,13 @@
-"""The two listening sockets, one task per connection, bounded shutdown.
+"""The three listening sockets, one task per connection, bounded shutdown.
 
 The PAM socket is 0600 root (only root processes such as sshd's monitor, login
 and su may start a login check); the control socket is 0666 and every request
-on it is authorised by the caller's SO_PEERCRED uid in control.py.
+on it is authorised by the caller's SO_PEERCRED uid in control.py. The user
+PAM socket is 0666 too, for PAM programs that run as the user (screen
+lockers): there a login may name only the peer's own account (session.py,
+`own_uid`), so it checks nothing a user could not already check with `mfa`.
+Its connections are a pool of their own with a per-uid cap, like the control
+socket's: no local user can crowd out logins on the root socket.
 
 Each connection gets a hard deadline. Each socket has its own pool of at most
 ``max_connections``: the control socket is open to every local user, so
@@ -10,9 +15,10 @@ nothing done there may touch a login. In a pool at its cap a new connection
 evicts the oldest one that has not yet sent its first frame: clients that
 connect and say nothing (or trickle) cannot starve real logins, and no
 conversation under way is cut. A user other than root holds at most
-``CONTROL_PER_UID`` control connections at once. A PAM connection turned away
-or evicted is answered ``R U`` first: a silent close before the first frame
-is what ``fail=open`` turns into a skip.
+``CONTROL_PER_UID`` connections to each of the two 0666 sockets at once. A
+connection to either PAM socket turned away or evicted is answered ``R U``
+first: a silent close before the first frame is what ``fail=open`` turns into
+a skip.
 
 A control op may answer with a stream of frames (``mfa audit --follow``): such
 a connection is exempt from the control deadline and lasts until its client
@@ -58,18 +64,19 @@ SHUTDOWN_GRACE = 5.0
 LISTEN_BACKLOG = 1024
 _PEERCRED = struct.Struct("3i")
 CONTROL_PER_UID = 16
-"""Control connections one user (not root) may hold open at once: enough for any script."""
+"""Control (or user PAM) connections one user (not root) may hold open at once: enough for any
+script."""
 
 
 @dataclass(slots=True)
 class _Pool:
     """The connections of one socket."""
 
-    kind: str  # "pam" | "control"
+    kind: str  # "pam" | "pam-user" | "control"
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # connections that have not finished their first frame, oldest first
     unstarted: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
-    per_uid: dict[int, int] = field(default_factory=dict)  # open control connections by uid
+    per_uid: dict[int, int] = field(default_factory=dict)  # open connections by uid (not root)
 
 
 def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
@@ -107,7 +114,7 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
 
 def _turn_away(pool: _Pool, writer: asyncio.StreamWriter) -> None:
     """Close a connection we will not serve; a login is told UNAVAILABLE, never nothing."""
-    if pool.kind == "pam":
+    if pool.kind != "control":
         with contextlib.suppress(OSError, RuntimeError):
             writer.write(encode(T.RESULT, Outcome.UNAVAILABLE.value))
         writer.close()
@@ -132,7 +139,7 @@ class Server:
         self.ctx = ctx
         self.control = ControlHandler(ctx)
         self._servers: list[asyncio.Server] = []
-        self._pools = (_Pool("pam"), _Pool("control"))
+        self._pools = (_Pool("pam"), _Pool("control"), _Pool("pam-user"))
         self._paths: list[Path] = []
         self._streams: set[asyncio.Task[None]] = set()  # streamed control answers
         self._flusher: asyncio.Task[None] | None = None
@@ -142,6 +149,7 @@ class Server:
         for path, mode, serve, pool in (
             (cfg.pam_socket, 0o600, self._serve_pam, self._pools[0]),
             (cfg.control_socket, 0o666, self._serve_control, self._pools[1]),
+            (cfg.pam_user_socket, 0o666, self._serve_pam_user, self._pools[2]),
         ):
             sock = bind_unix(path, mode)
             self._paths.append(path)
@@ -169,14 +177,14 @@ class Server:
         """Wrap a handler: connection caps, task tracking, and the writer always closed."""
 
         async def admitted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            uid = peer_credentials(writer)[1] if pool.kind == "control" else 0
+            uid = peer_credentials(writer)[1] if pool.kind != "pam" else 0
             if uid and pool.per_uid.get(uid, 0) >= CONTROL_PER_UID:
                 log.warning(
                     "connection_refused",
                     uid=uid,
-                    reason=f"{CONTROL_PER_UID} control connections open for this uid",
+                    reason=f"{CONTROL_PER_UID} {pool.kind} connections open for this uid",
                 )
-                writer.transport.abort()
+                _turn_away(pool, writer)
                 return
             if len(pool.tasks) >= self.ctx.config.max_connections and not _evict_one(pool):
                 log.warning(
@@ -217,13 +225,30 @@ class Server:
                 pool.unstarted.pop(task, None)
 
     async def _serve_pam(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._login(reader, writer, user_socket=False)
+
+    async def _serve_pam_user(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await self._login(reader, writer, user_socket=True)
+
+    async def _login(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, user_socket: bool
+    ) -> None:
+        """One login; on the user socket only for the peer's own account."""
         pid, uid, _ = peer_credentials(writer)
         cfg = self.ctx.config
         # every prompt may take prompt_timeout plus the back-off delay; one more prompt
         # for the "press Enter" after enrolment or a low-codes warning
         per_prompt = cfg.login.prompt_timeout + cfg.lockout.max_delay + 5
         deadline = START_TIMEOUT + (cfg.login.max_attempts + 1) * per_prompt
-        session = LoginSession(self.ctx, reader, writer, peer=f"pid={pid},uid={uid}")
+        session = LoginSession(
+            self.ctx,
+            reader,
+            writer,
+            peer=f"pid={pid},uid={uid}",
+            own_uid=uid if user_socket else None,
+        )
         async with asyncio.timeout(deadline):
             await session.run(on_start=self._started)
 
@@ -295,7 +320,7 @@ class Server:
 
     @property
     def _tasks(self) -> set[asyncio.Task[None]]:
-        return self._pools[0].tasks | self._pools[1].tasks
+        return set().union(*(pool.tasks for pool in self._pools))
 
     async def stop(self) -> None:
         """Stop accepting, let logins in flight finish briefly, cancel the rest."""

@@ -11,6 +11,19 @@ another uid is never used. Every code is judged by the one verifier
 (verify.py). A change the login makes (an exemption ending, a user becoming
 pending) is recorded before it is made.
 
+On the user PAM socket (`own_uid`: a program that runs as the user, such as a
+screen locker) the name must be the peer's own account; its guesses count
+from the source ``uid:N``, the same as its codes given over the control
+socket, so a claimed rhost cannot dodge a source block; and enrolment is not
+offered there.
+
+What the user must read comes as ERROR, which the module shows even under
+PAM_SILENT (sudo); under it (START ``silent=1``) nothing the user needs is sent
+as INFO: a user who must enrol is told to run `mfa enroll`, not shown a QR
+code they would not see. sshd shows text only in front of a prompt (after the
+last one it becomes an instruction `ssh -q` hides, or a banner), so under sshd
+(PAM_TTY "ssh") a refusal's message rides on one more prompt (`_refuse`).
+
 Records written per login: ``challenge`` when a code is asked for, the
 verifier's ``attempt`` records for each answer not accepted, enrolment and
 recovery-code events, and one ``login`` record with the final outcome, reason
@@ -40,7 +53,7 @@ from mfad.context import Context
 from mfad.conversation import Conversation, PeerGone, PromptTimeout
 from mfad.errors import MfaError, ProtocolError, StaleAccount
 from mfad.identity import Identity
-from mfad.lockout import Refusal, login_source
+from mfad.lockout import Refusal, control_source, login_source
 from mfad.model import Account, Kind, Site, State, StateChange
 from mfad.protocol import Start, parse_start
 from mfad.qrtext import render_qr
@@ -56,6 +69,13 @@ MSG_REPLAYED = "That code was already used. Wait for the next code and enter it.
 MSG_TIMEOUT = "Correct verification code was not entered before timeout."
 MSG_TOO_MANY = "Too many failed attempts with incorrect verification code."
 MSG_UNAVAILABLE = "Verification is unavailable right now. Contact your administrator."
+MSG_ENROL_FIRST = (
+    "Multi-factor authentication is required for this account, but it is not set up. "
+    "Run `mfa enroll` in a terminal to set it up, then try again."
+)
+MSG_NOT_OWN = "Only your own account's second factor can be checked here."
+# sshd sets PAM_TTY to "ssh" for its PAM conversation (OpenSSH's PAM_TTY_KLUDGE, on Linux)
+SSHD_TTY = "ssh"
 MSG_NOT_ENROLLED = (
     "Multi-factor authentication is required for this account, but it is not set up. "
     "Contact your administrator."
@@ -103,8 +123,14 @@ def _next_session_id() -> str:
 
 class LoginSession:
     def __init__(
-        self, ctx: Context, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+        self,
+        ctx: Context,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        own_uid: int | None = None,
     ) -> None:
+        """`own_uid`: the peer's uid on the user PAM socket (None on the root one)."""
         self.ctx = ctx
         self.config = ctx.config  # one config for the whole conversation, even across a reload
         self.conv = Conversation(reader, writer, self.config.login.prompt_timeout)
@@ -113,6 +139,9 @@ class LoginSession:
         self.started = time.monotonic()
         self.verifier = Verifier(ctx)
         self.site = Site("", "")
+        self.own_uid = own_uid
+        self.source = login_source("")  # the guard's source key, set from START
+        self.silent = False
 
     async def run(self, on_start: Callable[[], None] = lambda: None) -> None:
         """Serve one connection; never raises for what a peer or the disk does.
@@ -134,6 +163,10 @@ class LoginSession:
                 tty=start.tty,
             )
             self.site = Site(start.service, start.rhost)
+            self.silent = start.silent
+            self.source = (
+                login_source(start.rhost) if self.own_uid is None else control_source(self.own_uid)
+            )
             outcome = await self._login(start)
         except (ProtocolError, TimeoutError) as exc:
             # Answer FAILURE before closing: a module with fail=open treats a silent drop
@@ -180,6 +213,12 @@ class LoginSession:
     async def _login(self, start: Start) -> Outcome:
         ctx, config, now = self.ctx, self.config, self.ctx.clock()
         ident = await identity.resolve(start.user)
+        if self.own_uid is not None and (ident is None or ident.uid != self.own_uid):
+            # a user's own program asks about someone else (or a name NSS does not know)
+            log.warning("login_not_own_account", **self.fields)
+            await self._finish(Recorded.REFUSED, Reason.NOT_OWN_ACCOUNT)
+            await self.conv.error(MSG_NOT_OWN)
+            return Outcome.FAILURE
         user = start.user
         account: Account | None = None
         if ident is not None:
@@ -204,7 +243,7 @@ class LoginSession:
         groups: frozenset[str] = frozenset()
         if ident is not None and policy.needs_groups(config, account, now):
             groups = await asyncio.to_thread(nss.groups_of, ident.name)
-        refusal = await ctx.guard.refusal(user, login_source(start.rhost), now)
+        refusal = await ctx.guard.refusal(user, self.source, now)
         decision = policy.decide(config, start.service, account, groups, refusal, now)
         if decision.action is policy.Action.SKIP:
             await self._finish(Recorded.SKIPPED, decision.reason)
@@ -213,8 +252,7 @@ class LoginSession:
             assert decision.refusal is not None and decision.then is not None
             if not config.lockout.silent:
                 await self._finish(Recorded.FAILURE, decision.refusal.reason)
-                await self.conv.error(_refusal_message(decision.refusal))
-                return Outcome.FAILURE
+                return await self._refuse(_refusal_message(decision.refusal), Outcome.FAILURE)
             decision = decision.then  # silent: as usual, and the verifier accepts nothing
         if decision.action is policy.Action.ENROL and ident is not None:
             return await self._must_enrol(
@@ -241,7 +279,7 @@ class LoginSession:
     # --- code prompt ---
 
     async def _ask_for_code(self, user: str, account: Account | None) -> Outcome:
-        subject = Subject(user, login_source(self.site.rhost), self.site, account)
+        subject = Subject(user, self.source, self.site, account)
         attempts = self.config.login.max_attempts
         for attempt in range(1, attempts + 1):
             answer = await self.conv.ask(self.config.login.prompt)
@@ -257,16 +295,16 @@ class LoginSession:
                 return Outcome.SUCCESS
             if verdict.refusal is not None and not self.config.lockout.silent:
                 await self._finish(Recorded.FAILURE, verdict.refusal.reason, attempts=attempt)
-                await self.conv.error(_refusal_message(verdict.refusal))
-                return Outcome.FAILURE
+                return await self._refuse(_refusal_message(verdict.refusal), Outcome.FAILURE)
             if attempt < attempts:
                 replayed = verdict.reason == Reason.REPLAYED_CODE
                 await self.conv.error(MSG_REPLAYED if replayed else MSG_INCORRECT)
         await self._finish(Recorded.FAILURE, Reason.TOO_MANY_ATTEMPTS, attempts=attempts)
-        await self.conv.error(MSG_TOO_MANY)
-        return Outcome.MAXTRIES
+        return await self._refuse(MSG_TOO_MANY, Outcome.MAXTRIES)
 
     async def _warn_low_codes(self, left: int) -> None:
+        if self.silent:  # information, which PAM_SILENT turns off; `mfa status` tells it too
+            return
         await self.conv.info(
             f"Only {left} recovery code{'s' if left != 1 else ''} left. "
             "Make new ones with `mfa recovery-codes --regenerate`."
@@ -302,12 +340,16 @@ class LoginSession:
             )
         if deadline is not None and deadline <= now:
             await self._finish(Recorded.FAILURE, Reason.ENROLMENT_EXPIRED)
-            await self.conv.error(MSG_ENROLMENT_EXPIRED)
-            return Outcome.FAILURE
+            return await self._refuse(MSG_ENROLMENT_EXPIRED, Outcome.FAILURE)
         if not config.enrolment.at_login:
             await self._finish(Recorded.FAILURE, Reason.NOT_ENROLLED)
-            await self.conv.error(MSG_NOT_ENROLLED)
-            return Outcome.FAILURE
+            return await self._refuse(MSG_NOT_ENROLLED, Outcome.FAILURE)
+        if self.silent or self.own_uid is not None:
+            # The QR code and key would be INFO the module does not show (PAM_SILENT), or
+            # a user's own program (a screen locker) is no place to set up a token.
+            why = "silent" if self.silent else "user_socket"
+            await self._finish(Recorded.FAILURE, Reason.NOT_ENROLLED, enrolment_not_offered=why)
+            return await self._refuse(MSG_ENROL_FIRST, Outcome.FAILURE)
         return await self._enrol(ident, decoy=decoy)
 
     async def _enrol(self, ident: Identity, *, decoy: bool) -> Outcome:
@@ -315,7 +357,7 @@ class LoginSession:
         if decoy:
             offer = enrolment.decoy(self.ctx, ident)
         else:
-            origin = f"login:{login_source(self.site.rhost)}"
+            origin = f"login:{self.source}"
             offer = await enrolment.begin(self.ctx, ident, origin, reoffer=True)
         await self.conv.info(
             "\n".join(
@@ -328,14 +370,13 @@ class LoginSession:
             )
         )
         attempts = self.config.login.max_attempts
-        source = login_source(self.site.rhost)
         for attempt in range(1, attempts + 1):
             answer = await self.conv.ask(self.config.login.prompt)
             verdict, confirmed = await enrolment.confirm(
                 self.ctx,
                 ident,
                 answer,
-                source,
+                self.source,
                 self.site,
                 must_exist=False,
                 attempt=attempt,
@@ -356,15 +397,25 @@ class LoginSession:
                 await self._finish(
                     Recorded.FAILURE, verdict.refusal.reason, method="enrolment", attempts=attempt
                 )
-                await self.conv.error(_refusal_message(verdict.refusal))
-                return Outcome.FAILURE
+                return await self._refuse(_refusal_message(verdict.refusal), Outcome.FAILURE)
             if attempt < attempts:
                 await self.conv.error(MSG_INCORRECT)
         await self._finish(
             Recorded.FAILURE, Reason.TOO_MANY_ATTEMPTS, method="enrolment", attempts=attempts
         )
-        await self.conv.error(MSG_TOO_MANY)
-        return Outcome.MAXTRIES
+        return await self._refuse(MSG_TOO_MANY, Outcome.MAXTRIES)
+
+    async def _refuse(self, message: str, outcome: Outcome) -> Outcome:
+        """Tell the user why the login ends; returns `outcome`.
+
+        For sshd the message rides on one more prompt: sshd turns text that follows
+        the last prompt into the instruction of a prompt-less request, which `ssh -q`
+        does not print (OpenSSH 9.2, auth-pam.c sshpam_query and the client's logit).
+        """
+        await self.conv.error(message)
+        if self.fields.get("tty") == SSHD_TTY:
+            await self.conv.acknowledge(MSG_CONTINUE)
+        return outcome
 
     async def _finish(self, outcome: Recorded, reason: str, **extra: Any) -> None:
         """The login's one `login` record: the canonical line, with the duration."""

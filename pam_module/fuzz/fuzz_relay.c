@@ -106,12 +106,19 @@ struct line {
 	size_t n;
 };
 
-static const char start_payload[] = "v=1\0"
-				    "user=" USER "\0"
-				    "service=" SERVICE "\0"
-				    "rhost=" RHOST "\0"
-				    "ruser=\0"
-				    "tty=" TTY; /* sizeof counts the literal's NUL: the final one */
+#define START_ITEMS                                                                                \
+	"v=1\0"                                                                                    \
+	"user=" USER "\0"                                                                          \
+	"service=" SERVICE "\0"                                                                    \
+	"rhost=" RHOST "\0"                                                                        \
+	"ruser=\0"                                                                                 \
+	"tty=" TTY "\0"
+/* sizeof counts each literal's NUL: the final one */
+static const char start_payload[] = START_ITEMS "silent=0";
+static const char start_payload_silent[] = START_ITEMS "silent=1";
+/* what the module says itself when it fails closed on a break */
+static const char unavailable[] =
+    "Two-factor authentication is unavailable; contact your administrator.";
 
 static pam_handle_t *pamh;
 static struct plan current;
@@ -127,6 +134,7 @@ static struct {
 	const unsigned char *stream;
 	size_t n;
 	int close_early;
+	int silent; /* START must say silent=1 */
 	/* set by the peer before done */
 	unsigned char got[PEER_BUF];
 	size_t got_len;
@@ -278,8 +286,8 @@ static void predict(struct plan *pl, const unsigned char *s, size_t n, unsigned 
 		case 'I':
 		case 'E':
 			spoken = 1;
-			if (flags & F_SILENT)
-				continue;
+			if ((flags & F_SILENT) && body[0] == 'I')
+				continue; /* PAM_SILENT drops INFO, never ERROR */
 			e = &pl->ev[pl->n_ev++];
 			e->style = body[0] == 'I' ? PAM_TEXT_INFO : PAM_ERROR_MSG;
 			e->text = body + 1;
@@ -320,6 +328,16 @@ static void predict(struct plan *pl, const unsigned char *s, size_t n, unsigned 
 	/* A break: fail=open may skip the module only while mfad has not yet spoken. */
 	pl->unreachable = 1;
 	pl->rv = !spoken && (flags & F_FAIL_OPEN) ? PAM_IGNORE : PAM_AUTHINFO_UNAVAIL;
+	if (pl->rv == PAM_AUTHINFO_UNAVAIL) {
+		/* failing closed, the module tells the user, whatever the conversation answers */
+		struct event *e = &pl->ev[pl->n_ev++];
+
+		e->style = PAM_ERROR_MSG;
+		e->text = (const unsigned char *)unavailable;
+		e->text_len = sizeof(unavailable) - 1;
+		e->act = flags & F_TEXT_FAIL ? ACT_FAIL : ACT_ANSWER;
+		e->fail_code = PAM_CONV_ERR;
+	}
 }
 
 /* ------------------------------------------------------------------ the user */
@@ -390,6 +408,7 @@ static void read_exact(int fd, unsigned char *p, size_t n)
 
 static void check_start(int fd)
 {
+	const char *want = peer.silent ? start_payload_silent : start_payload;
 	unsigned char head[5], body[sizeof(start_payload)];
 	uint32_t len;
 
@@ -399,7 +418,7 @@ static void check_start(int fd)
 	      "first frame: type 0x%02x, length %u; want a START of %zu", head[4], len,
 	      sizeof(start_payload) + 1);
 	read_exact(fd, body, sizeof(body));
-	CHECK(memcmp(body, start_payload, sizeof(body)) == 0, "START payload differs");
+	CHECK(memcmp(body, want, sizeof(body)) == 0, "START payload differs");
 }
 
 /* One connection: START, the stream (while reading ANSWERs), then EOF both ways. */
@@ -589,7 +608,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	memset(&current, 0, sizeof(current));
-	current.ev = calloc((size - start) / 5 + 1, sizeof(*current.ev));
+	/* a frame is at least 5 bytes; one more event for the module's own message */
+	current.ev = calloc((size - start) / 5 + 2, sizeof(*current.ev));
 	CHECK(current.ev != NULL, "out of memory");
 	predict(&current, data + start, size - start, flags, lines, n_lines);
 
@@ -609,6 +629,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	peer.stream = data + start;
 	peer.n = size - start;
 	peer.close_early = (flags & F_CLOSE) != 0;
+	peer.silent = (flags & F_SILENT) != 0;
 	peer.got_len = 0;
 	logged_unreachable = 0;
 	sem_post(&peer.go);

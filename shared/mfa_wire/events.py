@@ -73,6 +73,8 @@ class Reason(enum.StrEnum):
     ABORTED = "aborted"
     ENROLMENT_EXPIRED = "enrolment_expired"
     NOT_ENROLLED = "not_enrolled"
+    # on the user PAM socket: the name is not the connecting uid's own account
+    NOT_OWN_ACCOUNT = "not_own_account"
     STALE_ACCOUNT = "stale_account"
     NAME_UNRESOLVED = "name_unresolved"
     UNAVAILABLE = "unavailable"
