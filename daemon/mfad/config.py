@@ -83,6 +83,11 @@ class Config:
     audit_path: Path = Path("/var/log/mfad/audit.jsonl")
     # a login that cannot be recorded is refused; false lets logins go on unrecorded
     audit_required: bool = True
+    # the evolving sealing key (mfa audit seal-init creates it; absent: records unsealed)
+    audit_seal_key: Path = Path("/var/lib/mfad/audit-seal.key")
+    audit_seal_epoch: int = 900  # seconds per sealing epoch, fixed at seal-init
+    audit_forward: str = "auto"  # copy each record to journald or syslog: auto|journald|syslog|off
+    audit_forward_socket: Path | None = None  # that socket, if not the usual one
     max_connections: int = 1024
     totp: TotpConfig = field(default_factory=TotpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
@@ -179,6 +184,10 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "key_file": ("key_file", _path),
     "audit.path": ("audit_path", _path),
     "audit.required": ("audit_required", _bool),
+    "audit.seal_key": ("audit_seal_key", _path),
+    "audit.seal_epoch": ("audit_seal_epoch", _int(1, 86400)),
+    "audit.forward": ("audit_forward", _choice("auto", "journald", "syslog", "off")),
+    "audit.forward_socket": ("audit_forward_socket", _optional_path),
     "totp.issuer": ("totp.issuer", _text),
     "totp.window": ("totp.window", _int(0, 10)),
     "totp.digits": ("totp.digits", _choice(6, 8)),

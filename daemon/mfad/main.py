@@ -21,6 +21,7 @@ import uvloop
 from mfa_wire.events import Event, Outcome
 from mfad import __version__, config
 from mfad.audit import AuditLog
+from mfad.auditforward import Forwarder
 from mfad.context import Context
 from mfad.errors import KeyFileError, MfaError, StoreError
 from mfad.lockout import Guard
@@ -143,7 +144,12 @@ async def serve(config_path: Path) -> None:
     except MfaError:
         await store.close()
         raise
-    audit = AuditLog(cfg.audit_path, required=lambda: ctx.config.audit_required)
+    audit = AuditLog(
+        cfg.audit_path,
+        required=lambda: ctx.config.audit_required,
+        seal_key=cfg.audit_seal_key,
+        forward=Forwarder(cfg.audit_forward, cfg.audit_forward_socket),
+    )
     await audit.open()
     ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout))
     server = Server(ctx)
@@ -189,6 +195,9 @@ async def _reload(ctx: Context, config_path: Path) -> None:
         "store_password_file",
         "key_file",
         "audit_path",
+        "audit_seal_key",
+        "audit_forward",
+        "audit_forward_socket",
     )
     changed = [name for name in fixed if getattr(new, name) != getattr(ctx.config, name)]
     if changed:

@@ -38,6 +38,8 @@ class Event(enum.StrEnum):
     DAEMON_STOP = "daemon_stop"
     AUDIT_REPAIRED = "audit_repaired"  # a partial last line moved into a record at start
     AUDIT_TAMPERED = "audit_tampered"  # the log ends before its head: cut or altered
+    AUDIT_SEAL_INIT = "audit_seal_init"  # sealing starts: the first record of epoch 0
+    AUDIT_SEALED = "audit_sealed"  # an epoch ended; sealed with that epoch's key
 
 
 class Outcome(enum.StrEnum):
@@ -49,6 +51,7 @@ class Outcome(enum.StrEnum):
     REFUSED = "refused"
     LOCKED = "locked"
     BLOCKED = "blocked"
+    ABORTED = "aborted"  # a login mfad could not finish: its deadline, a shutdown, a bug
 
 
 class Reason(enum.StrEnum):
@@ -74,6 +77,9 @@ class Reason(enum.StrEnum):
     NAME_UNRESOLVED = "name_unresolved"
     UNAVAILABLE = "unavailable"
     INTERNAL_ERROR = "internal_error"
+    DEADLINE = "deadline"  # the connection outlived mfad's deadline (paused, or stalled)
+    SHUTDOWN = "shutdown"  # mfad stopped with the login under way
+    PEER_GONE = "peer_gone"  # the module's connection broke before the login's end
     # a lock (``lock_set``)
     DENY = "deny"
     LIFETIME_CAP = "lifetime_cap"
