@@ -512,8 +512,11 @@ class AuditLog:
                 )
                 return
 
-    async def seal_init(self, length: int, *, force: bool = False) -> seal.VerificationKey:
-        """Start sealing now (or anew); the verification key, which is kept nowhere here."""
+    async def seal_init(
+        self, length: int, *, force: bool = False, **fields: Any
+    ) -> seal.VerificationKey:
+        """Start sealing now (or anew); the verification key, which is kept nowhere here.
+        `fields` (who asked) go into the ``audit_seal_init`` record."""
         sink = self._sink
         if sink.seal_path is None:
             raise AuditError("no audit.seal_key path is configured")
