@@ -20,8 +20,20 @@ the last record written, so a cut-off end is visible too.
 * ``not JSON``   a line that is not a record at all.
 
 A hash chain without a key proves order and completeness against edits by
-hand, not against someone who rewrites every later line and the head as well;
-ship the log off the host (journald, syslog forwarding) for that.
+hand, not against someone who rewrites every later line and the head as well.
+With the verification key (seal.py) each record's seal is checked too
+(_SealWalk), which names, besides the above:
+
+* ``edited``     a record whose MAC is not its epoch's, or whose epoch is not
+                 the one its time falls in (sealed later with a later key);
+* ``deleted``    an epoch that ends without its seal record, or a sealed trail
+                 whose first record (``audit_seal_init``) is gone;
+* ``inserted``   a record after its epoch's seal, or before a record of an
+                 earlier epoch;
+* ``unsealed``   a record without a seal after sealing started;
+* ``rekeyed``    sealing started again with a new key (``seal-init --force``):
+                 the rest verifies with that key;
+* ``truncated``  a trail that ends epochs before now (mfad seals every epoch).
 """
 
 from __future__ import annotations
@@ -342,7 +354,7 @@ class _SealWalk:
         self.last_epoch: int | None = None
         self.last_seal: dict[str, Any] | None = None  # the last epoch-end record verified
         self.last_was_seal = False
-        self.last_line: Line | None = None
+        self.last_line: Line | None = None  # the last record accepted
 
     def _mac_ok(self, line: Line, epoch: int) -> bool:
         split = seal.split_mac(line.raw)
@@ -411,22 +423,23 @@ class _SealWalk:
                 f"record {seq} claims epoch {epoch} but its time falls in epoch {at}: a record "
                 "verifies only with the key of its own epoch (sealed later, with a later key?)",
             )
-        if epoch < self.last_epoch:
+        if epoch < self.last_epoch and self.last_line is not None:
+            # mfad never writes an earlier epoch after a later one, and an intruder holds
+            # only later keys: the record that claims the later epoch is the one out of place
+            return self._bad(
+                self.last_line,
+                seq - 1,
+                "inserted",
+                f"record {seq - 1} claims epoch {self.last_epoch}, but record {seq} after it "
+                f"is of epoch {epoch}: it was added with a later epoch's key, or moved",
+            )
+        if epoch > self.last_epoch and not self.last_was_seal:
             return self._bad(
                 line,
                 seq,
-                "reordered",
-                f"record {seq} is of epoch {epoch}, after a record of epoch {self.last_epoch}: "
-                "records were moved, or one was sealed with an older key than the one before it",
-            )
-        if epoch > self.last_epoch and not self.last_was_seal:
-            where = self.last_line if self.last_line is not None else line
-            return self._bad(
-                where,
-                seq - 1,
                 "deleted",
                 f"epoch {self.last_epoch} ends at record {seq - 1} without its seal record: "
-                f"the records at the end of epoch {self.last_epoch} were deleted",
+                f"records at the end of epoch {self.last_epoch} were deleted before this one",
             )
         if epoch == self.last_epoch and self.last_was_seal:
             return self._bad(
