@@ -16,7 +16,6 @@ import json
 import os
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -220,7 +219,7 @@ def _edit(mfad: Daemon, stolen: seal.SealState) -> int:
     i = index_of(rows, 1)
     rows[i] = rows[i].replace('"outcome":"skipped"', '"outcome":"success"')
     write(mfad, reseal(rows, i, stolen))
-    return json.loads(rows[i])["seq"]
+    return int(json.loads(rows[i])["seq"])
 
 
 def _insert(mfad: Daemon, stolen: seal.SealState) -> int:
