@@ -401,3 +401,27 @@ def test_a_key_copied_at_epoch_n_cannot_make_a_record_of_epoch_n_minus_1(
         assert verdict["first_bad"] is not None, name
         assert verdict["first_bad"]["seq"] == template["seq"], (name, verdict["first_bad"])
         assert verdict["sealing"]["last_sealed_epoch"] == 1, name
+
+
+def test_a_key_file_torn_by_a_crash_mid_replace_is_recovered(
+    sealed: tuple[Daemon, FakeClock, str],
+) -> None:
+    """Killed while replacing the key file (the new key written beside it, the old one half
+    overwritten): mfad starts with the newest whole key, and the trail goes on verifying. A
+    key file that is damaged with no whole copy stops mfad with a message saying what to do,
+    instead of going on unsealed."""
+    mfad, clock, vk = sealed
+    mfad.stop()
+    whole = mfad.seal_key_path.read_text()
+    mfad.seal_key_path.with_name(mfad.seal_key_path.name + ".new").write_text(whole)
+    mfad.seal_key_path.write_text(whole[: len(whole) // 2])
+    mfad.start()
+    clock.advance(EPOCH)
+    note(mfad, 1)
+    verdict = verdict_online(mfad, vk)
+    assert verdict["intact"], verdict["first_bad"]
+    assert verdict["sealing"]["last_sealed_epoch"] == 3
+    mfad.stop()
+    mfad.seal_key_path.write_text("garbage\n")
+    with pytest.raises(RuntimeError, match="seal-init --force"):
+        mfad.start()
