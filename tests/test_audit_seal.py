@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -209,6 +211,15 @@ def test_an_untouched_sealed_trail_verifies_across_epochs_restarts_and_rotation(
     assert "Last epoch verified and sealed: 3" in keyed.output
     mfad.stop()
     assert verdict_offline(mfad, clock, vk)["intact"]
+    copy = subprocess.run(  # a copy checked elsewhere: the verifier without a daemon
+        [sys.executable, "-m", "mfad.auditread", "--key-file", "-", str(mfad.audit_path)],
+        input=vk,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert copy.returncode == 0, copy.stderr
+    assert json.loads(copy.stdout)["sealing"]["last_epoch"] == 4
 
 
 # --- tampering, each named ---

@@ -38,10 +38,12 @@ With the verification key (seal.py) each record's seal is checked too
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hmac
 import json
 import re
+import sys
 import zlib
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
@@ -745,3 +747,40 @@ def _never_enrolled(accounts: Mapping[str, str], denied: Counter[str]) -> list[d
         {"user": u, "pending": accounts.get(u) == "pending", "refused_logins": denied[u]}
         for u in sorted(names)
     ]
+
+
+# --- verifying a copy, on a machine of the security team's ---
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m mfad.auditread [--key-file F] [--at TIME] LOG``: verify a copy of the
+    trail (LOG and the rotated files beside it) without a daemon; exit 7 if broken."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m mfad.auditread",
+        description="Verify a copy of an mfad audit trail (LOG and its rotated files).",
+    )
+    parser.add_argument("log", type=Path, metavar="LOG")
+    parser.add_argument(
+        "--key-file", metavar="F", help="the verification key, in a file (- reads stdin)"
+    )
+    parser.add_argument(
+        "--at",
+        metavar="TIME",
+        help="RFC 3339 time the copy was taken: the trail must reach that epoch",
+    )
+    args = parser.parse_args(argv)
+    key = None
+    if args.key_file is not None:
+        text = sys.stdin.read() if args.key_file == "-" else Path(args.key_file).read_text()
+        try:
+            key = seal.VerificationKey.parse(text)
+        except seal.SealError as exc:
+            parser.error(f"not a verification key: {exc}")
+    now_us = seal.micros(times.parse(args.at)) if args.at else None
+    verdict = verify(args.log, key, now_us)
+    print(json.dumps(verdict, indent=2, ensure_ascii=False))
+    return 0 if verdict["intact"] else 7
+
+
+if __name__ == "__main__":
+    sys.exit(main())
