@@ -135,7 +135,8 @@ async def _record_unfinished(session: LoginSession, reason: str) -> None:
     its own deadline, a write to the module's closed socket, a shutdown or a bug. The
     session writes the outcome itself whenever it can; this catches the rest."""
     if "user" in session.fields and Event.LOGIN not in session.trail.written:
-        await session.trail.record_quietly(Event.LOGIN, outcome=Recorded.ABORTED, reason=reason)
+        told = Recorded.FAILURE if reason == Reason.PROTOCOL_ERROR else Recorded.ABORTED
+        await session.trail.record_quietly(Event.LOGIN, outcome=told, reason=reason)
 
 
 class Server:
@@ -239,7 +240,9 @@ class Server:
         try:
             async with asyncio.timeout(deadline):
                 await session.run(on_start=self._started)
-            ended = Reason.ABORTED
+            # run() returned without an outcome only after a broken conversation, which it
+            # answered FAILURE: that is the login's outcome
+            ended = Reason.PROTOCOL_ERROR
         except asyncio.CancelledError:
             ended = Reason.SHUTDOWN
             raise

@@ -80,6 +80,7 @@ class Reason(enum.StrEnum):
     DEADLINE = "deadline"  # the connection outlived mfad's deadline (paused, or stalled)
     SHUTDOWN = "shutdown"  # mfad stopped with the login under way
     PEER_GONE = "peer_gone"  # the module's connection broke before the login's end
+    PROTOCOL_ERROR = "protocol_error"  # the module broke the conversation (FAILURE sent)
     # a lock (``lock_set``)
     DENY = "deny"
     LIFETIME_CAP = "lifetime_cap"
