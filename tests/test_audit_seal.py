@@ -289,7 +289,20 @@ def _drop_epoch_seal(mfad: Daemon, stolen: seal.SealState) -> int:
     return int(seq)
 
 
+def _insert_unsealed(mfad: Daemon, stolen: seal.SealState) -> int:
+    """A record without a seal slipped in among epoch 1's, the chain recomputed."""
+    rows = lines(mfad)
+    i = index_of(rows, 1)
+    forged = json.loads(rows[i])
+    for name in ("epoch", "mac"):
+        del forged[name]
+    rows.insert(i, json.dumps(forged, separators=(",", ":")))
+    write(mfad, reseal(rows, i, stolen))
+    return int(forged["seq"])
+
+
 CASES: dict[str, tuple[Callable[[Daemon, seal.SealState], int], str]] = {
+    "inserted without a seal": (_insert_unsealed, "unsealed"),
     "edited": (_edit, "edited"),
     "inserted with a later epoch's key": (_insert, "edited"),
     "deleted, chain recomputed": (_delete, "edited"),
@@ -441,3 +454,36 @@ def test_a_key_file_torn_by_a_crash_mid_replace_is_recovered(
     mfad.seal_key_path.write_text("garbage\n")
     with pytest.raises(RuntimeError, match="seal-init --force"):
         mfad.start()
+
+
+def test_a_new_sealing_is_named_to_the_old_key_and_verifies_with_the_new(
+    sealed: tuple[Daemon, FakeClock, str],
+) -> None:
+    """`seal-init --force` closes the old key's epoch with its seal and starts anew. The old
+    key verifies up to there and says the trail was rekeyed (exit 7: the rest is not its to
+    vouch for); the new key verifies from there, the records before it pinned by the chain."""
+    mfad, _clock, old = sealed
+    result = mfa(mfad, "audit", "seal-init", "--force")
+    assert result.exit_code == 0, result.output
+    new = next(w for w in result.output.split() if w.startswith("mfadvk1-"))
+    SEEN["secret"].add(new)
+    note(mfad, 1)
+    restarted = [r for r in mfad.audit() if r["event"] == "audit_seal_init"][-1]
+    assert restarted["actor"] == "root"
+    assert first_bad(verdict_online(mfad, old)) == ("rekeyed", restarted["seq"])
+    verdict = verdict_online(mfad, new)
+    assert verdict["intact"], verdict["first_bad"]
+    assert verdict["sealing"]["started_seq"] == restarted["seq"]
+    assert verdict["sealing"]["unsealed_before"] == restarted["seq"] - 1
+
+
+def test_audit_settings_are_validated_with_line_and_key() -> None:
+    """A sealing epoch out of range or an unknown forwarding target is refused, naming the
+    line and the key, like every other setting."""
+    from mfad import config
+    from mfad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"line 2: audit.seal_epoch: .*1 to 86400"):
+        config.parse("audit:\n  seal_epoch: 0\n")
+    with pytest.raises(ConfigError, match=r"line 3: audit.forward: must be one of"):
+        config.parse("audit:\n  seal_epoch: 60\n  forward: kafka\n")

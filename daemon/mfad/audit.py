@@ -9,15 +9,14 @@ epoch ends with an ``audit_sealed`` record (seal.py): without the verification
 key, which is kept off the host, nobody can rewrite a record of an epoch that
 has ended. ``_Sink._write`` is the one place a record is made; it hands every
 record, as the dict and as its line, to ``AuditLog._publish``. The sink writes
-on the event loop: one
-``O_APPEND`` write of a few hundred bytes to the page cache and a ``pwrite`` of
-the head file cost a few microseconds, less than a trip to a thread and back
-(bench/RESULTS.md), and one writer extends the chain strictly in order. A full
-disk fails at once (ENOSPC), it does not wait. The copy to stderr goes through
-a thread of its own and is never waited for: under systemd stderr is a pipe to
-journald, which can stall; the file is the record. The structured copy to
-journald or syslog (auditforward.py) is one non-blocking datagram. Replacing the
-sealing key file (fsync) runs in a thread.
+on the event loop: one ``O_APPEND`` write of a few hundred bytes to the page
+cache and a ``pwrite`` of the head file cost a few microseconds, less than a
+trip to a thread and back (bench/RESULTS.md), and one writer extends the
+chain strictly in order. A full disk fails at once (ENOSPC), it does not wait.
+The copy to stderr goes through a thread of its own and is never waited for:
+under systemd stderr is a pipe to journald, which can stall; the file is the
+record. The structured copy to journald or syslog (auditforward.py) is one
+non-blocking datagram. Replacing the sealing key file (fsync) runs in a thread.
 
 Beside the log, ``<log>.head`` holds the sequence number and hash of the last
 record written (rewritten in place after every record). It lets the chain go on
@@ -393,6 +392,7 @@ class AuditLog:
         self._subscribers: set[asyncio.Queue[str]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
+        self._saves_held = False  # seal_init is replacing the key file itself
 
     @property
     def path(self) -> Path:
@@ -491,6 +491,8 @@ class AuditLog:
             await self.tick()
 
     def _save_key_soon(self) -> None:
+        if self._saves_held:
+            return
         if self._sink.key_dirty and (self._saver is None or self._saver.done()):
             self._saver = asyncio.create_task(self._save_key())
 
@@ -516,7 +518,13 @@ class AuditLog:
         self, length: int, *, force: bool = False, **fields: Any
     ) -> seal.VerificationKey:
         """Start sealing now (or anew); the verification key, which is kept nowhere here.
-        `fields` (who asked) go into the ``audit_seal_init`` record."""
+        `fields` (who asked) go into the ``audit_seal_init`` record.
+
+        The old key's last seal and the new sealing's first record are written with no
+        await between them, so no other record falls between; the key file is then
+        replaced with saves of the evolving key held back, so an older key can never
+        be written over the new one.
+        """
         sink = self._sink
         if sink.seal_path is None:
             raise AuditError("no audit.seal_key path is configured")
@@ -527,36 +535,42 @@ class AuditLog:
                 f"{seal.time_text(old.epochs.begins(0))}); --force starts a new sealing, and "
                 "only the new verification key verifies the records after it"
             )
-        us = int(sink.clock() * 1_000_000)
-        if old is not None:  # close the old key's last epoch, so its holder sees the end
+        self._saves_held = True
+        try:
+            if self._saver is not None:
+                await asyncio.gather(self._saver, return_exceptions=True)
             await self.tick()
-            if not (sink.last_sealed and sink.last_epoch == old.epoch):
+            us = int(sink.clock() * 1_000_000)
+            state, vk = seal.start_sealing(us, length)
+            if old is not None and not (sink.last_sealed and sink.last_epoch == old.epoch):
+                # close the old key's epoch, so its holder sees where its part ends
                 sink._write(
                     Event.AUDIT_SEALED, {"outcome": Outcome.SUCCESS, "reason": "rekeyed"}, us
                 )
-        state, vk = seal.start_sealing(us, length)
-        try:
-            await asyncio.to_thread(seal.store, sink.seal_path, state)
-        except OSError as exc:
-            raise AuditError(f"cannot write {sink.seal_path}: {exc.strerror}") from exc
-        if self._saver is not None:
-            await asyncio.gather(self._saver, return_exceptions=True)
-        sink.seal, sink.key_dirty = state, False
-        sink.last_epoch, sink.last_sealed = None, False
-        try:
-            sink.append(
-                Event.AUDIT_SEAL_INIT,
-                {
-                    "outcome": Outcome.SUCCESS,
-                    "seal_start": seal.time_text(us),
-                    "epoch_seconds": length,
-                },
-                us,
-            )
-        except AuditError:
-            sink.seal = old
-            await asyncio.to_thread(seal.remove, sink.seal_path)
-            raise
+            sink.seal, sink.key_dirty = state, False
+            sink.last_epoch, sink.last_sealed = None, False
+            init = {
+                "outcome": Outcome.SUCCESS,
+                **fields,
+                "seal_start": seal.time_text(us),
+                "epoch_seconds": length,
+            }
+            sink.append(Event.AUDIT_SEAL_INIT, init, us)
+            stored = seal.SealState(state.epoch, state.epochs, state.key)
+            await asyncio.to_thread(seal.store, sink.seal_path, stored)
+        except (AuditError, OSError) as exc:
+            # nobody will hold this sealing's key: stop sealing rather than seal unverifiably
+            sink.seal = None
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(seal.remove, sink.seal_path)
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise AuditError(
+                f"cannot start sealing ({reason}); records are not sealed until "
+                "`mfa audit seal-init --force` succeeds"
+            ) from exc
+        finally:
+            self._saves_held = False
+        self._save_key_soon()  # an epoch that ended meanwhile
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
