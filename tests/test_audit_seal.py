@@ -171,7 +171,7 @@ def test_seal_init_shows_the_key_once_and_the_host_keeps_only_the_epoch_key(
     admin = make_user()
     mfad.base["admin_group"] = "root"
     mfad.restart()
-    os.system(f"usermod -a -G root {admin}")  # noqa: S605 - a fixed command, a generated name
+    subprocess.run(["usermod", "--append", "--groups", "root", admin], check=True)
     refused = mfad.mfa_as(admin, "audit", "seal-init")
     assert refused.returncode != 0
     assert "only root may start" in refused.stderr
