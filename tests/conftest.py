@@ -109,6 +109,7 @@ class Daemon:
         self.db_path = tmp / "lib" / "mfad.db"
         self.key_path = tmp / "etc" / "secret.key"
         self.audit_path = tmp / "log" / "audit.jsonl"
+        self.seal_key_path = tmp / "lib" / "audit-seal.key"
         self.stderr_path = tmp / "mfad.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         self.base: dict[str, Any] = {
@@ -116,7 +117,12 @@ class Daemon:
             "sockets": {"pam": str(self.pam_socket), "control": str(self.control_socket)},
             "store": {"path": str(self.db_path)},
             "key_file": str(self.key_path),
-            "audit": {"path": str(self.audit_path)},
+            # the sealing key in the test's own directory; no copy to the machine's syslog
+            "audit": {
+                "path": str(self.audit_path),
+                "seal_key": str(tmp / "lib" / "audit-seal.key"),
+                "forward": "off",
+            },
             "totp": {"issuer": "pam-mfa-test"},
             # no back-off delay unless a test is about it: it would only slow the suite
             "lockout": {"delay": 0},

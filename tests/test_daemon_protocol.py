@@ -65,8 +65,14 @@ def test_second_start_mid_conversation_is_a_protocol_error(mfad: Daemon) -> None
         wire.send("S", start_payload("root"))
         assert wire.recv().payload == "F"
         assert wire.closed()
-    assert mfad.audit()[-1]["event"] == "protocol_error"
-    assert "expected ANSWER" in mfad.audit()[-1]["reason"]
+    error, outcome = mfad.audit()[-2:]
+    assert error["event"] == "protocol_error"
+    assert "expected ANSWER" in error["reason"]
+    assert (outcome["event"], outcome["outcome"], outcome["reason"]) == (
+        "login",
+        "failure",
+        "protocol_error",
+    )
 
 
 @pytest.mark.parametrize("answer", ["abcdef", "12 34 5x", "1" * 60000, "", "\u0661" * 6])
@@ -92,7 +98,7 @@ def test_answer_frame_of_one_megabyte_is_dropped(mfad: Daemon) -> None:
         wire.send_header(1024 * 1024 + 1)
         assert wire.recv().payload == "F"
         assert wire.closed()
-    assert mfad.audit()[-1]["event"] == "protocol_error"
+    assert [r["event"] for r in mfad.audit()[-2:]] == ["protocol_error", "login"]
     assert mfad.request("status", user="root")["ok"]
 
 

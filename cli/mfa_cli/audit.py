@@ -9,6 +9,7 @@ json_text, so no control character reaches the terminal raw.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -148,6 +149,8 @@ Examples:
   mfa audit --rhost 203.0.113.7 --json  as JSON lines, for jq
   mfa audit --follow                    new records as they are written
   mfa audit verify                      check the hash chain (exit 7 if broken)
+  mfa audit verify --key-file vk.txt    and every record's seal, with the verification key
+  mfa audit seal-init                   start sealing; prints the verification key once
   mfa audit summary --since 7d          what a reviewer looks at first
 
 TIME is a duration back from now (30m, 2h, 7d, 1d12h) or a time: RFC 3339
@@ -265,7 +268,29 @@ def audit(
         )
 
 
+def _read_key(source: str) -> str:
+    """The verification key from a file, or from stdin for ``-``: never from argv, where
+    every local user could read it in the process list (it can forge every epoch)."""
+    text: str
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {source}: {exc}") from None
+    if not text.strip():
+        raise click.BadParameter(f"{'stdin' if source == '-' else source} holds no key")
+    return text.strip()
+
+
 @audit.command()
+@click.option(
+    "--key-file",
+    metavar="FILE",
+    help="Also check every record's seal with the verification key in FILE (- reads stdin).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's verdict as JSON.")
 @click.option(
     "--all-hosts",
@@ -273,18 +298,33 @@ def audit(
     help="Check each host's chain in the shared store's audit table instead (PostgreSQL).",
 )
 @pass_client
-def verify(client: DaemonClient, as_json: bool, all_hosts: bool) -> None:
-    """Check the audit trail's hash chain through every rotated file.
+def verify(client: DaemonClient, key_file: str | None, as_json: bool, all_hosts: bool) -> None:
+    """Check the audit trail through every rotated file: the hash chain, and with
+    --key-file each record's seal.
 
     Each record holds the hash of the one before, and the head file beside
     the log names the last record written. An edited, deleted, reordered or
     truncated record breaks the chain: the first bad one is shown and the exit
     code is 7. Exit 0 means the chain is whole.
+
+    The chain alone does not stop someone who rewrites every later record and
+    the head too. With the verification key that `mfa audit seal-init` printed,
+    each record must also carry a MAC made with the key of its own epoch, and
+    each epoch must end with its seal: a record of an epoch that had ended
+    before an intruder came cannot be changed, added or removed unseen. The key
+    is read from a file or stdin, never the command line, and mfad uses it for
+    this check only.
     """
     if all_hosts:
+        if key_file is not None:
+            raise click.UsageError(
+                "--key-file checks this host's sealed files; the fleet's table is checked "
+                "by its chains (--all-hosts) only"
+            )
         _verify_fleet(client.request("audit_verify", all_hosts=True), as_json)
         return
-    verdict = client.request("audit_verify")
+    fields = {"key": _read_key(key_file)} if key_file is not None else {}
+    verdict = client.request("audit_verify", **fields)
     verdict.pop("ok", None)
     bad = verdict.get("first_bad")
     if as_json:
@@ -301,6 +341,7 @@ def verify(client: DaemonClient, as_json: bool, all_hosts: bool) -> None:
         click.echo(f"  why:     {shown['message']}")
         click.echo(f"  found:   {shown.get('record') or '(nothing: the line is gone)'}")
         click.echo(f"  records intact before it: {safe(verdict['records'])}")
+        _say_sealing(clean(verdict))
     if bad is not None:  # the message is raw: CliError escapes it when shown
         at = f"record {bad['seq']}" if bad.get("seq") is not None else f"line {bad['line']}"
         raise ChainBroken(f"the audit trail is broken at {at} ({bad['reason']})")
@@ -345,6 +386,68 @@ def _say_intact(verdict: dict[str, Any]) -> None:
         click.echo("No head file: a cut at the end of the log cannot be detected.")
     else:
         click.echo(f"The head file names record {head['seq']} as the last written, and it is.")
+    _say_sealing(verdict)
+
+
+def _say_sealing(verdict: dict[str, Any]) -> None:
+    """What was checked besides the chain: the seals, or plainly not."""
+    sealing = verdict.get("sealing")
+    if sealing is None:
+        if verdict.get("first_bad") is None:
+            click.echo(
+                "Checked: the hash chain only. It shows changes made by hand, not a rewrite "
+                "of the chain by root; --key-file checks each record's seal as well."
+            )
+        return
+    started = sealing.get("started_seq")
+    if started is None:
+        return
+    click.echo(
+        f"Sealing: started at record {started} ({sealing['epoch_seconds']} s epochs); "
+        f"{sealing['sealed_records']} sealed records checked, each with its epoch's key"
+        + (
+            f"; {sealing['unsealed_before']} older records checked by the chain only."
+            if sealing["unsealed_before"]
+            else "."
+        )
+    )
+    if sealing.get("last_sealed_epoch") is not None:
+        click.echo(
+            f"Last epoch verified and sealed: {sealing['last_sealed_epoch']} "
+            f"(records until {utc_text(sealing['last_sealed_until'])} UTC cannot be rewritten "
+            "unseen)."
+        )
+
+
+@audit.command("seal-init")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start a new sealing even though one is running (a new verification key).",
+)
+@pass_client
+def seal_init(client: DaemonClient, force: bool) -> None:
+    """Start sealing the audit trail and print the verification key, once (root only).
+
+    mfad draws a new key, keeps only the current epoch's key (it evolves one way
+    at each epoch end, audit.seal_epoch seconds), and from now on seals every
+    record with it. The verification key printed here is stored nowhere on this
+    host: give it to the security team (the QR code is for a phone or a camera
+    off the host). Whoever holds it can verify the trail, and could also forge
+    it: keep it as you would a root password, off this machine. Verify with
+    `mfa audit verify --key-file FILE` (- reads stdin).
+    """
+    result = client.request("audit_seal_init", force=force)
+    click.echo(result["qr"])
+    click.echo(
+        "Verification key (shown once; store it off this host):\n\n  "
+        f"{safe(result['verification_key'])}\n"
+    )
+    click.echo(
+        f"Sealing from {utc_text(result['seal_start'])} UTC, epochs of "
+        f"{safe(result['epoch_seconds'])} s. Check the trail with:\n"
+        "  mfa audit verify --key-file -    (then paste the key, and Ctrl-D)"
+    )
 
 
 @audit.command()

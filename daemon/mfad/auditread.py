@@ -20,15 +20,30 @@ the last record written, so a cut-off end is visible too.
 * ``not JSON``   a line that is not a record at all.
 
 A hash chain without a key proves order and completeness against edits by
-hand, not against someone who rewrites every later line and the head as well;
-ship the log off the host (journald, syslog forwarding) for that.
+hand, not against someone who rewrites every later line and the head as well.
+With the verification key (seal.py) each record's seal is checked too
+(_SealWalk), which names, besides the above:
+
+* ``edited``     a record whose MAC is not its epoch's, or whose epoch is not
+                 the one its time falls in (sealed later with a later key);
+* ``deleted``    an epoch that ends without its seal record, or a sealed trail
+                 whose first record (``audit_seal_init``) is gone;
+* ``inserted``   a record after its epoch's seal, or before a record of an
+                 earlier epoch;
+* ``unsealed``   a record without a seal after sealing started;
+* ``rekeyed``    sealing started again with a new key (``seal-init --force``):
+                 the rest verifies with that key;
+* ``truncated``  a trail that ends epochs before now (mfad seals every epoch).
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import hmac
 import json
 import re
+import sys
 import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -38,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from mfa_wire.events import Event, Outcome
-from mfad import times
+from mfad import seal, times
 from mfad.audit import GENESIS, line_hash, read_head
 
 FILTER_FIELDS = ("user", "event", "outcome", "service", "rhost")
@@ -317,13 +332,201 @@ def _step(
     )
 
 
-def verify(path: Path) -> dict[str, Any]:
+# --- the seal (with the verification key) ---
+
+
+class _SealWalk:
+    """Checks each record against the sealing that `vk` started, in trail order.
+
+    Records before the one that started this sealing (``audit_seal_init``, epoch 0)
+    are older than it, or sealed with an earlier key: only the chain checks them,
+    and the init record's MAC pins that chain as it stood. From the init record
+    on, every record must carry the epoch its time falls in and a MAC with that
+    epoch's key, epochs never go back, and an epoch ends with its own
+    ``audit_sealed`` record before a later epoch's first record.
+    """
+
+    def __init__(self, vk: seal.VerificationKey, path: Path) -> None:
+        self.vk, self.path = vk, path
+        self.keys = seal.KeyChain(vk)
+        self.epochs = vk.epochs
+        self.started: int | None = None  # seq of the init record
+        self.before = 0  # records before it: chain only
+        self.sealed = 0
+        self.last_epoch: int | None = None
+        self.last_seal: dict[str, Any] | None = None  # the last epoch-end record verified
+        self.last_was_seal = False
+        self.last_line: Line | None = None  # the last record accepted
+
+    def _mac_ok(self, line: Line, epoch: int) -> bool:
+        split = seal.split_mac(line.raw)
+        if split is None:
+            return False
+        canonical, tag = split
+        return hmac.compare_digest(seal.mac(self.keys.key(epoch), canonical), tag)
+
+    def _bad(self, line: Line, seq: int, reason: str, message: str) -> dict[str, Any]:
+        return _bad(line, self.path, seq, reason, message)
+
+    def step(self, line: Line, record: dict[str, Any]) -> dict[str, Any] | None:
+        seq, epoch = record["seq"], record.get("epoch")
+        moment = _time_of(record)
+        sealed = isinstance(epoch, int) and seal.split_mac(line.raw) is not None
+        if self.started is None:
+            if not sealed or moment is None:
+                self.before += 1
+                return None
+            assert isinstance(epoch, int)
+            starts = record.get("event") == Event.AUDIT_SEAL_INIT and epoch == 0
+            if starts and self._mac_ok(line, 0) and self.epochs.of(seal.micros(moment)) == 0:
+                self.started, self.last_line = seq, line
+                self._accept(record, 0)
+                return None
+            if epoch >= 0 and self._mac_ok(line, epoch):
+                return self._bad(
+                    line,
+                    seq,
+                    "deleted",
+                    f"record {seq} is sealed with this key, but the record that started the "
+                    f"sealing (at {seal.time_text(self.epochs.begins(0))}) is not in the trail: "
+                    f"the records before {seq} were deleted (a rotated file removed?)",
+                )
+            self.before += 1  # sealed with another (earlier) key: the chain checks it
+            return None
+        if not sealed or moment is None:
+            return self._bad(
+                line,
+                seq,
+                "unsealed",
+                f"record {seq} carries no seal, but every record after sealing started "
+                f"(record {self.started}) must: it was inserted, or its seal stripped",
+            )
+        assert isinstance(epoch, int) and self.last_epoch is not None
+        if record.get("event") == Event.AUDIT_SEAL_INIT:
+            if epoch == 0 and self._mac_ok(line, 0):
+                return self._bad(
+                    line, seq, "inserted", f"record {seq} starts this sealing a second time"
+                )
+            return self._bad(
+                line,
+                seq,
+                "rekeyed",
+                f"sealing was started again at record {seq} with a new key (seal-init "
+                f"--force): records up to {seq - 1} verified with this key; verify the rest "
+                "with the newer key",
+            )
+        at = self.epochs.of(seal.micros(moment))
+        closes = record.get("event") == Event.AUDIT_SEALED
+        if at < epoch or (not closes and at != epoch):
+            return self._bad(
+                line,
+                seq,
+                "edited",
+                f"record {seq} claims epoch {epoch} but its time falls in epoch {at}: a record "
+                "verifies only with the key of its own epoch (sealed later, with a later key?)",
+            )
+        if epoch < self.last_epoch and self.last_line is not None:
+            # mfad never writes an earlier epoch after a later one, and an intruder holds
+            # only later keys: the record that claims the later epoch is the one out of place
+            return self._bad(
+                self.last_line,
+                seq - 1,
+                "inserted",
+                f"record {seq - 1} claims epoch {self.last_epoch}, but record {seq} after it "
+                f"is of epoch {epoch}: it was added with a later epoch's key, or moved",
+            )
+        if epoch > self.last_epoch and not self.last_was_seal:
+            return self._bad(
+                line,
+                seq,
+                "deleted",
+                f"epoch {self.last_epoch} ends at record {seq - 1} without its seal record: "
+                f"records at the end of epoch {self.last_epoch} were deleted before this one",
+            )
+        if epoch == self.last_epoch and self.last_was_seal:
+            return self._bad(
+                line,
+                seq,
+                "inserted",
+                f"record {seq} stands after the seal that closed its epoch {epoch}: it was "
+                "added later",
+            )
+        if not self._mac_ok(line, epoch):
+            return self._bad(
+                line,
+                seq,
+                "edited",
+                f"record {seq} does not match its seal (epoch {epoch}): it, or the record "
+                "before it, was changed, removed or inserted after it was written",
+            )
+        self.last_line = line
+        self._accept(record, epoch)
+        return None
+
+    def _accept(self, record: dict[str, Any], epoch: int) -> None:
+        self.sealed += 1
+        self.last_epoch = epoch
+        self.last_was_seal = record.get("event") == Event.AUDIT_SEALED
+        if self.last_was_seal:
+            self.last_seal = record
+
+    def end(self, walk: _Walk, now_us: int | None) -> dict[str, Any] | None:
+        """What the end of the trail says: never started, or cut short."""
+        if self.started is None:
+            return _bad(
+                walk.last,
+                self.path,
+                None,
+                "deleted",
+                "no record is sealed with this key: the record that started the sealing "
+                f"(at {seal.time_text(self.epochs.begins(0))}) and every record since are "
+                "missing, or this is not this trail's verification key",
+            )
+        if now_us is None or self.last_epoch is None or walk.last_record is None:
+            return None
+        now = self.epochs.of(now_us)
+        last = walk.last_record
+        if now - self.last_epoch > 1 and last.get("event") != Event.DAEMON_STOP:
+            return _bad(
+                walk.last,
+                self.path,
+                last["seq"] + 1,
+                "truncated",
+                f"the trail ends at record {last['seq']}, in epoch {self.last_epoch}, but it is "
+                f"epoch {now} now and mfad seals every epoch while it runs: the records after "
+                f"{last['seq']} were deleted (or mfad was killed then and not started since)",
+            )
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        last = self.last_seal
+        return {
+            "started_seq": self.started,
+            "unsealed_before": self.before,
+            "sealed_records": self.sealed,
+            "epoch_seconds": self.epochs.length,
+            "last_epoch": self.last_epoch,
+            "last_sealed_epoch": last.get("epoch") if last else None,
+            "last_sealed_until": (
+                seal.time_text(self.epochs.begins(last["epoch"] + 1)) if last else None
+            ),
+        }
+
+
+def verify(
+    path: Path, key: seal.VerificationKey | None = None, now_us: int | None = None
+) -> dict[str, Any]:
     """Walk the whole trail at `path`; the verdict names the first bad record, if any.
 
+    With `key` each record's seal is checked too (_SealWalk), and with `now_us`
+    (the time now) a trail that stops epochs before now is called truncated.
+
     Returns ``intact``, ``records``, ``files``, ``first_seq``, ``last_seq``,
-    ``head`` (``{"seq", "matches"}`` or None) and ``first_bad`` (None, or
-    ``file``, ``line``, ``seq``, ``reason``, ``message``, ``record``: the line as
-    found, for a person to look at).
+    ``head`` (``{"seq", "matches"}`` or None), ``checked`` (``chain`` or
+    ``chain+seal``), ``sealing`` (None, or _SealWalk.summary: where the sealing
+    started, the last epoch verified and the last one closed by its seal) and
+    ``first_bad`` (None, or ``file``, ``line``, ``seq``, ``reason``, ``message``,
+    ``record``: the line as found, for a person to look at).
     """
     # The head first: mfad rewrites it after each record, so every record it
     # names is already in the file, however many are appended while we read.
@@ -331,10 +534,13 @@ def verify(path: Path) -> dict[str, Any]:
     files = log_files(path)
     walk = _Walk()
     head_matches: bool | None = None
+    sealing = _SealWalk(key, path) if key is not None else None
 
     def verdict(first_bad: dict[str, Any] | None) -> dict[str, Any]:
         return {
             "intact": first_bad is None,
+            "checked": "chain" if sealing is None else "chain+seal",
+            "sealing": sealing.summary() if sealing is not None else None,
             "records": walk.records,
             "files": [str(f) for f in files],
             "first_seq": walk.first_seq,
@@ -350,6 +556,10 @@ def verify(path: Path) -> dict[str, Any]:
             record = _chained(line.raw)
             if record is None:
                 return verdict(_unparseable(walk, line, path))
+            if sealing is not None:
+                unsealed = sealing.step(line, record)
+                if unsealed is not None:
+                    return verdict(unsealed)
             broken = _step(walk, line, record, lines, path)
             if broken is not None:
                 return verdict(broken)
@@ -393,6 +603,8 @@ def verify(path: Path) -> dict[str, Any]:
                     line=end,
                 )
             )
+    if sealing is not None:
+        return verdict(sealing.end(walk, now_us))
     return verdict(None)
 
 
@@ -592,3 +804,40 @@ def _never_enrolled(accounts: Mapping[str, str], denied: Counter[str]) -> list[d
         {"user": u, "pending": accounts.get(u) == "pending", "refused_logins": denied[u]}
         for u in sorted(names)
     ]
+
+
+# --- verifying a copy, on a machine of the security team's ---
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m mfad.auditread [--key-file F] [--at TIME] LOG``: verify a copy of the
+    trail (LOG and the rotated files beside it) without a daemon; exit 7 if broken."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m mfad.auditread",
+        description="Verify a copy of an mfad audit trail (LOG and its rotated files).",
+    )
+    parser.add_argument("log", type=Path, metavar="LOG")
+    parser.add_argument(
+        "--key-file", metavar="F", help="the verification key, in a file (- reads stdin)"
+    )
+    parser.add_argument(
+        "--at",
+        metavar="TIME",
+        help="RFC 3339 time the copy was taken: the trail must reach that epoch",
+    )
+    args = parser.parse_args(argv)
+    key = None
+    if args.key_file is not None:
+        text = sys.stdin.read() if args.key_file == "-" else Path(args.key_file).read_text()
+        try:
+            key = seal.VerificationKey.parse(text)
+        except seal.SealError as exc:
+            parser.error(f"not a verification key: {exc}")
+    now_us = seal.micros(times.parse(args.at)) if args.at else None
+    verdict = verify(args.log, key, now_us)
+    print(json.dumps(verdict, indent=2, ensure_ascii=False))
+    return 0 if verdict["intact"] else 7
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -144,6 +144,11 @@ class Config:
     # the name every audit record carries as its host; "" is the system's host name
     audit_host: str = ""
     metrics_listen: str = ""  # a loopback HOST:PORT for Prometheus; "": no HTTP endpoint
+    # the evolving sealing key (mfa audit seal-init creates it; absent: records unsealed)
+    audit_seal_key: Path = Path("/var/lib/mfad/audit-seal.key")
+    audit_seal_epoch: int = 900  # seconds per sealing epoch, fixed at seal-init
+    audit_forward: str = "auto"  # copy each record to journald or syslog: auto|journald|syslog|off
+    audit_forward_socket: Path | None = None  # that socket, if not the usual one
     max_connections: int = 1024
     totp: TotpConfig = field(default_factory=TotpConfig)
     hotp: HotpConfig = field(default_factory=HotpConfig)
@@ -346,6 +351,10 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "audit.required": ("audit_required", _bool),
     "audit.host": ("audit_host", _host_name),
     "metrics.listen": ("metrics_listen", _loopback),
+    "audit.seal_key": ("audit_seal_key", _path),
+    "audit.seal_epoch": ("audit_seal_epoch", _int(1, 86400)),
+    "audit.forward": ("audit_forward", _choice("auto", "journald", "syslog", "off")),
+    "audit.forward_socket": ("audit_forward_socket", _optional_path),
     "totp.issuer": ("totp.issuer", _text),
     "totp.window": ("totp.window", _int(0, 10)),
     "totp.digits": ("totp.digits", _choice(6, 8)),

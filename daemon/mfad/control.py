@@ -39,8 +39,9 @@ from mfa_wire.control import decode_request, failure, json_chunks
 from mfa_wire.errors import BadMessage, ErrorCode
 from mfa_wire.events import Event, Outcome
 from mfa_wire.framing import Frame
-from mfad import __version__, auditread, times
+from mfad import __version__, auditread, seal, times
 from mfad.accounts import AccountOps, Caller
+from mfad.audit import SealingActive
 from mfad.context import Context
 from mfad.errors import (
     AuditError,
@@ -59,6 +60,8 @@ log = structlog.get_logger("mfad.control")
 
 # Reading the audit trail is for administrators; these ops name no account.
 AUDIT_OPS = frozenset({"audit_query", "audit_follow", "audit_verify", "audit_summary"})
+# Starting the sealing makes the trust root for the whole trail: root only, not the admin group.
+ROOT_OPS = frozenset({"audit_seal_init"})
 
 Response = dict[str, Any] | AsyncGenerator[dict[str, Any], None]
 
@@ -104,6 +107,7 @@ class ControlHandler:
             "audit_summary": self.audit_summary,
             "metrics": self.metrics,
             "health": self.health,
+            "audit_seal_init": self.audit_seal_init,
         }
 
     async def handle(self, frame: Frame, uid: int) -> Response:
@@ -139,6 +143,8 @@ class ControlHandler:
             if op not in self._self_service and not caller.is_admin:
                 what = "read the audit trail" if op in AUDIT_OPS else f"use `mfa {op}`"
                 raise Forbidden(f"only an administrator may {what}")
+            if op in ROOT_OPS and caller.uid != 0:
+                raise Forbidden("only root may start the audit trail's sealing")
             result = await handler(caller, request)
             if not isinstance(result, dict):
                 return self._guarded(caller, op, result)
@@ -381,8 +387,10 @@ class ControlHandler:
         return {"text": self.ctx.metrics.render()}
 
     async def audit_verify(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
-        """Walk the hash chain through every file; name the first bad record. With
-        all_hosts, walk each host's chain in the fleet's table instead."""
+        """Walk the hash chain through every file, and each record's seal if the request
+        carries the verification key; name the first bad record. The key is used for this
+        walk and dropped: it is never logged, recorded or stored. With all_hosts, walk
+        each host's chain in the fleet's table instead."""
         if self._all_hosts(request):
             hosts = []
             for host in await self.ctx.store.audit_hosts():
@@ -392,8 +400,39 @@ class ControlHandler:
                         break
                 hosts.append(walk.verdict())
             return {"hosts": hosts}
-        verdict: dict[str, Any] = await self._read_trail(auditread.verify)
+        text = request.get("key")
+        key = None
+        if text is not None:
+            try:
+                if not isinstance(text, str):
+                    raise seal.SealError("`key` must be text")
+                key = seal.VerificationKey.parse(text)
+            except seal.SealError as exc:
+                raise RequestError(f"not a verification key: {exc}") from None
+        await self.ctx.audit.tick()  # an epoch that has just ended is sealed before the walk
+        now_us = int(self.ctx.clock() * 1_000_000)
+        verdict: dict[str, Any] = await self._read_trail(auditread.verify, key, now_us)
         return verdict
+
+    async def audit_seal_init(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
+        """Start sealing (root only); the verification key, shown once and kept nowhere."""
+        force = request.get("force", False)
+        if not isinstance(force, bool):
+            raise RequestError("`force` must be true or false")
+        length = self.ctx.config.audit_seal_epoch
+        try:
+            vk = await self.ctx.audit.seal_init(
+                length, force=force, actor_uid=caller.uid, actor=caller.name
+            )
+        except SealingActive as exc:
+            raise RequestError(str(exc)) from None
+        text = vk.text()
+        return {
+            "verification_key": text,
+            "qr": render_qr(text),
+            "seal_start": seal.time_text(vk.epochs.begins(0)),
+            "epoch_seconds": length,
+        }
 
     async def audit_summary(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         """Failures, locks, skips, control actions and unenrolled users since a time."""

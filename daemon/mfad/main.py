@@ -21,6 +21,7 @@ import uvloop
 from mfa_wire.events import Event, Outcome
 from mfad import __version__, config
 from mfad.audit import AuditLog
+from mfad.auditforward import Forwarder
 from mfad.auditmirror import AuditMirror
 from mfad.backends import check_key, open_store
 from mfad.context import Context
@@ -104,6 +105,8 @@ async def serve(config_path: Path) -> None:
         required=lambda: ctx.config.audit_required,
         observer=observe,
         on_error=metrics.audit_failed,
+        seal_key=cfg.audit_seal_key,
+        forward=Forwarder(cfg.audit_forward, cfg.audit_forward_socket),
     )
     ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout), metrics)
     await audit.open()  # after ctx: the records it may write are observed
@@ -192,6 +195,9 @@ async def _reload(ctx: Context, config_path: Path) -> None:
         "audit_path",
         "audit_host",
         "metrics_listen",
+        "audit_seal_key",
+        "audit_forward",
+        "audit_forward_socket",
     )
     changed = [name for name in fixed if getattr(new, name) != getattr(ctx.config, name)]
     if changed:

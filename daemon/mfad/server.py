@@ -42,6 +42,8 @@ import structlog
 
 from mfa_wire.control import encode_response, failure
 from mfa_wire.errors import ErrorCode, ProtocolError
+from mfa_wire.events import Event, Reason
+from mfa_wire.events import Outcome as Recorded
 from mfa_wire.frametypes import Outcome, T
 from mfa_wire.framing import encode, read_frame
 from mfad import ratelimit
@@ -132,6 +134,16 @@ def _evict_one(pool: _Pool) -> bool:
         )
         return True
     return False
+
+
+async def _record_unfinished(session: LoginSession, reason: str) -> None:
+    """Every login that got as far as naming its user has a ``login`` record, whatever
+    ended it: mfad paused past the module's timeout (SIGSTOP, a stall) then killed by
+    its own deadline, a write to the module's closed socket, a shutdown or a bug. The
+    session writes the outcome itself whenever it can; this catches the rest."""
+    if "user" in session.fields and Event.LOGIN not in session.trail.written:
+        told = Recorded.FAILURE if reason == Reason.PROTOCOL_ERROR else Recorded.ABORTED
+        await session.trail.record_quietly(Event.LOGIN, outcome=told, reason=reason)
 
 
 class Server:
@@ -249,8 +261,26 @@ class Server:
             peer=f"pid={pid},uid={uid}",
             own_uid=uid if user_socket else None,
         )
-        async with asyncio.timeout(deadline):
-            await session.run(on_start=self._started)
+        ended: str = Reason.DEADLINE  # what the outcome record says if run() does not return
+        try:
+            async with asyncio.timeout(deadline):
+                await session.run(on_start=self._started)
+            # run() returned without an outcome only after a broken conversation, which it
+            # answered FAILURE: that is the login's outcome
+            ended = Reason.PROTOCOL_ERROR
+        except asyncio.CancelledError:
+            ended = Reason.SHUTDOWN
+            raise
+        except TimeoutError:  # an OSError too: named first
+            raise
+        except OSError:  # ConnectionError, BrokenPipeError: the module's socket broke
+            ended = Reason.PEER_GONE
+            raise
+        except Exception:
+            ended = Reason.INTERNAL_ERROR
+            raise
+        finally:
+            await _record_unfinished(session, ended)
 
     async def _serve_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -41,6 +41,8 @@ class Event(enum.StrEnum):
     # mail to the administrators (mfad.notify)
     NOTICE_SENT = "notice_sent"  # a message listing recorded facts was accepted by the server
     NOTICE_FAILED = "notice_failed"  # a try to send one failed (retried, or given up)
+    AUDIT_SEAL_INIT = "audit_seal_init"  # sealing starts: the first record of epoch 0
+    AUDIT_SEALED = "audit_sealed"  # an epoch ended; sealed with that epoch's key
 
 
 class Outcome(enum.StrEnum):
@@ -52,6 +54,7 @@ class Outcome(enum.StrEnum):
     REFUSED = "refused"
     LOCKED = "locked"
     BLOCKED = "blocked"
+    ABORTED = "aborted"  # a login mfad could not finish: its deadline, a shutdown, a bug
 
 
 class Reason(enum.StrEnum):
@@ -79,6 +82,10 @@ class Reason(enum.StrEnum):
     NAME_UNRESOLVED = "name_unresolved"
     UNAVAILABLE = "unavailable"
     INTERNAL_ERROR = "internal_error"
+    DEADLINE = "deadline"  # the connection outlived mfad's deadline (paused, or stalled)
+    SHUTDOWN = "shutdown"  # mfad stopped with the login under way
+    PEER_GONE = "peer_gone"  # the module's connection broke before the login's end
+    PROTOCOL_ERROR = "protocol_error"  # the module broke the conversation (FAILURE sent)
     # a lock (``lock_set``)
     DENY = "deny"
     LIFETIME_CAP = "lifetime_cap"
