@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import click
 import pexpect
 import pyotp
 import pytest
@@ -510,3 +511,22 @@ def test_a_daemon_that_does_not_answer_times_out_with_exit_3(tmp_path: Path) -> 
 
     assert caught.value.exit_code == 3
     assert caught.value.message == f"mfad at {path} did not answer within 0.3 s"
+
+
+def _commands(group: click.Group, prefix: str = "mfa") -> list[tuple[str, click.Command]]:
+    found: list[tuple[str, click.Command]] = []
+    for name, command in group.commands.items():
+        found.append((f"{prefix} {name}", command))
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix} {name}")
+    return found
+
+
+@pytest.mark.parametrize("name,command", _commands(cli), ids=lambda v: str(v))
+def test_every_command_shows_an_example_in_its_help(name: str, command: click.Command) -> None:
+    """`mfa COMMAND --help`, for every command and subcommand, ends with examples of that
+    command as a person would type it."""
+    words = name.split()[1:]
+    result = CliRunner().invoke(cli, [*words, "--help"])
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"^\s+{re.escape(name)}\b", result.output, re.MULTILINE), result.output

@@ -160,7 +160,14 @@ def _as_json(result: dict[str, Any]) -> str:
     return json_text({k: v for k, v in result.items() if k != "ok"}, indent=2)
 
 
-@click.command(short_help="USER's (default: your) state, token, last login, lock.")
+@click.command(
+    short_help="USER's (default: your) state, token, last login, lock.",
+    epilog="""\b
+Examples:
+  mfa status                 your own account
+  mfa status alice --json    alice's, for a script (root and the admin group)
+""",
+)
 @click.argument("user", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
 @pass_client
@@ -173,7 +180,14 @@ def status(client: DaemonClient, user: str | None, as_json: bool) -> None:
     _print_rows(_status_rows(clean(result)))
 
 
-@click.command(short_help="status, and the recent second-factor logins.")
+@click.command(
+    short_help="status, and the recent second-factor logins.",
+    epilog="""\b
+Examples:
+  mfa show                   your own account and your recent logins
+  mfa show alice             alice's (root and the admin group)
+""",
+)
 @click.argument("user", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
 @pass_client
@@ -235,7 +249,16 @@ def _csv_cell(row: dict[str, Any], key: str) -> str:
     return "" if value is None else safe(value)
 
 
-@click.command("list", short_help="Every account: state, logins, locks, exemptions.")
+@click.command(
+    "list",
+    short_help="Every account: state, logins, locks, exemptions.",
+    epilog="""\b
+Examples:
+  mfa list --state pending           who has not enrolled yet
+  mfa list --group staff --sort failed --reverse
+  mfa list --csv > accounts.csv      for a spreadsheet
+""",
+)
 @click.option("--state", type=click.Choice(STATES), help="Only accounts in this state.")
 @click.option("--group", metavar="GROUP", help="Only members of this group (from NSS).")
 @click.option(

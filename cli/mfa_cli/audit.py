@@ -285,7 +285,14 @@ def _read_key(source: str) -> str:
     return text.strip()
 
 
-@audit.command()
+@audit.command(
+    epilog="""\b
+Examples:
+  mfa audit verify                          the hash chain only
+  mfa audit verify --key-file - < vk.txt    and every record's seal
+  mfa audit verify --all-hosts              each host's chain in the fleet's table
+""",
+)
 @click.option(
     "--key-file",
     metavar="FILE",
@@ -419,7 +426,14 @@ def _say_sealing(verdict: dict[str, Any]) -> None:
         )
 
 
-@audit.command("seal-init")
+@audit.command(
+    "seal-init",
+    epilog="""\b
+Examples:
+  mfa audit seal-init            start sealing; keep the printed key off this host
+  mfa audit seal-init --force    a new sealing (the old key verifies the records before)
+""",
+)
 @click.option(
     "--force",
     is_flag=True,
@@ -450,7 +464,14 @@ def seal_init(client: DaemonClient, force: bool) -> None:
     )
 
 
-@audit.command()
+@audit.command(
+    epilog="""\b
+Examples:
+  mfa audit summary                   the last seven days
+  mfa audit summary --since 24h --json
+  mfa audit summary --all-hosts       every host of the fleet
+""",
+)
 @click.option(
     "--since",
     metavar="TIME",

@@ -56,7 +56,16 @@ def _report(answer: dict[str, Any], as_json: bool) -> None:
         )
 
 
-@click.group("import", short_help="Take over tokens from google-authenticator or pam_oath.")
+@click.group(
+    "import",
+    short_help="Take over tokens from google-authenticator or pam_oath.",
+    epilog="""\b
+Examples:
+  mfa import google-authenticator --all --dry-run   what would be taken over
+  mfa import google-authenticator alice bob
+  mfa import oath /etc/users.oath
+""",
+)
 def import_tokens() -> None:
     """Take over existing tokens, so nobody has to enrol again.
 
@@ -66,7 +75,14 @@ def import_tokens() -> None:
     """
 
 
-@import_tokens.command("google-authenticator")
+@import_tokens.command(
+    "google-authenticator",
+    epilog="""\b
+Examples:
+  mfa import google-authenticator --all --dry-run
+  mfa import google-authenticator alice --path '/var/lib/ga/${USER}'
+""",
+)
 @click.argument("users", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Every user NSS lists who has a file.")
 @click.option(
@@ -113,7 +129,14 @@ def google_authenticator(
     _report(client.request("import_google_authenticator", **fields), as_json)
 
 
-@import_tokens.command("oath")
+@import_tokens.command(
+    "oath",
+    epilog="""\b
+Examples:
+  mfa import oath /etc/users.oath --dry-run
+  mfa import oath /etc/users.oath --json
+""",
+)
 @click.argument("usersfile", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Read and report; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")

@@ -306,7 +306,15 @@ def pam() -> None:
     """
 
 
-@pam.command(name="install")
+@pam.command(
+    name="install",
+    epilog="""\b
+Examples:
+  mfa pam install sshd               password, then code
+  mfa pam install sshd --mode key    public key, then code (see the README first)
+  mfa pam install sudo
+""",
+)
 @click.argument("service")
 @click.option(
     "--mode",
@@ -356,7 +364,13 @@ def install_command(
     click.echo(safe(outcome.message))
 
 
-@pam.command(name="remove")
+@pam.command(
+    name="remove",
+    epilog="""\b
+Examples:
+  mfa pam remove sshd    the file as it was before `mfa pam install sshd`
+""",
+)
 @click.argument("service")
 @_pam_dir
 @_backup_dir
