@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import LOG_ARCHIVE, SEEN
 
-NOT_TEXT = {"prev", "session", "peer", "time"}  # hashes, random ids, timestamps
+NOT_TEXT = {"prev", "mac", "session", "peer", "time"}  # hashes, seals, random ids, times
 DIGITS = re.compile(r"\d{6,}")
 
 
