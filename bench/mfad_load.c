@@ -1,8 +1,12 @@
 /*
  * mfad_load - daemon capacity: C concurrent clients speaking the PAM protocol to mfad.
  *
- *   mfad_load -S PAM_SOCKET -f USERS -c CLIENTS[,CLIENTS...] [-o FIRST] [-u NUSERS] [-n MAX]
- *             [-d SECONDS] [-x]
+ *   mfad_load -S PAM_SOCKET[,PAM_SOCKET...] -f USERS -c CLIENTS[,CLIENTS...] [-o FIRST]
+ *             [-u NUSERS] [-n MAX] [-d SECONDS] [-x]
+ *
+ * With several sockets (daemons on one shared store, as hosts of a fleet),
+ * client i always uses socket i mod N, so the clients are spread evenly and
+ * one latency distribution covers them all.
  *
  * Each client is one connection at a time doing what pam_mfa.so does:
  * connect, START, answer each PROMPT with the user's TOTP code computed on
@@ -45,13 +49,17 @@ enum { IDLE, RETRY, BUSY };
 struct conn {
 	int state;
 	int fd;
+	const struct sockaddr_un *addr;
 	long user;
 	long long started, retry_at;
 	size_t rlen;
 	unsigned char rbuf[RBUF];
 };
 
-static struct sockaddr_un addr;
+#define MAX_SOCKETS 16
+
+static struct sockaddr_un addrs[MAX_SOCKETS];
+static int n_socks;
 static struct bench_user *users;
 static uint64_t *last_step;
 static int wrong;
@@ -136,7 +144,7 @@ static int start_login(int ep, struct conn *c)
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd < 0)
 		return -1;
-	if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+	if (connect(c->fd, (const struct sockaddr *)c->addr, sizeof(*c->addr)) < 0) {
 		int e = errno;
 
 		close(c->fd);
@@ -157,8 +165,8 @@ static int start_login(int ep, struct conn *c)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: mfad_load -S SOCKET -f USERS -c CLIENTS[,CLIENTS...] [-o FIRST] "
-			"[-u NUSERS] [-n MAX] [-d SECONDS] [-x]\n");
+	fprintf(stderr, "usage: mfad_load -S SOCKET[,SOCKET...] -f USERS -c CLIENTS[,CLIENTS...] "
+			"[-o FIRST] [-u NUSERS] [-n MAX] [-d SECONDS] [-x]\n");
 	exit(2);
 }
 
@@ -217,8 +225,10 @@ static int run_level(int ep, long clients, long max, double seconds, long long *
 		return -1;
 	memset(outcomes, 0, sizeof(outcomes));
 	errors_eof = errors_proto = errors_timeout = errors_connect = retries = 0;
-	for (long i = 0; i < clients; i++)
+	for (long i = 0; i < clients; i++) {
 		conns[i].fd = -1;
+		conns[i].addr = &addrs[i % n_socks];
+	}
 
 	t_begin = mono_ns();
 	for (;;) {
@@ -317,8 +327,8 @@ static int run_level(int ep, long clients, long max, double seconds, long long *
 
 int main(int argc, char **argv)
 {
-	const char *sock_path = NULL, *path = NULL;
-	char *levels = NULL, *save = NULL;
+	const char *path = NULL;
+	char *sockets = NULL, *levels = NULL, *save = NULL;
 	long max = 100000, n_users;
 	double seconds = 10;
 	long long *lat;
@@ -326,7 +336,7 @@ int main(int argc, char **argv)
 
 	while ((opt = getopt(argc, argv, "S:f:c:o:u:n:d:x")) != -1) {
 		switch (opt) {
-		case 'S': sock_path = optarg; break;
+		case 'S': sockets = optarg; break;
 		case 'f': path = optarg; break;
 		case 'c': levels = optarg; break;
 		case 'o': first = atol(optarg); break;
@@ -337,11 +347,16 @@ int main(int argc, char **argv)
 		default: usage();
 		}
 	}
-	if (sock_path == NULL || path == NULL || levels == NULL || max < 1 || first < 0 ||
-	    strlen(sock_path) >= sizeof(addr.sun_path))
+	if (sockets == NULL || path == NULL || levels == NULL || max < 1 || first < 0)
 		usage();
-	addr.sun_family = AF_UNIX;
-	strcpy(addr.sun_path, sock_path);
+	for (char *tok = strtok_r(sockets, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		if (n_socks == MAX_SOCKETS || strlen(tok) >= sizeof(addrs[0].sun_path))
+			usage();
+		addrs[n_socks].sun_family = AF_UNIX;
+		strcpy(addrs[n_socks++].sun_path, tok);
+	}
+	if (n_socks == 0)
+		usage();
 	n_users = load_users(path, &users);
 	if (n_users < 0)
 		return 1;

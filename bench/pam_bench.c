@@ -2,6 +2,7 @@
  * pam_bench - per-authentication cost through the real libpam.
  *
  *   pam_bench -s SERVICE -f USERS [-o FIRST] [-n COUNT] [-w WARMUP] [-x] [-e EXPECT] [-r RAW]
+ *             [-C DIR]
  *
  * For each of WARMUP + COUNT users of USERS (from line FIRST on, each user
  * once, so replay protection is exercised rather than bypassed): pam_start ->
@@ -13,7 +14,10 @@
  * also writes each authentication's nanoseconds to RAW, one a line.
  *
  * Run it under pam_wrapper (LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1
- * PAM_WRAPPER_SERVICE_DIR=DIR) so SERVICE is read from DIR.
+ * PAM_WRAPPER_SERVICE_DIR=DIR) so SERVICE is read from DIR, or give -C DIR:
+ * libpam's own pam_start_confdir (Linux-PAM 1.4) reads it from there. Many
+ * at once need -C: pam_wrapper has 62 runtime directories (/tmp/pam.X) for
+ * the whole machine.
  */
 #define _GNU_SOURCE
 #include <getopt.h>
@@ -53,20 +57,20 @@ static int converse(int n, const struct pam_message **msg, struct pam_response *
 static void usage(void)
 {
 	fprintf(stderr, "usage: pam_bench -s SERVICE -f USERS [-o FIRST] [-n COUNT] [-w WARMUP] "
-			"[-x] [-e EXPECT] [-r RAW]\n");
+			"[-x] [-e EXPECT] [-r RAW] [-C DIR]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	const char *service = NULL, *path = NULL, *raw = NULL;
+	const char *service = NULL, *path = NULL, *raw = NULL, *confdir = NULL;
 	long first = 0, count = 1000, warmup = 20, expect = PAM_SUCCESS, n_users, errors = 0;
 	long codes[64] = {0}, prompts = 0;
 	int wrong = 0, opt;
 	struct bench_user *users;
 	long long *lat, t_start, t0, t1;
 
-	while ((opt = getopt(argc, argv, "s:f:o:n:w:xe:r:")) != -1) {
+	while ((opt = getopt(argc, argv, "s:f:o:n:w:xe:r:C:")) != -1) {
 		switch (opt) {
 		case 's': service = optarg; break;
 		case 'f': path = optarg; break;
@@ -76,6 +80,7 @@ int main(int argc, char **argv)
 		case 'x': wrong = 1; break;
 		case 'e': expect = atol(optarg); break;
 		case 'r': raw = optarg; break;
+		case 'C': confdir = optarg; break;
 		default: usage();
 		}
 	}
@@ -103,7 +108,10 @@ int main(int argc, char **argv)
 		if (i == warmup)
 			t_start = mono_ns();
 		t0 = mono_ns();
-		rc = pam_start(service, d.user->name, &conv, &pamh);
+		if (confdir != NULL)
+			rc = pam_start_confdir(service, d.user->name, &conv, confdir, &pamh);
+		else
+			rc = pam_start(service, d.user->name, &conv, &pamh);
 		if (rc == PAM_SUCCESS) {
 			rc = pam_authenticate(pamh, 0);
 			pam_end(pamh, rc);

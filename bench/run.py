@@ -1,6 +1,6 @@
 """Benchmarks: pam-mfa against google-authenticator-libpam, and mfad's capacity.
 
-    bash bench/run.sh [--quick] [--only pam|capacity] [--no-profile] [--daemon-path DIR]
+    bash bench/run.sh [--quick] [--only pam|capacity|fleet] [--no-profile] [--daemon-path DIR]
 
 1. Per-authentication cost through the real libpam (bench/pam_bench.c under
    pam_wrapper): pam_permit, pam_google_authenticator.so with and without
@@ -13,6 +13,11 @@
    READY=1; and the same load against bench/ceiling.py, a server that speaks
    the protocol and does nothing else, for the asyncio ceiling of this machine.
 3. py-spy profiles of mfad under load at 1 and 64 clients (skip: --no-profile).
+4. Many hosts, one store: 1, 2 and 4 mfad daemons on one PostgreSQL database
+   (a private cluster on this machine), one mfad on SQLite, and GA, each at 64
+   concurrent clients, in one run: logins/s and p99, on the PAM sockets
+   (mfad_load, clients spread over the daemons) and through libpam (64
+   pam_bench processes at once).
 
 mfad resolves every name through NSS before anything else, so its benchmark
 users must exist for it, and only for it: every mfad started here runs under
@@ -58,9 +63,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -69,6 +76,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import Daemon  # noqa: E402  (the test harness's real-daemon helper)
 from pamtest import SyslogUnavailable, syslog_sink  # noqa: E402  (and its /dev/log sink)
+from pgcluster import private_cluster  # noqa: E402  (and its private PostgreSQL server)
 
 PAM_WRAPPER = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so"
 NSS_WRAPPER = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so"
@@ -212,6 +220,7 @@ def bench_uids(names: list[str]) -> dict[str, int]:
 
 # Runs with the daemon's PYTHONPATH, so that the store is written by the code of the
 # mfad that will read it (--daemon-path, compare.py's older trees), in its schema.
+# "dsn" in the spec: a PostgreSQL store (part 4, the fleet), else SQLite at "db".
 SEED = r"""
 import asyncio, base64, dataclasses, json, sys, time
 from pathlib import Path
@@ -226,7 +235,11 @@ spec = json.loads(open(sys.argv[1]).read())
 with_uid = "uid" in {f.name for f in dataclasses.fields(PendingEnrolment)}
 
 async def write():
-    store = await SqliteStore.open(Path(spec["db"]))
+    if "dsn" in spec:
+        from mfad.pgstore import PostgresStore
+        store = await PostgresStore.open(spec["dsn"])
+    else:
+        store = await SqliteStore.open(Path(spec["db"]))
     box = SecretBox.from_file(Path(spec["key"]))
     now = time.time()
 
@@ -255,9 +268,17 @@ def seed_mfad(daemon: Daemon, uids: dict[str, int]) -> list[tuple[str, str]]:
     users exist only in the NSS files `nss_env` writes for mfad. Written by
     the mfad on PYTHONPATH (--daemon-path's, or this tree's), in a subprocess.
     """
-    if not daemon.key_path.exists():
+    return seed_store({"db": str(daemon.db_path)}, daemon.key_path, daemon.tmp, uids)
+
+
+def seed_store(
+    where: dict[str, str], key_path: Path, tmp: Path, uids: dict[str, int]
+) -> list[tuple[str, str]]:
+    """seed_mfad's rows into the store `where` names ({"db": PATH} or {"dsn": DSN}), sealed
+    with the key at `key_path` (made if missing); the users and their base32 secrets."""
+    if not key_path.exists():
         subprocess.run(
-            [sys.executable, "-m", "mfad", "--generate-key", str(daemon.key_path)],
+            [sys.executable, "-m", "mfad", "--generate-key", str(key_path)],
             check=True,
             capture_output=True,
         )
@@ -265,10 +286,8 @@ def seed_mfad(daemon: Daemon, uids: dict[str, int]) -> list[tuple[str, str]]:
         (name, base64.b32encode(secrets.token_bytes(20)).decode(), uid)
         for name, uid in uids.items()
     ]
-    spec = daemon.tmp / "seed.json"
-    spec.write_text(
-        json.dumps({"db": str(daemon.db_path), "key": str(daemon.key_path), "users": users})
-    )
+    spec = tmp / "seed.json"
+    spec.write_text(json.dumps({**where, "key": str(key_path), "users": users}))
     subprocess.run([sys.executable, "-c", SEED, str(spec)], check=True)
     spec.unlink()
     return [(name, key) for name, key, _ in users]
@@ -1121,6 +1140,355 @@ def _short(frame: str) -> str:
     return f"{name} ({short})"
 
 
+# ------------------------------------------------------------------ 4. fleet
+
+
+FLEET_CLIENTS = 64
+FLEET_SIZES = [1, 2, 4]
+FLEET_WARMUP = 512  # logins before each measurement, off the record: pools fill, caches warm
+
+
+def fleet_config(dsn: str, host: str) -> dict[str, Any]:
+    """Overrides for one host of the fleet: the shared database, its own name in records."""
+    return {"store": {"backend": "postgresql", "dsn": dsn}, "audit": {"host": host}}
+
+
+def fleet_load(
+    bins: dict[str, Path],
+    sockets: list[Path],
+    pids: list[int],
+    db_pids: Callable[[], list[int]],
+    users: Path,
+    *,
+    first: int,
+    count: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """mfad_load's 64 clients spread over `sockets`; the daemons' and the database's CPU."""
+    argv = [
+        str(bins["mfad_load"]),
+        "-S",
+        ",".join(map(str, sockets)),
+        "-f",
+        str(users),
+        "-o",
+        str(first),
+        "-u",
+        str(count),
+        "-n",
+        str(count),
+        "-c",
+        str(FLEET_CLIENTS),
+        "-d",
+        str(seconds),
+    ]
+    with CpuUse(pids, db_pids) as cpu:
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=600)
+    level: dict[str, Any] = json.loads(out.stdout)
+    return {
+        "driver": "socket",
+        "logins": level["logins"],
+        "ok": level["ok"],
+        "failed": level["logins"] - level["ok"],
+        "ok_per_s": level["ok_per_s"],
+        "p50_us": level["p50_us"],
+        "p99_us": level["p99_us"],
+        "max_us": level["max_us"],
+        "errors": level["errors"],
+        "paused_s": level["paused_s"],
+        **cpu.figures(level["logins"]),
+    }
+
+
+def pam_parallel(
+    bins: dict[str, Path],
+    service_dir: Path,
+    services: list[str],
+    users: Path,
+    raw_dir: Path,
+    *,
+    first: int,
+    per_client: int,
+    pids: list[int],
+    db_pids: Callable[[], list[int]],
+) -> dict[str, Any]:
+    """64 pam_bench processes at once, client i on services[i mod N], each its own users.
+
+    Throughput is every authentication over the wall time from the first launch
+    to the last exit (64 process start-ups included, as sshd forks for each
+    login); percentiles are over every raw latency (pam_start to pam_end).
+    """
+    raw_dir.mkdir()
+    procs: list[subprocess.Popen[str]] = []
+    with syslog_reader(), CpuUse(pids, db_pids) as cpu:
+        try:
+            t0 = time.monotonic()
+            for i in range(FLEET_CLIENTS):
+                argv = [
+                    str(bins["pam_bench"]),
+                    "-s",
+                    services[i % len(services)],
+                    "-f",
+                    str(users),
+                    "-o",
+                    str(first + i * per_client),
+                    "-n",
+                    str(per_client),
+                    "-w",
+                    "0",
+                    "-r",
+                    str(raw_dir / str(i)),
+                    "-C",  # not pam_wrapper: it has too few runtime directories for 64
+                    str(service_dir),
+                ]
+                procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+            outs = [json.loads(proc.communicate(timeout=900)[0]) for proc in procs]
+            wall = time.monotonic() - t0
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    if any(proc.returncode != 0 for proc in procs):
+        raise RuntimeError(f"pam_bench failed: {[proc.returncode for proc in procs]}")
+    latencies = [int(x) for path in raw_dir.iterdir() for x in path.read_text().split()]
+    codes: collections.Counter[str] = collections.Counter()
+    for one in outs:
+        codes.update(one["codes"])
+    count = sum(one["count"] for one in outs)
+    ok = codes.get("Success", 0)
+    stats = summarise(latencies)
+    return {
+        "driver": "libpam",
+        "logins": count,
+        "ok": ok,
+        "failed": count - ok,
+        "codes": dict(codes),
+        "ok_per_s": ok / wall,
+        "wall_s": round(wall, 3),
+        "p50_us": stats["p50_us"],
+        "p99_us": stats["p99_us"],
+        "max_us": stats["max_us"],
+        **cpu.figures(count),
+    }
+
+
+class CpuUse:
+    """CPU seconds the daemons `pids` and the database's processes used inside the block."""
+
+    def __init__(self, pids: list[int], db_pids: Callable[[], list[int]]) -> None:
+        self.pids, self.db_pids = pids, db_pids
+
+    def _sample(self) -> tuple[float, dict[int, float]]:
+        db = {}
+        for pid in self.db_pids():
+            with contextlib.suppress(OSError):  # a backend that just ended
+                db[pid] = proc_status(pid)["cpu_s"]
+        return sum(proc_status(pid)["cpu_s"] for pid in self.pids), db
+
+    def __enter__(self) -> CpuUse:
+        self.t0 = time.monotonic()
+        self.mfad0, self.db0 = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.monotonic() - self.t0
+        mfad1, db1 = self._sample()
+        self.mfad_s = mfad1 - self.mfad0
+        # a backend started inside the block counts from zero
+        self.db_s = sum(cpu - self.db0.get(pid, 0.0) for pid, cpu in db1.items())
+
+    def figures(self, logins: int) -> dict[str, Any]:
+        n = max(logins, 1)
+        return {
+            "mfad_cpu_pct": round(100 * self.mfad_s / self.wall, 1),
+            "db_cpu_pct": round(100 * self.db_s / self.wall, 1),
+            "mfad_cpu_us_per_login": round(1e6 * self.mfad_s / n),
+            "db_cpu_us_per_login": round(1e6 * self.db_s / n),
+        }
+
+
+def bench_fleet(
+    tmp: Path, bins: dict[str, Path], share: int, per_client: int, seconds: float
+) -> dict[str, Any]:
+    """1, 2 and 4 mfad daemons on one PostgreSQL database, one SQLite mfad, and GA.
+
+    Every mfad configuration gets 64 clients twice (fleet_measure): mfad_load on
+    the PAM sockets, then 64 pam_bench processes through the real libpam and
+    pam_mfa.so. GA (DISALLOW_REUSE + RATE_LIMIT) gets the libpam run only. Every
+    user logs in once, so replay protection is exercised. The daemons of a fleet
+    share the key file and the database and differ in sockets, audit log and
+    audit.host, as hosts do; the PostgreSQL server is a private cluster
+    (tests/pgcluster.py) on this machine, stopped and removed at the end.
+    """
+    pam_users = FLEET_CLIENTS * per_client
+    block = FLEET_WARMUP + share + pam_users  # users one configuration uses
+    pg_names = [f"fu{i:06d}" for i in range(len(FLEET_SIZES) * block)]
+    sq_names = [f"su{i:06d}" for i in range(block)]
+    uids = bench_uids(pg_names + sq_names)
+    env = nss_env(tmp / "nss-fleet", uids, "indexed", bins)
+    svc = tmp / "pam.d-fleet"
+    out: dict[str, Any] = {"share": share, "per_client": per_client, "seconds": seconds}
+
+    log(f"fleet: google-authenticator CLI, {pam_users} secret files")
+    ga = write_users(
+        tmp / "fleet-ga.users",
+        ga_users(tmp / "fleet-ga", [f"gu{i:06d}" for i in range(pam_users)], protected=True),
+    )
+    write_service(
+        svc, "ga", f"pam_google_authenticator.so secret={tmp / 'fleet-ga'}/${{USER}} user=root"
+    )
+    rows: list[dict[str, Any]] = []
+    stderr: dict[str, list[str]] = {}
+
+    with private_cluster() as cluster:
+        dsn = cluster.create_database()
+        hosts = [new_daemon(tmp, f"fleet-host{k}", env) for k in range(max(FLEET_SIZES))]
+        log(f"fleet: seeding {len(pg_names):,} users into PostgreSQL through mfad's store")
+        t0 = time.monotonic()
+        pg_users = write_users(
+            tmp / "fleet-pg.users",
+            seed_store({"dsn": dsn}, hosts[0].key_path, tmp, {n: uids[n] for n in pg_names}),
+        )
+        out["seed_s"] = round(time.monotonic() - t0, 1)
+        log(f"  seeded in {out['seed_s']} s")
+        # what autovacuum would long since have done on a fleet's database; otherwise it
+        # runs during the first configuration's measurement, and only then
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+            conn.execute("CHECKPOINT")
+        for host in hosts[1:]:  # the fleet's one key, as an administrator copies it
+            host.key_path.parent.mkdir(mode=0o700)
+            shutil.copy2(hosts[0].key_path, host.key_path)
+        for k, host in enumerate(hosts):
+            write_service(svc, f"fleet{k}", f"{bins['pam_mfa']} socket={host.pam_socket}")
+
+        def db_pids() -> list[int]:
+            return cluster._processes()  # the postmaster and its backends
+
+        for i, n in enumerate(FLEET_SIZES):
+            label = f"PostgreSQL, {n} mfad"
+            xacts0 = transactions(dsn)
+            with contextlib.ExitStack() as stack:
+                for k, host in enumerate(hosts[:n]):
+                    stack.enter_context(running(host))
+                    host.start(**fleet_config(dsn, f"host{k}"))
+                phase = fleet_measure(
+                    bins, svc, hosts[:n], [f"fleet{k}" for k in range(n)], pg_users, label,
+                    first=i * block, share=share, per_client=per_client, seconds=seconds,
+                    db_pids=db_pids,
+                )  # fmt: skip
+            time.sleep(0.5)  # the daemons' backends have ended, and so flushed their counts
+            logins = sum(r["logins"] for r in phase) + FLEET_WARMUP
+            for row in phase:
+                row["db_xacts_per_login"] = round((transactions(dsn) - xacts0) / logins, 1)
+                rows.append({"store": "postgresql", "daemons": n, **row})
+        for k, host in enumerate(hosts):
+            stderr[f"host{k}"] = odd_lines(host.stderr())
+
+    log(f"fleet: SQLite, 1 mfad: seeding {len(sq_names):,} users")
+    single = new_daemon(tmp, "fleet-sqlite", env)
+    sq_users = write_users(
+        tmp / "fleet-sqlite.users", seed_mfad(single, {n: uids[n] for n in sq_names})
+    )
+    write_service(svc, "fleet_sqlite", f"{bins['pam_mfa']} socket={single.pam_socket}")
+    with running(single):
+        single.start()
+        phase = fleet_measure(
+            bins, svc, [single], ["fleet_sqlite"], sq_users, "SQLite, 1 mfad",
+            first=0, share=share, per_client=per_client, seconds=seconds, db_pids=no_database,
+        )  # fmt: skip
+    rows += [{"store": "sqlite", "daemons": 1, **row} for row in phase]
+    stderr["sqlite"] = odd_lines(single.stderr())
+
+    log("fleet: GA (DISALLOW_REUSE + RATE_LIMIT), 64 pam_bench processes")
+    pam = pam_parallel(
+        bins, svc, ["ga"], ga, tmp / "raw-ga", first=0, per_client=per_client, pids=[],
+        db_pids=no_database,
+    )  # fmt: skip
+    rows.append({"store": "files", "daemons": 0, "label": "GA, DISALLOW_REUSE + RATE_LIMIT", **pam})
+    log(fleet_line(rows[-1]))
+    return {**out, "rows": rows, "daemon_stderr": stderr}
+
+
+def fleet_measure(
+    bins: dict[str, Path],
+    svc: Path,
+    daemons: list[Daemon],
+    services: list[str],
+    users: Path,
+    label: str,
+    *,
+    first: int,
+    share: int,
+    per_client: int,
+    seconds: float,
+    db_pids: Callable[[], list[int]],
+) -> list[dict[str, Any]]:
+    """Running `daemons`, from user `first` on: a warm-up (the store's connections
+    opened, off the record), mfad_load (`share` users, up to `seconds`), then the
+    libpam run (`per_client` users each); and what their audit logs say."""
+    pids = [daemon_pid(d) for d in daemons]
+    sockets = [d.pam_socket for d in daemons]
+    audit0 = [audit_size(d) for d in daemons]
+    warm = fleet_load(
+        bins, sockets, pids, db_pids, users, first=first, count=FLEET_WARMUP, seconds=1.0
+    )
+    log(f"fleet: {label}: mfad_load, 64 clients over {len(sockets)} socket(s)")
+    load = fleet_load(
+        bins, sockets, pids, db_pids, users, first=first + FLEET_WARMUP, count=share,
+        seconds=seconds,
+    )  # fmt: skip
+    log(f"fleet: {label}: 64 pam_bench processes through libpam")
+    pam = pam_parallel(
+        bins, svc, services, users, svc.parent / f"raw-{services[0]}-{len(services)}",
+        first=first + FLEET_WARMUP + share, per_client=per_client, pids=pids, db_pids=db_pids,
+    )  # fmt: skip
+    audit: collections.Counter[str] = collections.Counter()
+    for d, offset in zip(daemons, audit0, strict=True):
+        audit.update(audit_logins(d, offset))
+    expected = warm["ok"] + load["ok"] + pam["ok"]
+    rows = [{"label": label, **row} for row in (load, pam)]
+    for row in rows:
+        row.update(audit_logins=dict(audit), audit_expected=expected)
+        log(fleet_line(row))
+    return rows
+
+
+def transactions(dsn: str) -> int:
+    """Transactions the database has counted so far (committed and rolled back)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def no_database() -> list[int]:
+    return []
+
+
+def fleet_line(row: dict[str, Any]) -> str:
+    return (
+        f"  {row['label']}, {row['driver']}: {row['ok_per_s']:,.0f}/s ok, "
+        f"p50 {ms(row['p50_us'])} ms, p99 {ms(row['p99_us'])} ms, failed {row['failed']}, "
+        f"mfad CPU {row['mfad_cpu_pct']} %, PostgreSQL CPU {row['db_cpu_pct']} %"
+    )
+
+
+def odd_lines(text: str, keep: int = 20) -> list[str]:
+    """A daemon's stderr lines that say something went wrong (the last `keep`)."""
+    words = ("error", "traceback", "warning", "exception", "timeout", "refus")
+    return [
+        line
+        for line in text.splitlines()
+        if any(w in line.lower() for w in words)
+        # the harness stops listening on NOTIFY_SOCKET once the daemon is READY
+        and '"notify_failed"' not in line
+    ][-keep:]
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -1165,6 +1533,8 @@ def report(results: dict[str, Any]) -> str:
         lines += capacity_tables(results["capacity"], results.get("ceiling", []))
     for prof in results.get("capacity", {}).get("profiles", []):
         lines += profile_table(prof)
+    if "fleet" in results:
+        lines += fleet_table(results["fleet"])
     if results.get("targets"):
         lines += ["### Targets", "", *[f"- {t}" for t in results["targets"]], ""]
     return "\n".join(lines)
@@ -1231,6 +1601,14 @@ def checks(results: dict[str, Any]) -> list[str]:
                 f"{where}: audit has logins {got}, expected "
                 f"{pop['succeeded']} successes, all resolved"
             )
+    rows = results.get("fleet", {}).get("rows", [])
+    for r in rows:
+        if r["failed"]:
+            bad.append(f"fleet, {r['label']}, {r['driver']}: {r['failed']} of {r['logins']} failed")
+    for r in rows:
+        got, ok = r.get("audit_logins", {}), r.get("audit_expected")
+        if ok is not None and (got.get("unresolved") or got.get("success/correct_code") != ok):
+            bad.append(f"fleet, {r['label']}: audit has logins {got}, expected {ok} successes")
     return bad
 
 
@@ -1342,6 +1720,53 @@ def profile_table(prof: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def fleet_table(fleet: dict[str, Any]) -> list[str]:
+    rows = fleet["rows"]
+    sqlite = {r["driver"]: r for r in rows if r["store"] == "sqlite"}
+    ga = next((r for r in rows if r["store"] == "files"), None)
+    lines = [
+        f"### 4. Many hosts, one store: {FLEET_CLIENTS} clients, right codes, each user once",
+        "",
+        f"One PostgreSQL (private cluster, fsync off) and every mfad on this machine's "
+        f"{os.cpu_count()} cores; default config. socket: mfad_load's clients spread "
+        f"over the daemons' PAM sockets ({fleet['share']:,} users, up to {fleet['seconds']:g} s). "
+        f"libpam: {FLEET_CLIENTS} pam_bench processes at once, {fleet['per_client']} users "
+        f"each, pam_start to pam_end through pam_mfa.so (spread over the daemons) or GA. "
+        f"Each mfad row follows {FLEET_WARMUP} warm-up logins (off the record). PostgreSQL "
+        f"xacts/login: the database's transactions over the whole configuration (both rows, "
+        f"warm-up included) per login. Seeding PostgreSQL through mfad's store took "
+        f"{fleet.get('seed_s', NA)} s. Other processes "
+        f"used {fleet['other_work_pct']} % of the machine's CPU while this part ran; "
+        f"{speed(fleet)}. CPU % is of one core.",
+        "",
+        "| store | via | logins | ok/s | p50 ms | p99 ms | failed | mfad CPU % "
+        "| PostgreSQL CPU % | mfad µs/login | PostgreSQL µs/login | PostgreSQL xacts/login "
+        "| ok/s ÷ SQLite | p99 ÷ SQLite | ok/s ÷ GA | p99 ÷ GA |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def ratio(a: float, b: dict[str, Any] | None, key: str) -> str:
+        return f"{a / b[key]:.2f}" if b and b[key] else NA
+
+    for r in rows:
+        base = sqlite.get(r["driver"])
+        versus_ga = ga if r["driver"] == "libpam" else None
+        lines.append(
+            f"| {r['label']} | {r['driver']} | {r['logins']:,} | {r['ok_per_s']:,.0f} "
+            f"| {ms(r['p50_us'])} | {ms(r['p99_us'])} | {r['failed']} | {r['mfad_cpu_pct']} "
+            f"| {r['db_cpu_pct']} | {r['mfad_cpu_us_per_login']} | {r['db_cpu_us_per_login']} "
+            f"| {r.get('db_xacts_per_login', NA)} "
+            f"| {ratio(r['ok_per_s'], base, 'ok_per_s')} | {ratio(r['p99_us'], base, 'p99_us')} "
+            f"| {ratio(r['ok_per_s'], versus_ga, 'ok_per_s')} "
+            f"| {ratio(r['p99_us'], versus_ga, 'p99_us')} |"
+        )
+    odd = {name: got for name, got in fleet["daemon_stderr"].items() if got}
+    if odd:
+        lines += ["", "Daemon stderr lines that mention an error or warning:", ""]
+        lines += [f"- {name}: `{line}`" for name, got in odd.items() for line in got]
+    return [*lines, ""]
+
+
 def targets(results: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if "pam" in results:
@@ -1399,8 +1824,8 @@ def verdict(ok: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts, about 2 minutes")
-    parser.add_argument("--only", choices=("pam", "capacity"), help="run one part")
+    parser.add_argument("--quick", action="store_true", help="small counts, about 5 minutes")
+    parser.add_argument("--only", choices=("pam", "capacity", "fleet"), help="run one part")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     parser.add_argument(
         "--wait-quiet",
@@ -1435,6 +1860,7 @@ def main(argv: list[str] | None = None) -> int:
     count, warmup, rounds = (600, 10, 2) if args.quick else (4000, 10, 4)
     populations = [2000, 20000] if args.quick else [10000, 100000]
     seconds = 2.0 if args.quick else 6.0
+    fleet_share, fleet_per_client = (4000, 30) if args.quick else (10000, 80)
     profile_seconds = 0.0 if args.no_profile else (3.0 if args.quick else 6.0)
 
     busy = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else cpu_busy()
@@ -1464,6 +1890,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results["ceiling"] = bench_ceiling(tmp, bins, seconds)
             results["capacity"].update(
+                other_work_pct=other.others_pct, speed_probe_ms=[probe, speed_probe()]
+            )
+        if args.only in (None, "fleet"):
+            probe = speed_probe()
+            with OtherWork() as other:
+                results["fleet"] = bench_fleet(tmp, bins, fleet_share, fleet_per_client, seconds)
+            results["fleet"].update(
                 other_work_pct=other.others_pct, speed_probe_ms=[probe, speed_probe()]
             )
     finally:
