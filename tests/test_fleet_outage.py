@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,25 @@ def test_records_written_while_the_database_was_down_reach_the_fleet_table(
             break
         assert time.monotonic() < deadline, answer
         time.sleep(0.5)
+
+
+def test_after_a_restart_every_pooled_connection_is_replaced_not_only_the_first(
+    host: tuple[Daemon, PgCluster], make_user: MakeUser
+) -> None:
+    """Eight logins at once open several pooled connections; PostgreSQL restarts, which
+    leaves all of them dead; eight logins at once then all succeed: the first dead
+    connection found makes mfad replace the others before they fail a login."""
+    daemon, cluster = host
+    users = [make_user() for _ in range(8)]
+    secrets_ = {user: daemon.enroll(user) for user in users}
+
+    def all_at_once(offset: int) -> list[str]:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(
+                pool.map(lambda u: _login(daemon, u, [totp_now(secrets_[u], offset)]).name, users)
+            )
+
+    assert all_at_once(0) == ["PAM_SUCCESS"] * 8
+    cluster.stop()
+    cluster.start()
+    assert all_at_once(1) == ["PAM_SUCCESS"] * 8

@@ -275,8 +275,9 @@ class PostgresStore(Store):
             max_size=max_connections or cls.MAX_CONNECTIONS,
             open=False,
             timeout=cls.ACQUIRE_TIMEOUT,
-            # a connection the server dropped (restart, failover) is replaced before use
-            check=AsyncConnectionPool.check_connection,
+            # No check on every checkout (a round trip, a transaction on the server: half of
+            # a login's): a connection the server dropped is found out by its first
+            # statement, and _in_transaction runs the work again on a fresh one.
             name="mfad-store",
         )
         try:
@@ -358,8 +359,23 @@ class PostgresStore(Store):
         self, pool: AsyncConnectionPool[Conn], fn: Callable[[Conn], Awaitable[T]]
     ) -> T:
         try:
-            async with pool.connection() as conn:
-                return await fn(conn)
+            for tries_left in (1, 0):
+                try:
+                    async with pool.connection() as conn:
+                        try:
+                            return await fn(conn)
+                        except psycopg.OperationalError:
+                            # A pooled connection the server dropped since (a restart, a
+                            # failover): what ran on it was not committed, so the work
+                            # runs once more on a new one. A break at COMMIT itself is not
+                            # retried (it may have committed); it fails closed.
+                            if tries_left and conn.broken:
+                                raise _Dropped from None
+                            raise
+                except _Dropped:
+                    await pool.check()  # the others idle beside it died too: replace them
+                    continue
+            raise AssertionError("unreachable: the second try returns or raises")
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.QueryCanceled):
                 what = "a statement took too long (statement_timeout or lock_timeout)"
@@ -828,6 +844,10 @@ async def _codes_left(db: Conn, user: str) -> int:
     cur = await db.execute('SELECT count(*) FROM recovery_codes WHERE "user" = %s', (user,))
     row = await cur.fetchone()
     return 0 if row is None else int(row[0])
+
+
+class _Dropped(Exception):
+    """The connection broke under the work: the pool discards it, the work runs again."""
 
 
 def _names(columns: Sequence[str]) -> str:
