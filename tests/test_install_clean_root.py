@@ -158,12 +158,6 @@ class CleanRoot:
         }
         subprocess.run(["tar", "-xpf", str(tarball), "-C", str(self.path)], check=True)
         shutil.copy("/etc/resolv.conf", self.path / "etc/resolv.conf")
-        cert = os.environ.get("PIP_CERT", "")
-        if cert and Path(cert).is_file() and not (self.path / cert.lstrip("/")).exists():
-            inside = self.path / cert.lstrip("/")
-            inside.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(cert, inside)
-            self.env["PIP_CERT"] = cert
         self._mount(["-t", "proc", "proc"], "proc")
         self._mount(["-t", "sysfs", "-o", "ro", "sysfs"], "sys")
         self._mount(["--bind", "/dev"], "dev")
@@ -174,6 +168,11 @@ class CleanRoot:
         if pip_cache:
             (CACHE / "pip").mkdir(parents=True, exist_ok=True)
             self._mount(["--bind", str(CACHE / "pip")], "root/.cache/pip")
+            # Where no package writes (ca-certificates rewrites its own bundle).
+            cert = os.environ.get("PIP_CERT", "")
+            if cert and Path(cert).is_file():
+                shutil.copy(cert, self.path / "root/.host-ca.pem")
+                self.env["PIP_CERT"] = "/root/.host-ca.pem"
 
     def _mount(self, how: list[str], where: str) -> None:
         target = self.path / where
