@@ -37,6 +37,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -410,3 +411,47 @@ def test_package_in_clean_root(clean_root: CleanRoot, deb: Path) -> None:
     root.run("dpkg --purge pam-mfa >/dev/null")
     assert diff(before, listing(root.path)) == []
     assert not list((root.path / "var/lib/dpkg/info").glob("pam-mfa.*"))
+
+
+def systemd_verify(unit_text: str, tmp: Path) -> str:
+    """`systemd-analyze verify` of the unit with its ExecStart binary (which must exist
+    for verify) replaced by this venv's mfad; everything it prints."""
+    match = re.search(r"^ExecStart=(\S+) ", unit_text, re.MULTILINE)
+    assert match, unit_text
+    stand_in = Path(sys.executable).parent / "mfad"
+    assert stand_in.is_file()
+    unit = tmp / "mfad.service"
+    unit.write_text(unit_text.replace(f"ExecStart={match.group(1)} ", f"ExecStart={stand_in} "))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    return f"{result.stdout}{result.stderr}" + ("" if result.returncode == 0 else " (failed)")
+
+
+def test_systemd_verify_sees_a_broken_unit(tmp_path: Path) -> None:
+    """The check below is live: systemd-analyze verify reports an unknown key and a bad
+    value in a copy of the unit."""
+    text = (ROOT / "systemd/mfad.service").read_text()
+    text = text.replace("Restart=on-failure", "Restart=sometimes\nRestartSecs=2s")
+    report = systemd_verify(text, tmp_path)
+    assert "RestartSecs" in report and "sometimes" in report, report
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    """systemd/mfad.service (install.sh's unit) passes `systemd-analyze verify` with
+    nothing to report."""
+    assert systemd_verify((ROOT / "systemd/mfad.service").read_text(), tmp_path) == ""
+
+
+def test_packaged_unit_verifies(tmp_path: Path, deb: Path) -> None:
+    """The package's unit is systemd/mfad.service with only ExecStart changed, to the
+    package's /usr/sbin/mfad, which the package ships as an executable; it passes
+    `systemd-analyze verify` with nothing to report."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "pkg")], check=True)
+    packaged = (tmp_path / "pkg/lib/systemd/system/mfad.service").read_text()
+    source = (ROOT / "systemd/mfad.service").read_text()
+    assert packaged == source.replace(
+        "\nExecStart=/usr/local/sbin/mfad ", "\nExecStart=/usr/sbin/mfad "
+    )
+    assert os.access(tmp_path / "pkg/usr/sbin/mfad", os.X_OK)
+    assert systemd_verify(packaged, tmp_path) == ""
