@@ -359,9 +359,10 @@ def test_package_in_clean_root(clean_root: CleanRoot, deb: Path) -> None:
     """The Debian package on a clean Debian 12: `apt-get install ./pam-mfa_*.deb` puts the
     module in the PAM module directory and creates the key (0600 root) without touching
     /etc/pam.d; the packaged mfad serves an enrolment and a login through the module;
-    `dpkg -r` leaves only the config, key, accounts and audit trail (and debhelper's
-    record that the unit was enabled), and `dpkg --purge` leaves no file of ours: the
-    root's listing after purge equals the one before install."""
+    bash completes mfa's commands; a reinstall keeps the key; `dpkg -r` leaves only the
+    config, key, accounts and audit trail (and debhelper's record that the unit was
+    enabled), and `dpkg --purge` leaves no file of ours: the root's listing after purge
+    equals the one before install."""
     root = clean_root
     prepare_login_test(root, "mfatdeb")
     shutil.copy(deb, root.path / "tmp" / deb.name)
@@ -401,6 +402,20 @@ def test_package_in_clean_root(clean_root: CleanRoot, deb: Path) -> None:
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+    # bash completes mfa's commands from the installed completion file.
+    completed = root.run(
+        "source /usr/share/bash-completion/completions/mfa; COMP_WORDS=(mfa enr); "
+        'COMP_CWORD=1; _mfa_completion mfa; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    assert completed.stdout.split() == ["enroll"], completed.stdout
+
+    # Reinstalling (as an upgrade does) keeps the key the secrets are sealed with.
+    key_before = (root.path / "etc/mfad/secret.key").read_bytes()
+    shutil.copy(deb, root.path / "tmp" / deb.name)
+    root.run(f"dpkg -i /tmp/{deb.name} >/dev/null")
+    (root.path / "tmp" / deb.name).unlink()
+    assert (root.path / "etc/mfad/secret.key").read_bytes() == key_before
 
     root.run("dpkg -r pam-mfa >/dev/null")
     kept = r"^\+ (/etc/mfad|/var/lib/mfad|/var/log/mfad|/etc/systemd/system|/var/lib/systemd)(/|$)"
