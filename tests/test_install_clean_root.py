@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import os
 import re
@@ -250,18 +251,21 @@ def clean_root(
     request: pytest.FixtureRequest, tmp_path: Path, tarball: Path
 ) -> Iterator[CleanRoot]:
     """A fresh root; pip's cache is mounted for tests marked `pip` (install.sh runs pip)."""
-    root = CleanRoot(
-        tmp_path, tarball, pip_cache=request.node.get_closest_marker("pip") is not None
-    )
-    try:
-        root.run("apt-get update -qq")
-        yield root
-    finally:
-        root.close()
+    pip = request.node.get_closest_marker("pip") is not None
+    # One clean root at a time on this machine: they share apt's download cache, whose
+    # lock apt does not wait for (another worktree's test run may be at it).
+    with open(CACHE / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        root = CleanRoot(tmp_path, tarball, pip_cache=pip)
+        try:
+            root.run("apt-get update -qq")
+            yield root
+        finally:
+            root.close()
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The package built from this tree by scripts/build-deb.sh (lintian must pass)."""
     out = tmp_path_factory.mktemp("deb")
     result = subprocess.run(
@@ -272,7 +276,8 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     (found,) = out.glob("pam-mfa_*_amd64.deb")
-    return found
+    yield found
+    shutil.rmtree(out)
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen[bytes] | None = None) -> None:
