@@ -383,6 +383,7 @@ def test_package_in_clean_root(clean_root: CleanRoot, deb: Path) -> None:
     (root.path / "tmp" / deb.name).unlink()
     installed = diff(before, listing(root.path))
     assert f"+ {PAM_DIR}/pam_mfa.so" in installed
+    assert "+ /etc/systemd/system/multi-user.target.wants/mfad.service" in installed
     assert not [line for line in installed if line.startswith("~ /etc/pam.d")], installed
     assert not [line for line in installed if line[0] in "~-"], installed
     key = (root.path / "etc/mfad/secret.key").stat()
@@ -475,3 +476,12 @@ def test_packaged_unit_verifies(tmp_path: Path, deb: Path) -> None:
     )
     assert os.access(tmp_path / "pkg/usr/sbin/mfad", os.X_OK)
     assert systemd_verify(packaged, tmp_path) == ""
+
+
+def test_package_makes_the_key_before_starting_mfad(tmp_path: Path, deb: Path) -> None:
+    """On a machine with systemd the package's postinst starts mfad (there is none here:
+    this is the closest check); it creates the key first, so the first start finds it."""
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(tmp_path / "control")], check=True)
+    postinst = (tmp_path / "control/postinst").read_text()
+    start = postinst.index("deb-systemd-invoke $_dh_action 'mfad.service'")
+    assert postinst.index("mfad --generate-key") < start
