@@ -1,7 +1,7 @@
 # Developer shortcuts. The test venv (.venv) is created by scripts/test.sh.
 VENV ?= .venv
 
-.PHONY: lint test install module
+.PHONY: lint test install module deb
 
 lint:
 	$(VENV)/bin/ruff check .
@@ -18,3 +18,7 @@ install:
 
 module:
 	$(MAKE) -C pam_module
+
+# The Debian package, built in a copy of the tree: build/deb/pam-mfa_*.deb.
+deb:
+	bash scripts/build-deb.sh

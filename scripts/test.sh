@@ -42,6 +42,11 @@ apt_packages=(
                                               # pam_module/.clang-format
     postgresql                                # server binaries for the private cluster of
                                               # tests/pgcluster.py (the PostgreSQL store)
+    mmdebstrap                                # the clean Debian 12 root of
+                                              # tests/test_install_clean_root.py
+    debhelper help2man lintian                # build the Debian package (scripts/build-deb.sh:
+                                              # man pages from --help, lintian on the .deb)
+    systemd                                   # systemd-analyze verify of the unit
 )
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh  # the working directory is the repository root (cd above)
