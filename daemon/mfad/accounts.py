@@ -30,7 +30,7 @@ import structlog
 
 from mfa_wire.control import json_chunks
 from mfa_wire.events import Event, Outcome
-from mfad import enrolment, identity, lifecycle, recovery, times, totp
+from mfad import emailcodes, enrolment, identity, lifecycle, recovery, times, totp
 from mfad.context import Context
 from mfad.errors import (
     AlreadyEnrolled,
@@ -46,7 +46,17 @@ from mfad.errors import (
 )
 from mfad.identity import Identity
 from mfad.lockout import Refusal, control_source
-from mfad.model import Account, Counter, Kind, Site, SourceBlock, State, TokenParams, state_of
+from mfad.model import (
+    Account,
+    Address,
+    Counter,
+    Kind,
+    Site,
+    SourceBlock,
+    State,
+    TokenParams,
+    state_of,
+)
 from mfad.store import ACCOUNT_SOURCE
 from mfad.times import iso
 from mfad.verify import Purpose, Subject, Verdict, Verifier
@@ -64,6 +74,7 @@ LIST_COLUMNS = (
     "user",
     "state",
     "method",
+    "address",
     "enrolled_at",
     "last_verified_at",
     "last_rhost",
@@ -116,8 +127,20 @@ def _blocks(blocks: Sequence[SourceBlock]) -> list[dict[str, Any]]:
     return [{"source": b.source, "until": iso(b.until)} for b in blocks]
 
 
+def _address_fields(address: Address | None) -> dict[str, Any]:
+    """The address as rows show it: masked (whoever reads a list needs no more), and
+    whether it is confirmed."""
+    if address is None:
+        return {"address": None, "address_confirmed": None}
+    return {"address": emailcodes.mask(address.address), "address_confirmed": address.confirmed}
+
+
 def _row(
-    account: Account, counter: Counter, blocks: Sequence[SourceBlock], now: float
+    account: Account,
+    counter: Counter,
+    blocks: Sequence[SourceBlock],
+    now: float,
+    address: Address | None = None,
 ) -> dict[str, Any]:
     token = account.sealed_secret is not None
     hotp_token = token and account.params.kind is Kind.HOTP
@@ -125,7 +148,8 @@ def _row(
         "uid": account.uid,
         "user": account.user,
         "state": account.state,
-        "method": str(account.params.kind) if token else None,
+        "method": str(account.params.kind) if account.has_factor else None,
+        **_address_fields(address),
         "algorithm": account.params.algorithm if token else None,
         "digits": account.params.digits if token else None,
         "period": account.params.period if token and not hotp_token else None,
@@ -235,12 +259,14 @@ class AccountOps:
             account, stale = await self.ctx.store.get_account(ident.name), str(exc)
         now = self.ctx.clock()
         blocks = await self.ctx.store.source_blocks(now, ident.name)
+        address = await self.ctx.store.get_address(ident.name)
         if account is None:
             row = {
                 "user": ident.name,
                 "uid": ident.uid,
                 "state": State.NONE,
                 "method": None,
+                **_address_fields(address),
                 "enrolled_at": None,
                 "last_verified_at": None,
                 "last_rhost": None,
@@ -252,7 +278,7 @@ class AccountOps:
             }
             return row if stale is None else {**row, "stale": stale}
         guard = await self.ctx.store.get_guard(ident.name, ACCOUNT_SOURCE)
-        row = _row(account, guard.account, blocks, now)
+        row = _row(account, guard.account, blocks, now, address)
         if stale is not None:
             row["stale"] = stale
         return row
@@ -293,9 +319,12 @@ class AccountOps:
         for block in await self.ctx.store.source_blocks(now):
             blocked.setdefault(block.user, []).append(block)
         uids = await identity.current_uids([a.user for a, _ in found])
+        addresses = await self.ctx.store.addresses()
         rows = []
         for account, counter in found:
-            row = _row(account, counter, blocked.get(account.user, []), now)
+            row = _row(
+                account, counter, blocked.get(account.user, []), now, addresses.get(account.user)
+            )
             current = uids.get(account.user)
             if current is None or account.uid not in (None, current):
                 row["stale"] = identity.stale_message(account.user, account.uid, current)

@@ -123,6 +123,28 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EmailConfig:
+    """The email method (mfad.emailcodes): a code mailed at each login. Off by default:
+    NIST SP 800-63B does not accept email as an out-of-band authenticator."""
+
+    enabled: bool = False
+    deny_groups: tuple[str, ...] = ()  # members must use an authenticator (totp/hotp)
+    domains: tuple[str, ...] = ()  # addresses must be in one of these; empty: any domain
+    code_ttl: float = 300.0  # seconds a mailed code is good for
+    digits: int = 6
+    resend_interval: float = 60.0  # seconds before another login may mail this user again
+
+
+@dataclass(frozen=True, slots=True)
+class LostDeviceConfig:
+    """What a user who lost their authenticator may do without an administrator."""
+
+    # at the code prompt, typing `email` mails a one-time recovery code to the confirmed
+    # address; it lets the user in once and suspends the account until they enrol again
+    email_recovery: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mode: str = "optional"
     require_groups: tuple[str, ...] = ()
@@ -152,6 +174,8 @@ class Config:
     enrolment: EnrolmentConfig = field(default_factory=EnrolmentConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
+    lost_device: LostDeviceConfig = field(default_factory=LostDeviceConfig)
 
     @property
     def pam_user_socket(self) -> Path:
@@ -293,6 +317,14 @@ def _addresses(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_address(v) for v in value))
 
 
+def _domains(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and _ADDRESS.fullmatch(f"x@{v}") for v in value
+    ):
+        raise ValueError(f"must be a list of mail domains such as example.com, got {value!r}")
+    return tuple(v.lower() for v in value)
+
+
 def _notices(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"must be a list of notice names ({', '.join(NOTICES)}), got {value!r}")
@@ -380,6 +412,13 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "notify.events": ("notify.events", _notices),
     "notify.batch_seconds": ("notify.batch_seconds", _seconds(0.1, 3600)),
     "notify.failure_burst": ("notify.failure_burst", _int(2, 10000)),
+    "email.enabled": ("email.enabled", _bool),
+    "email.deny_groups": ("email.deny_groups", _names),
+    "email.domains": ("email.domains", _domains),
+    "email.code_ttl": ("email.code_ttl", _seconds(30, 3600)),
+    "email.digits": ("email.digits", _int(6, 8)),
+    "email.resend_interval": ("email.resend_interval", _seconds(0, 3600)),
+    "lost_device.email_recovery": ("lost_device.email_recovery", _bool),
 }
 _SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
 
@@ -431,6 +470,8 @@ def parse(text: str, where: str = "<config>") -> Config:
         "enrolment": {},
         "smtp": {},
         "notify": {},
+        "email": {},
+        "lost_device": {},
     }
     for key, (raw, line) in flat.items():
         attr, check = _SCHEMA[key]
@@ -457,6 +498,8 @@ def parse(text: str, where: str = "<config>") -> Config:
         enrolment=EnrolmentConfig(**nested["enrolment"]),
         smtp=SmtpConfig(**nested["smtp"]),
         notify=NotifyConfig(**nested["notify"]),
+        email=EmailConfig(**nested["email"]),
+        lost_device=LostDeviceConfig(**nested["lost_device"]),
     )
 
 
@@ -480,6 +523,9 @@ def _check_mail(
     if bool(smtp.get("username")) != bool(smtp.get("password_file")):
         given = "smtp.username" if smtp.get("username") else "smtp.password_file"
         raise fail(given, "smtp.username and smtp.password_file go together (AUTH needs both)")
+    for key in ("email.enabled", "lost_device.email_recovery"):
+        if key in flat and flat[key][0] is True and not host:
+            raise fail(key, "needs smtp.host: the mail server mfad sends the codes through")
     if notify.get("admins") and not host:
         raise fail(
             "notify.admins",

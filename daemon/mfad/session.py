@@ -48,13 +48,13 @@ import structlog
 from mfa_wire.events import Event, Reason
 from mfa_wire.events import Outcome as Recorded
 from mfa_wire.frametypes import Outcome
-from mfad import enrolment, identity, nss, policy, recovery
+from mfad import emailcodes, enrolment, identity, nss, policy, recovery
 from mfad.context import Context
 from mfad.conversation import Conversation, PeerGone, PromptTimeout
-from mfad.errors import MfaError, ProtocolError, StaleAccount
+from mfad.errors import MailError, MfaError, ProtocolError, StaleAccount
 from mfad.identity import Identity
 from mfad.lockout import Refusal, control_source, login_source
-from mfad.model import Account, Kind, Site, State, StateChange
+from mfad.model import Account, CodePurpose, Kind, Site, State, StateChange
 from mfad.protocol import Start, parse_start
 from mfad.qrtext import render_qr
 from mfad.times import iso
@@ -74,6 +74,15 @@ MSG_ENROL_FIRST = (
     "Run `mfa enroll` in a terminal to set it up, then try again."
 )
 MSG_NOT_OWN = "Only your own account's second factor can be checked here."
+MSG_EMAIL_SENT = "A code was sent to {address}."
+MSG_EMAIL_STANDS = "A code was sent to {address} moments ago: enter that one."
+MSG_EMAIL_DOWN = (
+    "The verification code could not be sent by email right now. Try again later, "
+    "or contact your administrator."
+)
+MSG_EMAIL_OFF = (
+    "This account gets its codes by email, which is not available. Contact your administrator."
+)
 # sshd sets PAM_TTY to "ssh" for its PAM conversation (OpenSSH's PAM_TTY_KLUDGE, on Linux)
 SSHD_TTY = "ssh"
 MSG_NOT_ENROLLED = (
@@ -259,14 +268,17 @@ class LoginSession:
                 ident, account, decision.reason, decoy=refusal is not None
             )
         # ENROL for a name NSS does not know: a code, as for anyone, that always fails
-        has_token = account is not None and account.sealed_secret is not None
-        kind = account.params.kind if account is not None and has_token else Kind.TOTP
+        has_factor = account is not None and account.has_factor
+        kind = account.params.kind if account is not None and has_factor else Kind.TOTP
         await self.trail.record(Event.CHALLENGE, outcome=Recorded.PENDING, method=str(kind))
-        return await self._ask_for_code(user, account if has_token else None)
+        if kind is Kind.EMAIL:
+            assert account is not None
+            return await self._email_login(account)
+        return await self._ask_for_code(user, account if has_factor else None)
 
     async def _end_exemption(self, account: Account, now: float) -> Account | None:
         """An exemption past its expiry ends here, for good: back to the kept token, or none."""
-        change = StateChange(State.ACTIVE if account.sealed_secret is not None else State.DISABLED)
+        change = StateChange(State.ACTIVE if account.has_factor else State.DISABLED)
         await self.trail.record(
             Event.STATE_CHANGED,
             outcome=Recorded.SUCCESS,
@@ -278,8 +290,43 @@ class LoginSession:
 
     # --- code prompt ---
 
-    async def _ask_for_code(self, user: str, account: Account | None) -> Outcome:
-        subject = Subject(user, self.source, self.site, account)
+    async def _email_login(self, account: Account) -> Outcome:
+        """The email method: mail a code to the confirmed address (or keep the one mailed
+        moments ago: emailcodes' resend interval), say where, masked, then ask for it.
+        No way to mail it: the login fails closed, recorded, with a message."""
+        user = account.user
+        address = await self.ctx.store.get_address(user)
+        if not self.config.email.enabled or address is None or not address.confirmed:
+            await self._finish(Recorded.FAILURE, Reason.NO_ADDRESS, method="email")
+            return await self._refuse(MSG_EMAIL_OFF, Outcome.FAILURE)
+        shown = emailcodes.mask(address.address)
+        try:
+            sent = await emailcodes.send(self.ctx, user, address.address, CodePurpose.LOGIN)
+        except MailError as exc:
+            log.error("email_code_unsent", error=str(exc), **self.fields)
+            await self.trail.record(
+                Event.EMAIL_CODE,
+                outcome=Recorded.ERROR,
+                purpose=str(CodePurpose.LOGIN),
+                reason=Reason.EMAIL_UNAVAILABLE,
+                message=str(exc),
+            )
+            await self._finish(Recorded.ERROR, Reason.EMAIL_UNAVAILABLE, method="email")
+            return await self._refuse(MSG_EMAIL_DOWN, Outcome.FAILURE)
+        await self.trail.record(
+            Event.EMAIL_CODE,
+            outcome=Recorded.SUCCESS if sent else Recorded.REFUSED,
+            purpose=str(CodePurpose.LOGIN),
+            address=shown,
+            reason=None if sent else Reason.RESEND_TOO_SOON,
+        )
+        await self.conv.info((MSG_EMAIL_SENT if sent else MSG_EMAIL_STANDS).format(address=shown))
+        return await self._ask_for_code(user, account, mailed=CodePurpose.LOGIN)
+
+    async def _ask_for_code(
+        self, user: str, account: Account | None, mailed: CodePurpose | None = None
+    ) -> Outcome:
+        subject = Subject(user, self.source, self.site, account, mailed=mailed)
         attempts = self.config.login.max_attempts
         for attempt in range(1, attempts + 1):
             answer = await self.conv.ask(self.config.login.prompt)

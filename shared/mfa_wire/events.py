@@ -41,6 +41,9 @@ class Event(enum.StrEnum):
     # mail to the administrators (mfad.notify)
     NOTICE_SENT = "notice_sent"  # a message listing recorded facts was accepted by the server
     NOTICE_FAILED = "notice_failed"  # a try to send one failed (retried, or given up)
+    # a code mailed to a user (mfad.emailcodes): success, refused (resend too soon, no
+    # confirmed address) or error (the mail server failed); `purpose` says what for
+    EMAIL_CODE = "email_code"
 
 
 class Outcome(enum.StrEnum):
@@ -83,3 +86,7 @@ class Reason(enum.StrEnum):
     DENY = "deny"
     LIFETIME_CAP = "lifetime_cap"
     EXEMPTION_EXPIRED = "exemption_expired"
+    # a mailed code (``email_code``, and ``login`` when it ends one)
+    EMAIL_UNAVAILABLE = "email_unavailable"  # the mail server did not take the code
+    RESEND_TOO_SOON = "resend_too_soon"  # within email.resend_interval of the last one
+    NO_ADDRESS = "no_address"  # the email method without a confirmed address
