@@ -34,6 +34,7 @@ from mfa_cli.lifecycle import (
     unexempt,
     unlock,
 )
+from mfa_cli.methods import email_address, method
 from mfa_cli.metrics import metrics
 from mfa_cli.paminstall import pam
 
@@ -119,6 +120,8 @@ for command in (
     unexempt,
     unlock,
     forget,
+    email_address,
+    method,
     resync,
     import_tokens,
     audit,
