@@ -357,7 +357,7 @@ class AccountOps:
                 else "ask an administrator to reset it"
             )
             raise AlreadyEnrolled(f"{user} is already enrolled; to replace the token, {todo}")
-        if state in (State.SUSPENDED, State.EXEMPT):
+        if state in (State.SUSPENDED, State.EXEMPT) and not enrolment.reenrols(self.ctx, state):
             raise lifecycle.TransitionRefused(
                 f"{user} is {state}; an administrator must resume or unexempt it first"
             )
@@ -388,6 +388,7 @@ class AccountOps:
         answer = request.get("code")
         if not isinstance(answer, str):
             raise RequestError("the request needs a code")
+        before = state_of(await identity.account_of(self.ctx, ident))
         verdict, confirmed = await enrolment.confirm(
             self.ctx,
             ident,
@@ -410,6 +411,7 @@ class AccountOps:
             ident.name,
             lambda: enrolment.activate(self.ctx, confirmed),
             state="active",
+            before=before,
         )
         # The confirming code's step is used (replay protection): a login needs a later code.
         period = confirmed.pending.params.period

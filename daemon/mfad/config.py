@@ -41,11 +41,15 @@ NOTICES = (
     "unexempt",
     "unlock",
     "forget",
+    "email_recovery",
+    "self_enrol",
 )
 """What `notify.events` may name: the administrators' actions (the control ops of the
 same name), an account lock (`lock`: lockout.deny; `lifetime_cap`), a burst of wrong
-answers for one user (`failures`). mfad.notify maps audit records to these."""
-DEFAULT_NOTICES = NOTICES[:7]
+answers for one user (`failures`), a lost device's recovery code mailed at a login
+(`email_recovery`) and a suspended user enrolling anew (`self_enrol`). mfad.notify maps
+audit records to these."""
+DEFAULT_NOTICES = (*NOTICES[:7], "email_recovery", "self_enrol")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,9 @@ class LostDeviceConfig:
     # at the code prompt, typing `email` mails a one-time recovery code to the confirmed
     # address; it lets the user in once and suspends the account until they enrol again
     email_recovery: bool = False
+    # a suspended user may enrol a new authenticator themselves (`mfa enroll`), which makes
+    # them active again: the way back from an emailed recovery code or an admin's suspend
+    self_enrol: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +426,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "email.digits": ("email.digits", _int(6, 8)),
     "email.resend_interval": ("email.resend_interval", _seconds(0, 3600)),
     "lost_device.email_recovery": ("lost_device.email_recovery", _bool),
+    "lost_device.self_enrol": ("lost_device.self_enrol", _bool),
 }
 _SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
 

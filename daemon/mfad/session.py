@@ -40,6 +40,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,6 +80,18 @@ MSG_EMAIL_STANDS = "A code was sent to {address} moments ago: enter that one."
 MSG_EMAIL_DOWN = (
     "The verification code could not be sent by email right now. Try again later, "
     "or contact your administrator."
+)
+RECOVERY_KEYWORD = "email"  # typed at the code prompt: a lost device (lost_device.email_recovery)
+MSG_RECOVERY_HINT = (
+    "Lost your authenticator? Type `email` at the prompt for a one-time recovery code by email."
+)
+MSG_RECOVERY_SENT = (
+    "A one-time recovery code was sent to {address}. Enter it at the prompt; your account "
+    "is then suspended until you set up a new authenticator with `mfa enroll`."
+)
+MSG_RECOVERY_NO_ADDRESS = "There is no confirmed email address to send a recovery code to."
+MSG_SUSPENDED_AFTER_RECOVERY = (
+    "You are logged in with a recovery code. Set up a new authenticator now with `mfa enroll`."
 )
 MSG_EMAIL_OFF = (
     "This account gets its codes by email, which is not available. Contact your administrator."
@@ -327,13 +340,22 @@ class LoginSession:
         self, user: str, account: Account | None, mailed: CodePurpose | None = None
     ) -> Outcome:
         subject = Subject(user, self.source, self.site, account, mailed=mailed)
+        offer = self._offers_recovery(mailed)
+        if offer:
+            await self.conv.info(MSG_RECOVERY_HINT)
         attempts = self.config.login.max_attempts
         for attempt in range(1, attempts + 1):
             answer = await self.conv.ask(self.config.login.prompt)
+            if offer and answer.strip().lower() == RECOVERY_KEYWORD:
+                offer = False  # once per login; the request is no attempt at a code
+                subject = await self._mail_recovery_code(subject)
+                answer = await self.conv.ask(self.config.login.prompt)
             verdict = await self.verifier.check(
                 subject, answer, Purpose.LOGIN, attempt=attempt, **self._context()
             )
             if verdict.ok:
+                if verdict.method == emailcodes.METHODS[CodePurpose.RECOVERY]:
+                    await self._suspend_after_recovery(user)
                 if verdict.remaining is not None and verdict.remaining <= recovery.WARN_AT:
                     await self._warn_low_codes(verdict.remaining)
                 await self._finish(
@@ -348,6 +370,74 @@ class LoginSession:
                 await self.conv.error(MSG_REPLAYED if replayed else MSG_INCORRECT)
         await self._finish(Recorded.FAILURE, Reason.TOO_MANY_ATTEMPTS, attempts=attempts)
         return await self._refuse(MSG_TOO_MANY, Outcome.MAXTRIES)
+
+    # --- a lost device: a recovery code by email (lost_device.email_recovery) ---
+
+    def _offers_recovery(self, mailed: CodePurpose | None) -> bool:
+        """Whether this code prompt offers a recovery code by email: where policy allows,
+        to everyone asked for a token's code (unknown names too, so the offer tells
+        nothing), not to the email method, and not where INFO is not shown."""
+        return self.config.lost_device.email_recovery and mailed is None and not self.silent
+
+    async def _mail_recovery_code(self, subject: Subject) -> Subject:
+        """Mail a one-time recovery code to the user's confirmed address and say so; the
+        subject from now on may answer with it. Recorded (``email_code``, purpose
+        recovery), which is what tells the administrators (notify)."""
+        purpose = CodePurpose.RECOVERY
+        address = None
+        if subject.account is not None and subject.account.has_factor:
+            address = await self.ctx.store.get_address(subject.user)
+        if address is None or not address.confirmed:
+            await self.trail.record(
+                Event.EMAIL_CODE,
+                outcome=Recorded.REFUSED,
+                purpose=str(purpose),
+                reason=Reason.NO_ADDRESS,
+            )
+            await self.conv.error(MSG_RECOVERY_NO_ADDRESS)
+            return subject
+        shown = emailcodes.mask(address.address)
+        try:
+            sent = await emailcodes.send(self.ctx, subject.user, address.address, purpose)
+        except MailError as exc:
+            log.error("email_code_unsent", error=str(exc), **self.fields)
+            await self.trail.record(
+                Event.EMAIL_CODE,
+                outcome=Recorded.ERROR,
+                purpose=str(purpose),
+                reason=Reason.EMAIL_UNAVAILABLE,
+                message=str(exc),
+            )
+            await self.conv.error(MSG_EMAIL_DOWN)
+            return subject
+        await self.trail.record(
+            Event.EMAIL_CODE,
+            outcome=Recorded.SUCCESS if sent else Recorded.REFUSED,
+            purpose=str(purpose),
+            address=shown,
+            reason=None if sent else Reason.RESEND_TOO_SOON,
+        )
+        await self.conv.info(
+            MSG_RECOVERY_SENT.format(address=shown)
+            if sent
+            else MSG_EMAIL_STANDS.format(address=shown)
+        )
+        return replace(subject, mailed=purpose)
+
+    async def _suspend_after_recovery(self, user: str) -> None:
+        """A recovery code by email lets the user in once: the account is suspended (the
+        token kept, no second factor asked) until they enrol anew (lost_device.self_enrol)
+        or an administrator resumes it. Recorded first, which tells the administrators."""
+        await self.trail.record(
+            Event.STATE_CHANGED,
+            outcome=Recorded.SUCCESS,
+            state=State.SUSPENDED,
+            reason=emailcodes.METHODS[CodePurpose.RECOVERY],
+        )
+        await self.ctx.store.set_state(user, StateChange(State.SUSPENDED), self.ctx.clock())
+        if not self.silent:
+            await self.conv.info(MSG_SUSPENDED_AFTER_RECOVERY)
+            await self.conv.acknowledge(MSG_CONTINUE)
 
     async def _warn_low_codes(self, left: int) -> None:
         if self.silent:  # information, which PAM_SILENT turns off; `mfa status` tells it too

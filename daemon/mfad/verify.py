@@ -5,7 +5,9 @@ or by ``mfa enroll``), the code that proves the token before ``mfa
 recovery-codes --regenerate``: each goes through ``Verifier.check``; the two
 codes of ``mfa resync`` through ``Verifier.resync``. A token is TOTP (time
 steps, totp.py) or HOTP (a counter, hotp.py); both mark what they used with
-the one store.consume_step. There is no
+the one store.consume_step. A code mailed to the user (emailcodes: the email
+method's, a lost device's recovery code, an address's confirmation) is spent
+with store.take_email_code. There is no
 second way to test a code, so each of them gets the same per-user lock, the
 same counting, back-off, source block, account lock and lifetime cap
 (lockout.py), and the same audit records. A locked account gets no code check
@@ -180,8 +182,9 @@ class Verifier:
         window = self.ctx.config.totp.window
         if subject.mailed is not None:
             mailed = emailcodes.normalise(answer, self.ctx.config.email.digits)
-            if mailed is not None:
-                return await self._judge_mailed(subject, mailed, purpose, now), {}
+            if mailed is not None and await self._take_mailed(subject, mailed, purpose, now):
+                return Verdict(None, emailcodes.METHODS[subject.mailed]), {}
+            # not the mailed code: a token's code or a recovery code may still be right
         if purpose is Purpose.ENROL:
             return self._judge_pending(subject.pending, answer, now), {}
         account = subject.account
@@ -217,17 +220,15 @@ class Verifier:
             )
         return Verdict(Reason.REPLAYED_CODE), {}
 
-    async def _judge_mailed(
-        self, subject: Subject, code: str, purpose: Purpose, now: float
-    ) -> Verdict:
-        """A code mailed to the user: the outstanding one for this purpose, unexpired,
-        spent atomically (store.take_email_code), so it works once."""
+    async def _take_mailed(self, subject: Subject, code: str, purpose: Purpose, now: float) -> bool:
+        """Whether `code` is the code mailed to the user: the outstanding one for this
+        purpose, unexpired; spent atomically (store.take_email_code), so it works once."""
         assert subject.mailed is not None
         digest = emailcodes.digest_of(self.ctx, subject.user, subject.mailed, code)
         login = subject.site if purpose is Purpose.LOGIN else None
-        if await self.ctx.store.take_email_code(subject.user, digest, subject.mailed, now, login):
-            return Verdict(None, emailcodes.METHODS[subject.mailed])
-        return Verdict(Reason.INCORRECT_CODE)
+        return await self.ctx.store.take_email_code(
+            subject.user, digest, subject.mailed, now, login
+        )
 
     async def _judge_hotp(
         self, account: Account, site: Site, code: str, purpose: Purpose, now: float
