@@ -202,3 +202,30 @@ def test_with_the_policy_off_the_prompt_offers_nothing(
     assert HINT not in login.output
     assert INCORRECT in login.output
     assert to_user(server) == []
+
+
+def test_mail_server_down_refuses_over_ssh_with_the_message(
+    mfa_sshd: PrivateSshd,
+    mfad: Daemon,
+    smtp: tuple[TestCA, SmtpServer],
+    make_user: MakeUser,
+) -> None:
+    """With the mail server stopped, an email user's SSH login is refused and they read
+    why; once it is started again the next login works, with the same mfad."""
+    ca, server = smtp
+    mfad.restart(**mail_config(ca, server))
+    user = make_user(PASSWORD)
+    mfad.request("email_set", user=user, address="sam@example.com")
+    mfad.request("method", method="email", users=[user])
+    pid = mfad.proc.pid if mfad.proc else None
+
+    server.stop()
+    refused = mfa_sshd.login(user, PASSWORD, [], COMMAND)
+    assert f"logged-in-as-{user}" not in refused.output
+    assert "could not be sent by email right now" in refused.output, refused.output
+    assert CODE_PROMPT not in refused.prompts
+
+    server.start()
+    login = mfa_sshd.login(user, PASSWORD, [mailed_code(server, 1)], COMMAND)
+    assert login.exit_status == 0, login.output + mfa_sshd.logs()
+    assert mfad.proc is not None and mfad.proc.pid == pid

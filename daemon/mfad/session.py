@@ -283,7 +283,8 @@ class LoginSession:
         # ENROL for a name NSS does not know: a code, as for anyone, that always fails
         has_factor = account is not None and account.has_factor
         kind = account.params.kind if account is not None and has_factor else Kind.TOTP
-        await self.trail.record(Event.CHALLENGE, outcome=Recorded.PENDING, method=str(kind))
+        self.fields["method"] = str(kind)  # every record of this login from here on
+        await self.trail.record(Event.CHALLENGE, outcome=Recorded.PENDING)
         if kind is Kind.EMAIL:
             assert account is not None
             return await self._email_login(account)
@@ -310,7 +311,7 @@ class LoginSession:
         user = account.user
         address = await self.ctx.store.get_address(user)
         if not self.config.email.enabled or address is None or not address.confirmed:
-            await self._finish(Recorded.FAILURE, Reason.NO_ADDRESS, method="email")
+            await self._finish(Recorded.FAILURE, Reason.NO_ADDRESS)
             return await self._refuse(MSG_EMAIL_OFF, Outcome.FAILURE)
         shown = emailcodes.mask(address.address)
         try:
@@ -324,7 +325,7 @@ class LoginSession:
                 reason=Reason.EMAIL_UNAVAILABLE,
                 message=str(exc),
             )
-            await self._finish(Recorded.ERROR, Reason.EMAIL_UNAVAILABLE, method="email")
+            await self._finish(Recorded.ERROR, Reason.EMAIL_UNAVAILABLE)
             return await self._refuse(MSG_EMAIL_DOWN, Outcome.FAILURE)
         await self.trail.record(
             Event.EMAIL_CODE,
