@@ -20,6 +20,7 @@ says so; the client is told the truth either way.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import structlog
 
 from mfa_wire.control import json_chunks
 from mfa_wire.events import Event, Outcome
-from mfad import emailcodes, enrolment, identity, lifecycle, recovery, times, totp
+from mfad import emailcodes, enrolment, identity, lifecycle, nss, recovery, times, totp
 from mfad.context import Context
 from mfad.errors import (
     AlreadyEnrolled,
@@ -186,6 +187,9 @@ class AccountOps:
             "forget": self.forget,
             **{action: self._lifecycle(action) for action in lifecycle.ACTIONS},
         }
+        # a user may turn their own MFA off where policy allows (lost_device.self_disable)
+        self.self_service["disable"] = self._disable
+        del self.admin["disable"]
 
     async def target(self, caller: Caller, request: dict[str, Any]) -> Identity:
         """The account a self-service request names, if the caller may act on it.
@@ -544,6 +548,34 @@ class AccountOps:
             refused.append({"user": name, "error": exc.code, "message": str(exc)})
             await self._audit(caller, "forget", name, outcome=Outcome.REFUSED, message=str(exc))
         return {"forgotten": forgotten, "refused": refused}
+
+    async def _disable(
+        self, caller: Caller, request: dict[str, Any]
+    ) -> dict[str, Any] | AsyncGenerator[dict[str, Any], None]:
+        """`disable`: an administrator's, or a user's on their own account only where
+        lost_device.self_disable allows under mode optional and no require_groups group
+        of theirs would have them enrol again at once."""
+        if not caller.is_admin:
+            await self._may_disable_self(caller, request)
+        return await self._lifecycle("disable")(caller, request)
+
+    async def _may_disable_self(self, caller: Caller, request: dict[str, Any]) -> None:
+        cfg = self.ctx.config
+        users = request.get("users") or []
+        named = [request["user"]] if isinstance(request.get("user"), str) else []
+        names = [*named, *(users if isinstance(users, list) else [])]
+        if len(names) != 1 or request.get("group") is not None or request.get("all"):
+            raise Forbidden("a user may disable only their own account, named alone")
+        ident = await self.target(caller, {"user": names[0]})
+        if not cfg.lost_device.self_disable or cfg.mode != "optional":
+            raise Forbidden(
+                "only an administrator may use `mfa disable` here (turning off one's own MFA "
+                "needs lost_device.self_disable and mode: optional)"
+            )
+        groups = await asyncio.to_thread(nss.groups_of, ident.name)
+        required = sorted(groups & set(cfg.require_groups))
+        if required:
+            raise Forbidden(f"{ident.name} is in {', '.join(required)}, which requires MFA")
 
     def _lifecycle(self, action: str) -> Handler:
         async def run(caller: Caller, request: dict[str, Any]) -> dict[str, Any]:

@@ -149,6 +149,9 @@ class LostDeviceConfig:
     # a suspended user may enrol a new authenticator themselves (`mfa enroll`), which makes
     # them active again: the way back from an emailed recovery code or an admin's suspend
     self_enrol: bool = False
+    # under mode: optional, a user may turn off their own MFA (`mfa disable` on themselves),
+    # unless a require_groups group of theirs requires it; weakens the factor: off
+    self_disable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +430,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "email.resend_interval": ("email.resend_interval", _seconds(0, 3600)),
     "lost_device.email_recovery": ("lost_device.email_recovery", _bool),
     "lost_device.self_enrol": ("lost_device.self_enrol", _bool),
+    "lost_device.self_disable": ("lost_device.self_disable", _bool),
 }
 _SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
 
