@@ -71,6 +71,8 @@ Examples, for root and the admin group:
   mfa unlock alice               lift a lock after too many wrong codes
   mfa forget alice               after `userdel alice`: drop mfad's account of
                                  her (token, codes, history; the audit keeps all)
+  mfa email alice a@example.com  the address alice's codes by email go to
+  mfa method email alice         alice gets a code by email at each login
   mfa enroll alice --hotp < key  a hardware token (HOTP) whose key you have
   mfa resync alice               a hardware token pressed too often: two codes
   mfa import google-authenticator --all --dry-run
