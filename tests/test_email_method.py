@@ -26,6 +26,8 @@ from wire import PamWire, start_payload
 
 from mfa_wire.frametypes import Outcome
 from mfa_wire.framing import Frame
+from mfad import config
+from mfad.errors import ConfigError
 
 PASSWORD = "correct horse battery staple 42"
 SENT = "A code was sent to "
@@ -270,3 +272,17 @@ def test_list_shows_method_and_masked_address(
     assert status["method"] == "email"
     assert status["address"] == "f\u2022\u2022\u2022@example.com"
     assert status["address_confirmed"] is True
+
+
+def test_the_email_settings_are_checked() -> None:
+    """Codes by email need a mail server; a mail timeout at pam_mfa.so's own is a warning;
+    a domain that is no domain is refused with its line."""
+    with pytest.raises(ConfigError, match="line 2: email.enabled: needs smtp.host"):
+        config.parse("email:\n  enabled: true\n")
+    with pytest.raises(ConfigError, match="line 2: lost_device.email_recovery: needs smtp.host"):
+        config.parse("lost_device:\n  email_recovery: true\n")
+    with pytest.raises(ConfigError, match="email.domains: must be a list of mail domains"):
+        config.parse("email:\n  domains: ['@example.com']\n")
+    slow = config.parse("smtp: {host: mail.example.com, timeout: 12}\nemail: {enabled: true}\n")
+    assert any("smtp.timeout (12s)" in w for w in config.warnings(slow))
+    assert not any("smtp.timeout" in w for w in config.warnings(config.parse("")))

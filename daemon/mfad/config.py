@@ -583,4 +583,11 @@ def warnings(cfg: Config) -> list[str]:
             f"({MODULE_TIMEOUT:g}s): set the module's timeout= above it, or wrong codes end "
             "in 'unavailable'"
         )
+    mails_at_login = cfg.email.enabled or cfg.lost_device.email_recovery
+    if mails_at_login and cfg.smtp.timeout >= MODULE_TIMEOUT:
+        found.append(
+            f"smtp.timeout ({cfg.smtp.timeout:g}s) reaches pam_mfa.so's default timeout "
+            f"({MODULE_TIMEOUT:g}s) and a login waits for the mail server to take its code: "
+            "a slow server ends such logins in 'unavailable'; keep it below"
+        )
     return found
