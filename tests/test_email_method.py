@@ -277,11 +277,15 @@ def test_list_shows_method_and_masked_address(
 def test_the_email_settings_are_checked() -> None:
     """Codes by email need a mail server; a mail timeout at pam_mfa.so's own is a warning;
     a domain that is no domain is refused with its line."""
-    with pytest.raises(ConfigError, match="line 2: email.enabled: needs smtp.host"):
+    with pytest.raises(ConfigError, match=re.escape("line 2: email.enabled: needs smtp.host")):
         config.parse("email:\n  enabled: true\n")
-    with pytest.raises(ConfigError, match="line 2: lost_device.email_recovery: needs smtp.host"):
+    with pytest.raises(
+        ConfigError, match=re.escape("line 2: lost_device.email_recovery: needs smtp.host")
+    ):
         config.parse("lost_device:\n  email_recovery: true\n")
-    with pytest.raises(ConfigError, match="email.domains: must be a list of mail domains"):
+    with pytest.raises(
+        ConfigError, match=re.escape("email.domains: must be a list of mail domains")
+    ):
         config.parse("email:\n  domains: ['@example.com']\n")
     slow = config.parse("smtp: {host: mail.example.com, timeout: 12}\nemail: {enabled: true}\n")
     assert any("smtp.timeout (12s)" in w for w in config.warnings(slow))
