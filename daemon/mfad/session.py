@@ -283,8 +283,9 @@ class LoginSession:
         # ENROL for a name NSS does not know: a code, as for anyone, that always fails
         has_factor = account is not None and account.has_factor
         kind = account.params.kind if account is not None and has_factor else Kind.TOTP
-        self.fields["method"] = str(kind)  # every record of this login from here on
-        await self.trail.record(Event.CHALLENGE, outcome=Recorded.PENDING)
+        # the method asked for; the `login` record names the one that succeeded (a failure
+        # names none: metrics count failures by method "none"), `email_code` the mail
+        await self.trail.record(Event.CHALLENGE, outcome=Recorded.PENDING, method=str(kind))
         if kind is Kind.EMAIL:
             assert account is not None
             return await self._email_login(account)
