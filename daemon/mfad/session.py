@@ -24,8 +24,10 @@ code they would not see. sshd shows text only in front of a prompt (after the
 last one it becomes an instruction `ssh -q` hides, or a banner), so under sshd
 (PAM_TTY "ssh") a refusal's message rides on one more prompt (`_refuse`).
 
-Records written per login: ``challenge`` when a code is asked for, the
-verifier's ``attempt`` records for each answer not accepted, enrolment and
+Records written per login: ``challenge`` when a code is asked for (with the
+method), ``email_code`` for each code mailed or not (the email method; a lost
+device's recovery code, lost_device.email_recovery), the verifier's
+``attempt`` records for each answer not accepted, enrolment and
 recovery-code events, and one ``login`` record with the final outcome, reason
 and duration (the canonical line for this login). Whatever happens, even a bug,
 the module gets a RESULT: a silent close before the first frame is what
@@ -315,28 +317,37 @@ class LoginSession:
             await self._finish(Recorded.FAILURE, Reason.NO_ADDRESS)
             return await self._refuse(MSG_EMAIL_OFF, Outcome.FAILURE)
         shown = emailcodes.mask(address.address)
+        sent = await self._mail_code(user, address.address, CodePurpose.LOGIN)
+        if sent is None:
+            await self._finish(Recorded.ERROR, Reason.EMAIL_UNAVAILABLE)
+            return await self._refuse(MSG_EMAIL_DOWN, Outcome.FAILURE)
+        await self.conv.info((MSG_EMAIL_SENT if sent else MSG_EMAIL_STANDS).format(address=shown))
+        return await self._ask_for_code(user, account, mailed=CodePurpose.LOGIN)
+
+    async def _mail_code(self, user: str, address: str, purpose: CodePurpose) -> bool | None:
+        """Mail a code for `purpose` and record it (``email_code``): True if sent, False
+        if one mailed moments ago stands (emailcodes' resend interval), None if the mail
+        server did not take it (recorded with the mailer's reason; nothing blocks)."""
         try:
-            sent = await emailcodes.send(self.ctx, user, address.address, CodePurpose.LOGIN)
+            sent = await emailcodes.send(self.ctx, user, address, purpose)
         except MailError as exc:
             log.error("email_code_unsent", error=str(exc), **self.fields)
             await self.trail.record(
                 Event.EMAIL_CODE,
                 outcome=Recorded.ERROR,
-                purpose=str(CodePurpose.LOGIN),
+                purpose=str(purpose),
                 reason=Reason.EMAIL_UNAVAILABLE,
                 message=str(exc),
             )
-            await self._finish(Recorded.ERROR, Reason.EMAIL_UNAVAILABLE)
-            return await self._refuse(MSG_EMAIL_DOWN, Outcome.FAILURE)
+            return None
         await self.trail.record(
             Event.EMAIL_CODE,
             outcome=Recorded.SUCCESS if sent else Recorded.REFUSED,
-            purpose=str(CodePurpose.LOGIN),
-            address=shown,
+            purpose=str(purpose),
+            address=emailcodes.mask(address),
             reason=None if sent else Reason.RESEND_TOO_SOON,
         )
-        await self.conv.info((MSG_EMAIL_SENT if sent else MSG_EMAIL_STANDS).format(address=shown))
-        return await self._ask_for_code(user, account, mailed=CodePurpose.LOGIN)
+        return sent
 
     async def _ask_for_code(
         self, user: str, account: Account | None, mailed: CodePurpose | None = None
@@ -399,26 +410,10 @@ class LoginSession:
             await self.conv.error(MSG_RECOVERY_NO_ADDRESS)
             return subject
         shown = emailcodes.mask(address.address)
-        try:
-            sent = await emailcodes.send(self.ctx, subject.user, address.address, purpose)
-        except MailError as exc:
-            log.error("email_code_unsent", error=str(exc), **self.fields)
-            await self.trail.record(
-                Event.EMAIL_CODE,
-                outcome=Recorded.ERROR,
-                purpose=str(purpose),
-                reason=Reason.EMAIL_UNAVAILABLE,
-                message=str(exc),
-            )
+        sent = await self._mail_code(subject.user, address.address, purpose)
+        if sent is None:
             await self.conv.error(MSG_EMAIL_DOWN)
             return subject
-        await self.trail.record(
-            Event.EMAIL_CODE,
-            outcome=Recorded.SUCCESS if sent else Recorded.REFUSED,
-            purpose=str(purpose),
-            address=shown,
-            reason=None if sent else Reason.RESEND_TOO_SOON,
-        )
         await self.conv.info(
             MSG_RECOVERY_SENT.format(address=shown)
             if sent
