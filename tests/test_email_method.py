@@ -263,16 +263,23 @@ def test_totp_only_group_cannot_switch_to_email(
 def test_list_shows_method_and_masked_address(
     emailing: Daemon, smtp: SmtpServer, make_user: MakeUser
 ) -> None:
-    """`mfa list --json` rows carry the method and the masked address, never the address."""
+    """`mfa list` has METHOD and ADDRESS columns with the method and the masked address;
+    `mfa status --json` carries them too; the address itself is in neither."""
     user = make_user()
     on_email(emailing, user, "frank@example.com")
-    frames = emailing.request("list")
-    rows = [r for r in frames["accounts"] if r["user"] == user]
-    assert rows == [] or rows[0]["method"] == "email"
+    table = emailing.mfa_as("root", "list")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert "METHOD" in header and "ADDRESS" in header
+    [row] = [r for r in rows if r.split()[0] == user]
+    assert row.split()[1:4] == ["active", "email", "f\u2022\u2022\u2022@example.com"]
+    assert "frank@" not in table.stdout
     status = emailing.request("status", user=user)
-    assert status["method"] == "email"
-    assert status["address"] == "f\u2022\u2022\u2022@example.com"
-    assert status["address_confirmed"] is True
+    assert (status["method"], status["address"], status["address_confirmed"]) == (
+        "email",
+        "f\u2022\u2022\u2022@example.com",
+        True,
+    )
 
 
 def test_the_email_settings_are_checked() -> None:
