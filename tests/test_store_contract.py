@@ -23,6 +23,8 @@ from mfad import pgstore as pgstore_module
 from mfad import store as store_module
 from mfad.errors import StoreError
 from mfad.model import (
+    Address,
+    CodePurpose,
     Counter,
     GuardState,
     Kind,
@@ -518,6 +520,8 @@ def test_what_one_store_exports_another_imports_whole(
         forever = GuardState(Counter(5, 1.0, math.inf, 7), Counter(2, 1.0, 50.0, 2))
         await s.put_guard("alice", "192.0.2.7", forever)
         await s.set_key_check(b"check")
+        await s.set_address(Address("alice", "alice@example.com", 3.0, 1000), 3.0)
+        await s.put_email_code("alice", b"d", CodePurpose.LOGIN, 400.0, 4.0, 60.0)
         rows = await s.export_rows()
         assert {t: len(r) for t, r in rows.items()} == {
             "accounts": 1,
@@ -526,6 +530,8 @@ def test_what_one_store_exports_another_imports_whole(
             "logins": 1,
             "guard": 2,
             "meta": 1,
+            "addresses": 1,
+            "email_codes": 1,
         }
         for target in (SqliteStore.open(tmp_path / "copy.db"), PostgresStore.open(fresh)):
             copy = await target
@@ -542,6 +548,99 @@ def test_what_one_store_exports_another_imports_whole(
                 await copy.close()
 
     fresh = pg_cluster.create_database()
+    backend.run(body)
+
+
+def test_an_address_is_set_confirmed_replaced_and_forgotten(backend: Backend) -> None:
+    """An address reads back as set; confirming names the address it confirms, so a
+    confirmation for a replaced address changes nothing; forget removes it."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        assert await s.get_address("alice") is None
+        await s.set_address(Address("alice", "a@example.com", None, 1000), 1.0)
+        assert await s.get_address("alice") == Address("alice", "a@example.com", None, 1000)
+        assert not await s.confirm_address("alice", "old@example.com", 2.0)
+        assert await s.confirm_address("alice", "a@example.com", 2.0)
+        found = await s.get_address("alice")
+        assert found is not None and found.confirmed and found.confirmed_at == 2.0
+        assert await s.addresses() == {"alice": found}
+        await s.activate_email("alice", 1000, 3.0)
+        assert await s.forget("alice")
+        assert await s.get_address("alice") is None
+
+    backend.run(body)
+
+
+def test_a_mailed_code_is_spent_once_and_not_after_it_expires(backend: Backend) -> None:
+    """take_email_code accepts the outstanding digest for its purpose once, before its
+    expiry, and records an email login; a new code replaces the last; another purpose,
+    a late answer or a replaced address's code are refused."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await s.activate_email("alice", 1000, 1.0)
+        a = await s.get_account("alice")
+        assert a is not None and a.params.kind is Kind.EMAIL and a.state is State.ACTIVE
+        assert a.sealed_secret is None and a.has_factor
+        assert await s.put_email_code("alice", b"one", CodePurpose.LOGIN, 100.0, 10.0, 0.0)
+        assert await s.put_email_code("alice", b"two", CodePurpose.LOGIN, 100.0, 11.0, 0.0)
+        assert not await s.take_email_code("alice", b"one", CodePurpose.LOGIN, 12.0, SSH)
+        assert not await s.take_email_code("alice", b"two", CodePurpose.RECOVERY, 12.0, SSH)
+        assert not await s.take_email_code("alice", b"two", CodePurpose.LOGIN, 100.0, SSH)
+        assert await s.take_email_code("alice", b"two", CodePurpose.LOGIN, 99.0, SSH)
+        assert not await s.take_email_code("alice", b"two", CodePurpose.LOGIN, 99.0, SSH)
+        [login] = await s.history("alice", 5)
+        assert login.method == "email"
+        assert await s.put_email_code("alice", b"three", CodePurpose.LOGIN, 300.0, 200.0, 0.0)
+        await s.set_address(Address("alice", "new@example.com", 201.0), 201.0)
+        assert not await s.take_email_code("alice", b"three", CodePurpose.LOGIN, 202.0, None)
+
+    backend.run(body)
+
+
+def test_mailing_is_rate_limited_per_user_across_hosts(backend: Backend) -> None:
+    """Of 20 parallel put_email_code calls for one user on several stores, one is kept;
+    another user is not held back; after the interval one more is kept, and a voided
+    (undelivered) code frees the interval at once."""
+
+    async def body(stores: list[Store]) -> None:
+        results = await asyncio.gather(
+            *(
+                stores[i % HOSTS].put_email_code(
+                    "alice", bytes([i]), CodePurpose.LOGIN, 400.0, 100.0, 60.0
+                )
+                for i in range(20)
+            )
+        )
+        assert results.count(True) == 1
+        assert await stores[0].email_code_sent_at("alice") == 100.0
+        assert await stores[1].put_email_code("bob", b"b", CodePurpose.LOGIN, 400.0, 100.0, 60.0)
+        assert not await stores[2].put_email_code(
+            "alice", b"x", CodePurpose.LOGIN, 400.0, 159.0, 60.0
+        )
+        assert await stores[2].put_email_code("alice", b"y", CodePurpose.LOGIN, 400.0, 160.0, 60.0)
+        await stores[0].void_email_code("alice", b"y")
+        assert await stores[0].put_email_code("alice", b"z", CodePurpose.LOGIN, 400.0, 161.0, 60.0)
+
+    backend.run(body, hosts=HOSTS)
+
+
+def test_erasing_an_email_account_drops_the_method(backend: Backend) -> None:
+    """Disabling (erase) an account on the email method leaves it asking for nothing: its
+    kind is no longer email, so it has no factor; a token's kind is kept."""
+
+    async def body(stores: list[Store]) -> None:
+        (s,) = stores
+        await s.activate_email("alice", 1000, 1.0)
+        await s.set_state("alice", StateChange(State.DISABLED, erase=True), 2.0)
+        a = await s.get_account("alice")
+        assert a is not None and a.params.kind is Kind.TOTP and not a.has_factor
+        await s.activate(PendingEnrolment("bob", b"hw", HOTP, 1.0), None, 2.0)
+        await s.set_state("bob", StateChange(State.DISABLED, erase=True), 3.0)
+        b = await s.get_account("bob")
+        assert b is not None and b.params.kind is Kind.HOTP and not b.has_factor
+
     backend.run(body)
 
 

@@ -25,6 +25,7 @@ COLUMNS = (
     ("user", "USER"),
     ("state", "STATE"),
     ("method", "METHOD"),
+    ("address", "ADDRESS"),
     ("enrolled_at", "ENROLLED (UTC)"),
     ("last_verified_at", "LAST VERIFIED (UTC)"),
     ("last_rhost", "LAST RHOST"),
@@ -92,6 +93,8 @@ def _offset(result: dict[str, Any]) -> str:
 def _token(result: dict[str, Any]) -> str:
     if not result.get("method"):
         return "-"
+    if result["method"] == "email":  # no token: a code mailed to the address at each login
+        return f"email, to {result.get('address') or '-'}"
     if result["method"] == "hotp":  # a counter, not a clock: no period
         used = result.get("hotp_counter")
         last = "none used yet" if used is None else f"last counter used {used}"
@@ -100,6 +103,14 @@ def _token(result: dict[str, Any]) -> str:
         f"{result['method']}, {result.get('algorithm')}, {result.get('digits')} digits, "
         f"every {result.get('period')} s"
     )
+
+
+def _address(result: dict[str, Any]) -> str:
+    """The address codes by email go to, masked by mfad, and whether it is confirmed."""
+    address = result.get("address")
+    if not address:
+        return "-"
+    return address if result.get("address_confirmed") else f"{address} (not confirmed)"
 
 
 def _locked(result: dict[str, Any]) -> str:
@@ -133,6 +144,7 @@ def _status_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
         rows.append(("Exempt until", result.get("exempt_until") or "no expiry"))
     rows += [
         ("Token", _token(result)),
+        ("Address", _address(result)),
         ("Enrolled at", result.get("enrolled_at") or "-"),
         ("Last verified", result.get("last_verified_at") or "never"),
         ("Last remote host", result.get("last_rhost") or "-"),

@@ -34,6 +34,7 @@ from mfa_cli.lifecycle import (
     unexempt,
     unlock,
 )
+from mfa_cli.methods import email_address, method
 from mfa_cli.metrics import metrics
 from mfa_cli.paminstall import pam
 
@@ -70,6 +71,8 @@ Examples, for root and the admin group:
   mfa unlock alice               lift a lock after too many wrong codes
   mfa forget alice               after `userdel alice`: drop mfad's account of
                                  her (token, codes, history; the audit keeps all)
+  mfa email alice a@example.com  the address alice's codes by email go to
+  mfa method email alice         alice gets a code by email at each login
   mfa enroll alice --hotp < key  a hardware token (HOTP) whose key you have
   mfa resync alice               a hardware token pressed too often: two codes
   mfa import google-authenticator --all --dry-run
@@ -119,6 +122,8 @@ for command in (
     unexempt,
     unlock,
     forget,
+    email_address,
+    method,
     resync,
     import_tokens,
     audit,

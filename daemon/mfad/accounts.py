@@ -20,6 +20,7 @@ says so; the client is told the truth either way.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import structlog
 
 from mfa_wire.control import json_chunks
 from mfa_wire.events import Event, Outcome
-from mfad import enrolment, identity, lifecycle, recovery, times, totp
+from mfad import emailcodes, enrolment, identity, lifecycle, nss, recovery, times, totp
 from mfad.context import Context
 from mfad.errors import (
     AlreadyEnrolled,
@@ -46,7 +47,17 @@ from mfad.errors import (
 )
 from mfad.identity import Identity
 from mfad.lockout import Refusal, control_source
-from mfad.model import Account, Counter, Kind, Site, SourceBlock, State, TokenParams, state_of
+from mfad.model import (
+    Account,
+    Address,
+    Counter,
+    Kind,
+    Site,
+    SourceBlock,
+    State,
+    TokenParams,
+    state_of,
+)
 from mfad.store import ACCOUNT_SOURCE
 from mfad.times import iso
 from mfad.verify import Purpose, Subject, Verdict, Verifier
@@ -64,6 +75,7 @@ LIST_COLUMNS = (
     "user",
     "state",
     "method",
+    "address",
     "enrolled_at",
     "last_verified_at",
     "last_rhost",
@@ -116,8 +128,20 @@ def _blocks(blocks: Sequence[SourceBlock]) -> list[dict[str, Any]]:
     return [{"source": b.source, "until": iso(b.until)} for b in blocks]
 
 
+def _address_fields(address: Address | None) -> dict[str, Any]:
+    """The address as rows show it: masked (whoever reads a list needs no more), and
+    whether it is confirmed."""
+    if address is None:
+        return {"address": None, "address_confirmed": None}
+    return {"address": emailcodes.mask(address.address), "address_confirmed": address.confirmed}
+
+
 def _row(
-    account: Account, counter: Counter, blocks: Sequence[SourceBlock], now: float
+    account: Account,
+    counter: Counter,
+    blocks: Sequence[SourceBlock],
+    now: float,
+    address: Address | None = None,
 ) -> dict[str, Any]:
     token = account.sealed_secret is not None
     hotp_token = token and account.params.kind is Kind.HOTP
@@ -125,7 +149,8 @@ def _row(
         "uid": account.uid,
         "user": account.user,
         "state": account.state,
-        "method": str(account.params.kind) if token else None,
+        "method": str(account.params.kind) if account.has_factor else None,
+        **_address_fields(address),
         "algorithm": account.params.algorithm if token else None,
         "digits": account.params.digits if token else None,
         "period": account.params.period if token and not hotp_token else None,
@@ -162,6 +187,9 @@ class AccountOps:
             "forget": self.forget,
             **{action: self._lifecycle(action) for action in lifecycle.ACTIONS},
         }
+        # a user may turn their own MFA off where policy allows (lost_device.self_disable)
+        self.self_service["disable"] = self._disable
+        del self.admin["disable"]
 
     async def target(self, caller: Caller, request: dict[str, Any]) -> Identity:
         """The account a self-service request names, if the caller may act on it.
@@ -235,12 +263,14 @@ class AccountOps:
             account, stale = await self.ctx.store.get_account(ident.name), str(exc)
         now = self.ctx.clock()
         blocks = await self.ctx.store.source_blocks(now, ident.name)
+        address = await self.ctx.store.get_address(ident.name)
         if account is None:
             row = {
                 "user": ident.name,
                 "uid": ident.uid,
                 "state": State.NONE,
                 "method": None,
+                **_address_fields(address),
                 "enrolled_at": None,
                 "last_verified_at": None,
                 "last_rhost": None,
@@ -252,7 +282,7 @@ class AccountOps:
             }
             return row if stale is None else {**row, "stale": stale}
         guard = await self.ctx.store.get_guard(ident.name, ACCOUNT_SOURCE)
-        row = _row(account, guard.account, blocks, now)
+        row = _row(account, guard.account, blocks, now, address)
         if stale is not None:
             row["stale"] = stale
         return row
@@ -293,9 +323,12 @@ class AccountOps:
         for block in await self.ctx.store.source_blocks(now):
             blocked.setdefault(block.user, []).append(block)
         uids = await identity.current_uids([a.user for a, _ in found])
+        addresses = await self.ctx.store.addresses()
         rows = []
         for account, counter in found:
-            row = _row(account, counter, blocked.get(account.user, []), now)
+            row = _row(
+                account, counter, blocked.get(account.user, []), now, addresses.get(account.user)
+            )
             current = uids.get(account.user)
             if current is None or account.uid not in (None, current):
                 row["stale"] = identity.stale_message(account.user, account.uid, current)
@@ -328,7 +361,7 @@ class AccountOps:
                 else "ask an administrator to reset it"
             )
             raise AlreadyEnrolled(f"{user} is already enrolled; to replace the token, {todo}")
-        if state in (State.SUSPENDED, State.EXEMPT):
+        if state in (State.SUSPENDED, State.EXEMPT) and not enrolment.reenrols(self.ctx, state):
             raise lifecycle.TransitionRefused(
                 f"{user} is {state}; an administrator must resume or unexempt it first"
             )
@@ -359,6 +392,7 @@ class AccountOps:
         answer = request.get("code")
         if not isinstance(answer, str):
             raise RequestError("the request needs a code")
+        before = state_of(await identity.account_of(self.ctx, ident))
         verdict, confirmed = await enrolment.confirm(
             self.ctx,
             ident,
@@ -381,6 +415,7 @@ class AccountOps:
             ident.name,
             lambda: enrolment.activate(self.ctx, confirmed),
             state="active",
+            before=before,
         )
         # The confirming code's step is used (replay protection): a login needs a later code.
         period = confirmed.pending.params.period
@@ -513,6 +548,34 @@ class AccountOps:
             refused.append({"user": name, "error": exc.code, "message": str(exc)})
             await self._audit(caller, "forget", name, outcome=Outcome.REFUSED, message=str(exc))
         return {"forgotten": forgotten, "refused": refused}
+
+    async def _disable(
+        self, caller: Caller, request: dict[str, Any]
+    ) -> dict[str, Any] | AsyncGenerator[dict[str, Any], None]:
+        """`disable`: an administrator's, or a user's on their own account only where
+        lost_device.self_disable allows under mode optional and no require_groups group
+        of theirs would have them enrol again at once."""
+        if not caller.is_admin:
+            await self._may_disable_self(caller, request)
+        return await self._lifecycle("disable")(caller, request)
+
+    async def _may_disable_self(self, caller: Caller, request: dict[str, Any]) -> None:
+        cfg = self.ctx.config
+        users = request.get("users") or []
+        named = [request["user"]] if isinstance(request.get("user"), str) else []
+        names = [*named, *(users if isinstance(users, list) else [])]
+        if len(names) != 1 or request.get("group") is not None or request.get("all"):
+            raise Forbidden("a user may disable only their own account, named alone")
+        ident = await self.target(caller, {"user": names[0]})
+        if not cfg.lost_device.self_disable or cfg.mode != "optional":
+            raise Forbidden(
+                "only an administrator may use `mfa disable` here (turning off one's own MFA "
+                "needs lost_device.self_disable and mode: optional)"
+            )
+        groups = await asyncio.to_thread(nss.groups_of, ident.name)
+        required = sorted(groups & set(cfg.require_groups))
+        if required:
+            raise Forbidden(f"{ident.name} is in {', '.join(required)}, which requires MFA")
 
     def _lifecycle(self, action: str) -> Handler:
         async def run(caller: Caller, request: dict[str, Any]) -> dict[str, Any]:

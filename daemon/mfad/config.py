@@ -41,11 +41,15 @@ NOTICES = (
     "unexempt",
     "unlock",
     "forget",
+    "email_recovery",
+    "self_enrol",
 )
 """What `notify.events` may name: the administrators' actions (the control ops of the
 same name), an account lock (`lock`: lockout.deny; `lifetime_cap`), a burst of wrong
-answers for one user (`failures`). mfad.notify maps audit records to these."""
-DEFAULT_NOTICES = NOTICES[:7]
+answers for one user (`failures`), a lost device's recovery code mailed at a login
+(`email_recovery`) and a suspended user enrolling anew (`self_enrol`). mfad.notify maps
+audit records to these."""
+DEFAULT_NOTICES = (*NOTICES[:7], "email_recovery", "self_enrol")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,34 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EmailConfig:
+    """The email method (mfad.emailcodes): a code mailed at each login. Off by default:
+    NIST SP 800-63B does not accept email as an out-of-band authenticator."""
+
+    enabled: bool = False
+    deny_groups: tuple[str, ...] = ()  # members must use an authenticator (totp/hotp)
+    domains: tuple[str, ...] = ()  # addresses must be in one of these; empty: any domain
+    code_ttl: float = 300.0  # seconds a mailed code is good for
+    digits: int = 6
+    resend_interval: float = 60.0  # seconds before another login may mail this user again
+
+
+@dataclass(frozen=True, slots=True)
+class LostDeviceConfig:
+    """What a user who lost their authenticator may do without an administrator."""
+
+    # at the code prompt, typing `email` mails a one-time recovery code to the confirmed
+    # address; it lets the user in once and suspends the account until they enrol again
+    email_recovery: bool = False
+    # a suspended user may enrol a new authenticator themselves (`mfa enroll`), which makes
+    # them active again: the way back from an emailed recovery code or an admin's suspend
+    self_enrol: bool = False
+    # under mode: optional, a user may turn off their own MFA (`mfa disable` on themselves),
+    # unless a require_groups group of theirs requires it; weakens the factor: off
+    self_disable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mode: str = "optional"
     require_groups: tuple[str, ...] = ()
@@ -157,6 +189,8 @@ class Config:
     enrolment: EnrolmentConfig = field(default_factory=EnrolmentConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
+    lost_device: LostDeviceConfig = field(default_factory=LostDeviceConfig)
 
     @property
     def pam_user_socket(self) -> Path:
@@ -298,6 +332,14 @@ def _addresses(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_address(v) for v in value))
 
 
+def _domains(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and _ADDRESS.fullmatch(f"x@{v}") for v in value
+    ):
+        raise ValueError(f"must be a list of mail domains such as example.com, got {value!r}")
+    return tuple(v.lower() for v in value)
+
+
 def _notices(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"must be a list of notice names ({', '.join(NOTICES)}), got {value!r}")
@@ -389,6 +431,15 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "notify.events": ("notify.events", _notices),
     "notify.batch_seconds": ("notify.batch_seconds", _seconds(0.1, 3600)),
     "notify.failure_burst": ("notify.failure_burst", _int(2, 10000)),
+    "email.enabled": ("email.enabled", _bool),
+    "email.deny_groups": ("email.deny_groups", _names),
+    "email.domains": ("email.domains", _domains),
+    "email.code_ttl": ("email.code_ttl", _seconds(30, 3600)),
+    "email.digits": ("email.digits", _int(6, 8)),
+    "email.resend_interval": ("email.resend_interval", _seconds(0, 3600)),
+    "lost_device.email_recovery": ("lost_device.email_recovery", _bool),
+    "lost_device.self_enrol": ("lost_device.self_enrol", _bool),
+    "lost_device.self_disable": ("lost_device.self_disable", _bool),
 }
 _SECTIONS = {key.split(".")[0] for key in _SCHEMA if "." in key}
 
@@ -440,6 +491,8 @@ def parse(text: str, where: str = "<config>") -> Config:
         "enrolment": {},
         "smtp": {},
         "notify": {},
+        "email": {},
+        "lost_device": {},
     }
     for key, (raw, line) in flat.items():
         attr, check = _SCHEMA[key]
@@ -466,6 +519,8 @@ def parse(text: str, where: str = "<config>") -> Config:
         enrolment=EnrolmentConfig(**nested["enrolment"]),
         smtp=SmtpConfig(**nested["smtp"]),
         notify=NotifyConfig(**nested["notify"]),
+        email=EmailConfig(**nested["email"]),
+        lost_device=LostDeviceConfig(**nested["lost_device"]),
     )
 
 
@@ -489,6 +544,9 @@ def _check_mail(
     if bool(smtp.get("username")) != bool(smtp.get("password_file")):
         given = "smtp.username" if smtp.get("username") else "smtp.password_file"
         raise fail(given, "smtp.username and smtp.password_file go together (AUTH needs both)")
+    for key in ("email.enabled", "lost_device.email_recovery"):
+        if key in flat and flat[key][0] is True and not host:
+            raise fail(key, "needs smtp.host: the mail server mfad sends the codes through")
     if notify.get("admins") and not host:
         raise fail(
             "notify.admins",
@@ -533,5 +591,12 @@ def warnings(cfg: Config) -> list[str]:
             f"lockout.max_delay ({lock.max_delay:g}s) reaches pam_mfa.so's default timeout "
             f"({MODULE_TIMEOUT:g}s): set the module's timeout= above it, or wrong codes end "
             "in 'unavailable'"
+        )
+    mails_at_login = cfg.email.enabled or cfg.lost_device.email_recovery
+    if mails_at_login and cfg.smtp.timeout >= MODULE_TIMEOUT:
+        found.append(
+            f"smtp.timeout ({cfg.smtp.timeout:g}s) reaches pam_mfa.so's default timeout "
+            f"({MODULE_TIMEOUT:g}s) and a login waits for the mail server to take its code: "
+            "a slow server ends such logins in 'unavailable'; keep it below"
         )
     return found

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from mfad.audit import AuditLog
 from mfad.config import Config
 from mfad.lockout import Guard
+from mfad.mailer import Mailer
 from mfad.metrics import Metrics
 from mfad.secretbox import SecretBox
 from mfad.store import Store
@@ -23,3 +24,4 @@ class Context:
     guard: Guard
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], float] = field(default=time.time)  # injected so tests control time
+    mailer: Mailer | None = None  # codes by email (emailcodes); notices have their own use

@@ -43,6 +43,7 @@ from mfad import __version__, auditread, seal, times
 from mfad.accounts import AccountOps, Caller
 from mfad.audit import SealingActive
 from mfad.context import Context
+from mfad.emailops import EmailOps
 from mfad.errors import (
     AuditError,
     Forbidden,
@@ -95,9 +96,11 @@ class ControlHandler:
         self._budget = Budget()
         self._coalescer = Coalescer()
         self._callers: dict[int, tuple[Caller, float]] = {}
-        self._self_service = set(accounts.self_service)
+        email = EmailOps(accounts)
+        self._self_service = {*accounts.self_service, *email.self_service}
         self._ops: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[Response]]] = {
             **accounts.self_service,
+            **email.self_service,
             **accounts.admin,
             **TokenOps(accounts).admin,
             "enroll_begin": self.enroll_begin,

@@ -140,7 +140,7 @@ async def confirm(
     state = state_of(account)
     if state is State.ACTIVE:
         raise AlreadyEnrolled(f"{ident.name} is already enrolled")
-    if state not in (State.NONE, State.PENDING, State.DISABLED):
+    if state not in (State.NONE, State.PENDING, State.DISABLED) and not reenrols(ctx, state):
         raise EnrolmentRefused(
             f"{ident.name} is {state}; an administrator must resume or unexempt it first"
         )
@@ -155,6 +155,12 @@ async def confirm(
         return verdict, None
     codes = recovery.generate(ctx.config.enrolment.recovery_codes)
     return verdict, Confirmed(replace(pending, uid=ident.uid), verdict.step, codes, site)
+
+
+def reenrols(ctx: Context, state: State) -> bool:
+    """Whether a user in `state` may enrol themselves anew: a suspended one (a lost device,
+    an emailed recovery code) where lost_device.self_enrol allows; that makes them active."""
+    return state is State.SUSPENDED and ctx.config.lost_device.self_enrol
 
 
 def refusal(ident: Identity, account: Account | None) -> str | None:

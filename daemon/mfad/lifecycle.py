@@ -66,7 +66,7 @@ class Plan:
 
 
 def _kept_token(account: Account | None) -> bool:
-    return account is not None and account.sealed_secret is not None
+    return account is not None and account.has_factor
 
 
 async def plan(

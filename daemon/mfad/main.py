@@ -93,7 +93,8 @@ async def serve(config_path: Path) -> None:
         await store.close()
         raise
     metrics = Metrics(lambda: frozenset(ctx.config.services))
-    notifier = Notifier(lambda: ctx.config, Mailer(lambda: ctx.config.smtp))
+    mailer = Mailer(lambda: ctx.config.smtp)
+    notifier = Notifier(lambda: ctx.config, mailer)
 
     def observe(event: str, fields: dict[str, Any]) -> None:  # each record, as written
         metrics.observe(event, fields)
@@ -108,7 +109,9 @@ async def serve(config_path: Path) -> None:
         seal_key=cfg.audit_seal_key,
         forward=Forwarder(cfg.audit_forward, cfg.audit_forward_socket),
     )
-    ctx = Context(cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout), metrics)
+    ctx = Context(
+        cfg, store, box, audit, Guard(store, lambda: ctx.config.lockout), metrics, mailer=mailer
+    )
     await audit.open()  # after ctx: the records it may write are observed
     notifier.start(audit)
     if cfg.metrics_listen:

@@ -45,7 +45,7 @@ KNOWN_SERVICES = frozenset(
 )
 """PAM services counted under their own name (besides those in the config's map)."""
 
-_METHODS = frozenset({"totp", "recovery", "enrolment", "hotp", "email", "none"})
+_METHODS = frozenset({"totp", "recovery", "enrolment", "hotp", "email", "email_recovery", "none"})
 _LOCK_REASONS = frozenset({"deny", "lifetime_cap"})
 
 
@@ -59,7 +59,8 @@ class Metrics:
         self.logins = Counter(
             "mfad_logins",
             "Second-factor logins that ended, by outcome (success, failure, skipped, error), "
-            "method (totp, recovery, enrolment; none) and PAM service",
+            "method (totp, hotp, email, recovery, email_recovery, enrolment; none) and PAM "
+            "service",
             ["outcome", "method", "service"],
             registry=r,
         )

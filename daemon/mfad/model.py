@@ -32,6 +32,9 @@ class Kind(enum.StrEnum):
 
     TOTP = "totp"  # authenticator apps: a code per time step of `period` seconds
     HOTP = "hotp"  # hardware tokens, imported pam_oath / google-authenticator counters
+    # no token: a random code mailed to the confirmed address (Address) at each login. The
+    # user's method is this one value (accounts.kind), whatever it is: never a second field.
+    EMAIL = "email"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,34 @@ class Account:
     state_changed_at: float | None = None
     uid: int | None = None  # the owner's uid when bound; None: written before uids were kept
 
+    @property
+    def has_factor(self) -> bool:
+        """Something a login can be asked for: a token, or the email method (no secret)."""
+        return self.sealed_secret is not None or self.params.kind is Kind.EMAIL
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a user's email codes go. Unconfirmed (`confirmed_at` None) while a code sent
+    to it by self-service has not come back; an administrator's is confirmed when set."""
+
+    user: str
+    address: str
+    confirmed_at: float | None
+    uid: int | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        return self.confirmed_at is not None
+
+
+class CodePurpose(enum.StrEnum):
+    """What a mailed code is for; part of its digest, so one cannot serve as another."""
+
+    LOGIN = "login"  # the email method's code at a login
+    CONFIRM = "confirm"  # proves a self-service address reaches its owner
+    RECOVERY = "recovery"  # a lost device: one login, then the account is suspended
+
 
 @dataclass(frozen=True, slots=True)
 class Site:
@@ -75,7 +106,7 @@ class Login:
     at: float
     service: str
     rhost: str
-    method: str  # "totp" | "hotp" | "recovery"
+    method: str  # "totp" | "hotp" | "email" | "recovery" | "email_recovery"
 
 
 @dataclass(frozen=True, slots=True)

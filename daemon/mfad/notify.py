@@ -11,6 +11,11 @@ Which records (``notify.events``; config.NOTICES names them all):
     failures                  ``notify.failure_burst`` answers not accepted (``attempt``:
                               wrong, or refused unseen while locked or blocked) for one
                               user within ``notify.batch_seconds``
+    email_recovery            ``email_code`` with purpose ``recovery``: a user who lost
+                              their device had a one-time recovery code mailed at a login
+                              (its use then suspends the account: a ``suspend`` notice)
+    self_enrol                ``control`` op ``enroll_confirm`` from ``suspended``: the
+                              user enrolled anew (lost_device.self_enrol) and is active
 
 Fed by the AuditLog's observer, which is told of every record as it is written,
 on the event loop, and never skips one: a subscriber's queue drops records
@@ -333,7 +338,12 @@ def _kind(event: str, fields: Mapping[str, Any]) -> str | None:
     if event == Event.CONTROL:
         if fields.get("outcome") in (Outcome.SUCCESS, Outcome.ERROR):  # not refusals
             op = fields.get("op")
+            if op == "enroll_confirm":  # an enrolment is news only as the way back
+                return "self_enrol" if fields.get("before") == "suspended" else None
             return op if isinstance(op, str) else None
+    elif event == Event.EMAIL_CODE:
+        mailed = fields.get("purpose") == "recovery" and fields.get("outcome") == Outcome.SUCCESS
+        return "email_recovery" if mailed else None
     elif event == Event.STATE_CHANGED:
         return _STATES.get(str(fields.get("state")))
     elif event == Event.LOCK_SET:
@@ -355,6 +365,9 @@ def _details(event: str, fields: Mapping[str, Any]) -> list[tuple[str, str]]:
             lines.append(("reason", _text(get("reason"))))
         if get("until") is not None:
             lines.append(("until", _text(get("until"))))
+    elif event == Event.EMAIL_CODE:
+        lines.append(("by", "the user, at the code prompt (a lost device)"))
+        lines.append(("sent to", _text(get("address"))))
     elif event == Event.STATE_CHANGED:
         lines.append(("by", "a login (no administrator)"))
         lines.append(("change", f"-> {_text(get('state'))}"))

@@ -45,6 +45,8 @@ from psycopg_pool import AsyncConnectionPool
 from mfad.errors import StoreError
 from mfad.model import (
     Account,
+    Address,
+    CodePurpose,
     Counter,
     GuardState,
     Login,
@@ -58,6 +60,7 @@ from mfad.store import (
     ACCOUNT_SOURCE,
     COPIED_TABLES,
     NOT_EMPTY,
+    USER_TABLES,
     AuditRow,
     Store,
     account_from_row,
@@ -167,6 +170,27 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE accounts ADD COLUMN kind text NOT NULL DEFAULT 'totp'
         CHECK (kind IN ('totp', 'hotp'))
+    """,
+    # 4: the email method, users' addresses, and the one outstanding mailed code per user
+    # (its keyed digest; NULL once spent, sent_at kept for the resend interval).
+    """
+    ALTER TABLE accounts DROP CONSTRAINT accounts_kind_check;
+    ALTER TABLE accounts ADD CONSTRAINT accounts_kind_check
+        CHECK (kind IN ('totp', 'hotp', 'email'));
+    CREATE TABLE addresses (
+        "user" text PRIMARY KEY,
+        address text NOT NULL,
+        confirmed_at double precision,
+        uid bigint,
+        updated_at double precision NOT NULL
+    );
+    CREATE TABLE email_codes (
+        "user" text PRIMARY KEY,
+        digest bytea,
+        purpose text NOT NULL CHECK (purpose IN ('login', 'confirm', 'recovery')),
+        expires_at double precision NOT NULL,
+        sent_at double precision NOT NULL
+    )
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -503,8 +527,11 @@ class PostgresStore(Store):
             )
             if c.erase:
                 await db.execute(
-                    "UPDATE accounts SET secret = NULL, last_step = NULL, enrolled_at = NULL"
-                    ' WHERE "user" = %s',
+                    (
+                        b"UPDATE accounts SET secret = NULL, last_step = NULL, enrolled_at = NULL,"
+                        b" kind = CASE WHEN kind = 'email' THEN 'totp' ELSE kind END"
+                        b' WHERE "user" = %s'
+                    ),
                     (user,),
                 )
                 await db.execute('DELETE FROM enrolments WHERE "user" = %s', (user,))
@@ -663,12 +690,137 @@ class PostgresStore(Store):
     async def forget(self, user: str) -> bool:
         async def q(db: Conn) -> bool:
             gone = 0
-            for table in ("accounts", "enrolments", "recovery_codes", "guard", "logins"):
+            for table in USER_TABLES:
                 sql = f'DELETE FROM {table} WHERE "user" = %s'  # noqa: S608 (constant names)
                 gone += (await db.execute(sql.encode(), (user,))).rowcount
             return gone > 0
 
         return await self._run(q)
+
+    async def get_address(self, user: str) -> Address | None:
+        async def q(db: Conn) -> Address | None:
+            cur = await db.execute(
+                'SELECT "user", address, confirmed_at, uid FROM addresses WHERE "user" = %s',
+                (user,),
+            )
+            row = await cur.fetchone()
+            return None if row is None else Address(*row)
+
+        return await self._run(q)
+
+    async def addresses(self) -> dict[str, Address]:
+        async def q(db: Conn) -> dict[str, Address]:
+            cur = await db.execute('SELECT "user", address, confirmed_at, uid FROM addresses')
+            return {r[0]: Address(*r) for r in await cur.fetchall()}
+
+        return await self._run(q)
+
+    async def set_address(self, address: Address, now: float) -> None:
+        a = address
+
+        async def q(db: Conn) -> None:
+            await db.execute(
+                'INSERT INTO addresses ("user", address, confirmed_at, uid, updated_at)'
+                ' VALUES (%s, %s, %s, %s, %s) ON CONFLICT ("user") DO UPDATE SET'
+                " address = excluded.address, confirmed_at = excluded.confirmed_at,"
+                " uid = excluded.uid, updated_at = excluded.updated_at",
+                (a.user, a.address, a.confirmed_at, a.uid, now),
+            )
+            await db.execute('UPDATE email_codes SET digest = NULL WHERE "user" = %s', (a.user,))
+
+        await self._run(q)
+
+    async def confirm_address(self, user: str, address: str, now: float) -> bool:
+        async def q(db: Conn) -> bool:
+            cur = await db.execute(
+                "UPDATE addresses SET confirmed_at = %s, updated_at = %s"
+                ' WHERE "user" = %s AND address = %s',
+                (now, now, user, address),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(q)
+
+    async def put_email_code(
+        self,
+        user: str,
+        digest: bytes,
+        purpose: CodePurpose,
+        expires_at: float,
+        now: float,
+        interval: float,
+    ) -> bool:
+        async def q(db: Conn) -> bool:
+            cur = await db.execute(
+                'INSERT INTO email_codes ("user", digest, purpose, expires_at, sent_at)'
+                ' VALUES (%s, %s, %s, %s, %s) ON CONFLICT ("user") DO UPDATE SET'
+                " digest = excluded.digest, purpose = excluded.purpose,"
+                " expires_at = excluded.expires_at, sent_at = excluded.sent_at"
+                " WHERE email_codes.sent_at <= %s",
+                (user, digest, str(purpose), expires_at, now, now - interval),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(q)
+
+    async def take_email_code(
+        self, user: str, digest: bytes, purpose: CodePurpose, now: float, login: Site | None
+    ) -> bool:
+        method = "email_recovery" if purpose is CodePurpose.RECOVERY else "email"
+
+        async def q(db: Conn) -> bool:
+            cur = await db.execute(
+                "UPDATE email_codes SET digest = NULL"
+                ' WHERE "user" = %s AND digest = %s AND purpose = %s AND expires_at > %s',
+                (user, digest, str(purpose), now),
+            )
+            if cur.rowcount == 1 and login is not None:
+                await db.execute(
+                    "UPDATE accounts SET last_verified_at = %s, last_rhost = %s,"
+                    ' updated_at = %s WHERE "user" = %s',
+                    (now, login.rhost, now, user),
+                )
+                await db.execute(
+                    'INSERT INTO logins ("user", at, service, rhost, method)'
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    (user, now, login.service, login.rhost, method),
+                )
+            return cur.rowcount == 1
+
+        return await self._run(q)
+
+    async def void_email_code(self, user: str, digest: bytes) -> None:
+        async def q(db: Conn) -> None:
+            await db.execute(
+                'DELETE FROM email_codes WHERE "user" = %s AND digest = %s', (user, digest)
+            )
+
+        await self._run(q)
+
+    async def email_code_sent_at(self, user: str) -> float | None:
+        async def q(db: Conn) -> float | None:
+            cur = await db.execute('SELECT sent_at FROM email_codes WHERE "user" = %s', (user,))
+            row = await cur.fetchone()
+            return None if row is None else float(row[0])
+
+        return await self._run(q)
+
+    async def activate_email(self, user: str, uid: int | None, now: float) -> None:
+        async def q(db: Conn) -> None:
+            await db.execute(
+                'INSERT INTO accounts ("user", state, kind, enrolled_at, updated_at,'
+                " state_changed_at, uid) VALUES (%s, 'active', 'email', %s, %s, %s, %s)"
+                " ON CONFLICT (\"user\") DO UPDATE SET state = 'active', kind = 'email',"
+                " secret = NULL, last_step = NULL, clock_offset = 0,"
+                " enrolled_at = excluded.enrolled_at, updated_at = excluded.updated_at,"
+                " state_changed_at = excluded.state_changed_at, deadline = NULL,"
+                " exempt_reason = NULL, exempt_until = NULL,"
+                " uid = coalesce(accounts.uid, excluded.uid)",
+                (user, now, now, now, uid),
+            )
+            await db.execute('DELETE FROM enrolments WHERE "user" = %s', (user,))
+
+        await self._run(q)
 
     async def get_key_check(self) -> bytes | None:
         async def q(db: Conn) -> bytes | None:

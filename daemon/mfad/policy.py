@@ -89,7 +89,7 @@ def needs_groups(config: Config, account: Account | None, now: float) -> bool:
 def effective_state(account: Account | None, now: float) -> State:
     """The state the rules see: an expired exemption is `active` with a token, else none."""
     if account is not None and exemption_expired(account, now):
-        return State.ACTIVE if account.sealed_secret is not None else State.NONE
+        return State.ACTIVE if account.has_factor else State.NONE
     return state_of(account)
 
 

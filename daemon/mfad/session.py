@@ -24,8 +24,10 @@ code they would not see. sshd shows text only in front of a prompt (after the
 last one it becomes an instruction `ssh -q` hides, or a banner), so under sshd
 (PAM_TTY "ssh") a refusal's message rides on one more prompt (`_refuse`).
 
-Records written per login: ``challenge`` when a code is asked for, the
-verifier's ``attempt`` records for each answer not accepted, enrolment and
+Records written per login: ``challenge`` when a code is asked for (with the
+method), ``email_code`` for each code mailed or not (the email method; a lost
+device's recovery code, lost_device.email_recovery), the verifier's
+``attempt`` records for each answer not accepted, enrolment and
 recovery-code events, and one ``login`` record with the final outcome, reason
 and duration (the canonical line for this login). Whatever happens, even a bug,
 the module gets a RESULT: a silent close before the first frame is what
@@ -40,6 +42,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,13 +51,13 @@ import structlog
 from mfa_wire.events import Event, Reason
 from mfa_wire.events import Outcome as Recorded
 from mfa_wire.frametypes import Outcome
-from mfad import enrolment, identity, nss, policy, recovery
+from mfad import emailcodes, enrolment, identity, nss, policy, recovery
 from mfad.context import Context
 from mfad.conversation import Conversation, PeerGone, PromptTimeout
-from mfad.errors import MfaError, ProtocolError, StaleAccount
+from mfad.errors import MailError, MfaError, ProtocolError, StaleAccount
 from mfad.identity import Identity
 from mfad.lockout import Refusal, control_source, login_source
-from mfad.model import Account, Kind, Site, State, StateChange
+from mfad.model import Account, CodePurpose, Kind, Site, State, StateChange
 from mfad.protocol import Start, parse_start
 from mfad.qrtext import render_qr
 from mfad.times import iso
@@ -74,6 +77,27 @@ MSG_ENROL_FIRST = (
     "Run `mfa enroll` in a terminal to set it up, then try again."
 )
 MSG_NOT_OWN = "Only your own account's second factor can be checked here."
+MSG_EMAIL_SENT = "A code was sent to {address}."
+MSG_EMAIL_STANDS = "A code was sent to {address} moments ago: enter that one."
+MSG_EMAIL_DOWN = (
+    "The verification code could not be sent by email right now. Try again later, "
+    "or contact your administrator."
+)
+RECOVERY_KEYWORD = "email"  # typed at the code prompt: a lost device (lost_device.email_recovery)
+MSG_RECOVERY_HINT = (
+    "Lost your authenticator? Type `email` at the prompt for a one-time recovery code by email."
+)
+MSG_RECOVERY_SENT = (
+    "A one-time recovery code was sent to {address}. Enter it at the prompt; your account "
+    "is then suspended until you set up a new authenticator with `mfa enroll`."
+)
+MSG_RECOVERY_NO_ADDRESS = "There is no confirmed email address to send a recovery code to."
+MSG_SUSPENDED_AFTER_RECOVERY = (
+    "You are logged in with a recovery code. Set up a new authenticator now with `mfa enroll`."
+)
+MSG_EMAIL_OFF = (
+    "This account gets its codes by email, which is not available. Contact your administrator."
+)
 # sshd sets PAM_TTY to "ssh" for its PAM conversation (OpenSSH's PAM_TTY_KLUDGE, on Linux)
 SSHD_TTY = "ssh"
 MSG_NOT_ENROLLED = (
@@ -259,14 +283,19 @@ class LoginSession:
                 ident, account, decision.reason, decoy=refusal is not None
             )
         # ENROL for a name NSS does not know: a code, as for anyone, that always fails
-        has_token = account is not None and account.sealed_secret is not None
-        kind = account.params.kind if account is not None and has_token else Kind.TOTP
+        has_factor = account is not None and account.has_factor
+        kind = account.params.kind if account is not None and has_factor else Kind.TOTP
+        # the method asked for; the `login` record names the one that succeeded (a failure
+        # names none: metrics count failures by method "none"), `email_code` the mail
         await self.trail.record(Event.CHALLENGE, outcome=Recorded.PENDING, method=str(kind))
-        return await self._ask_for_code(user, account if has_token else None)
+        if kind is Kind.EMAIL:
+            assert account is not None
+            return await self._email_login(account)
+        return await self._ask_for_code(user, account if has_factor else None)
 
     async def _end_exemption(self, account: Account, now: float) -> Account | None:
         """An exemption past its expiry ends here, for good: back to the kept token, or none."""
-        change = StateChange(State.ACTIVE if account.sealed_secret is not None else State.DISABLED)
+        change = StateChange(State.ACTIVE if account.has_factor else State.DISABLED)
         await self.trail.record(
             Event.STATE_CHANGED,
             outcome=Recorded.SUCCESS,
@@ -278,15 +307,68 @@ class LoginSession:
 
     # --- code prompt ---
 
-    async def _ask_for_code(self, user: str, account: Account | None) -> Outcome:
-        subject = Subject(user, self.source, self.site, account)
+    async def _email_login(self, account: Account) -> Outcome:
+        """The email method: mail a code to the confirmed address (or keep the one mailed
+        moments ago: emailcodes' resend interval), say where, masked, then ask for it.
+        No way to mail it: the login fails closed, recorded, with a message."""
+        user = account.user
+        address = await self.ctx.store.get_address(user)
+        if not self.config.email.enabled or address is None or not address.confirmed:
+            await self._finish(Recorded.FAILURE, Reason.NO_ADDRESS)
+            return await self._refuse(MSG_EMAIL_OFF, Outcome.FAILURE)
+        shown = emailcodes.mask(address.address)
+        sent = await self._mail_code(user, address.address, CodePurpose.LOGIN)
+        if sent is None:
+            await self._finish(Recorded.ERROR, Reason.EMAIL_UNAVAILABLE)
+            return await self._refuse(MSG_EMAIL_DOWN, Outcome.FAILURE)
+        await self.conv.info((MSG_EMAIL_SENT if sent else MSG_EMAIL_STANDS).format(address=shown))
+        return await self._ask_for_code(user, account, mailed=CodePurpose.LOGIN)
+
+    async def _mail_code(self, user: str, address: str, purpose: CodePurpose) -> bool | None:
+        """Mail a code for `purpose` and record it (``email_code``): True if sent, False
+        if one mailed moments ago stands (emailcodes' resend interval), None if the mail
+        server did not take it (recorded with the mailer's reason; nothing blocks)."""
+        try:
+            sent = await emailcodes.send(self.ctx, user, address, purpose)
+        except MailError as exc:
+            log.error("email_code_unsent", error=str(exc), **self.fields)
+            await self.trail.record(
+                Event.EMAIL_CODE,
+                outcome=Recorded.ERROR,
+                purpose=str(purpose),
+                reason=Reason.EMAIL_UNAVAILABLE,
+                message=str(exc),
+            )
+            return None
+        await self.trail.record(
+            Event.EMAIL_CODE,
+            outcome=Recorded.SUCCESS if sent else Recorded.REFUSED,
+            purpose=str(purpose),
+            address=emailcodes.mask(address),
+            reason=None if sent else Reason.RESEND_TOO_SOON,
+        )
+        return sent
+
+    async def _ask_for_code(
+        self, user: str, account: Account | None, mailed: CodePurpose | None = None
+    ) -> Outcome:
+        subject = Subject(user, self.source, self.site, account, mailed=mailed)
+        offer = self._offers_recovery(mailed)
+        if offer:
+            await self.conv.info(MSG_RECOVERY_HINT)
         attempts = self.config.login.max_attempts
         for attempt in range(1, attempts + 1):
             answer = await self.conv.ask(self.config.login.prompt)
+            if offer and answer.strip().lower() == RECOVERY_KEYWORD:
+                offer = False  # once per login; the request is no attempt at a code
+                subject = await self._mail_recovery_code(subject)
+                answer = await self.conv.ask(self.config.login.prompt)
             verdict = await self.verifier.check(
                 subject, answer, Purpose.LOGIN, attempt=attempt, **self._context()
             )
             if verdict.ok:
+                if verdict.method == emailcodes.METHODS[CodePurpose.RECOVERY]:
+                    await self._suspend_after_recovery(user)
                 if verdict.remaining is not None and verdict.remaining <= recovery.WARN_AT:
                     await self._warn_low_codes(verdict.remaining)
                 await self._finish(
@@ -301,6 +383,58 @@ class LoginSession:
                 await self.conv.error(MSG_REPLAYED if replayed else MSG_INCORRECT)
         await self._finish(Recorded.FAILURE, Reason.TOO_MANY_ATTEMPTS, attempts=attempts)
         return await self._refuse(MSG_TOO_MANY, Outcome.MAXTRIES)
+
+    # --- a lost device: a recovery code by email (lost_device.email_recovery) ---
+
+    def _offers_recovery(self, mailed: CodePurpose | None) -> bool:
+        """Whether this code prompt offers a recovery code by email: where policy allows,
+        to everyone asked for a token's code (unknown names too, so the offer tells
+        nothing), not to the email method, and not where INFO is not shown."""
+        return self.config.lost_device.email_recovery and mailed is None and not self.silent
+
+    async def _mail_recovery_code(self, subject: Subject) -> Subject:
+        """Mail a one-time recovery code to the user's confirmed address and say so; the
+        subject from now on may answer with it. Recorded (``email_code``, purpose
+        recovery), which is what tells the administrators (notify)."""
+        purpose = CodePurpose.RECOVERY
+        address = None
+        if subject.account is not None and subject.account.has_factor:
+            address = await self.ctx.store.get_address(subject.user)
+        if address is None or not address.confirmed:
+            await self.trail.record(
+                Event.EMAIL_CODE,
+                outcome=Recorded.REFUSED,
+                purpose=str(purpose),
+                reason=Reason.NO_ADDRESS,
+            )
+            await self.conv.error(MSG_RECOVERY_NO_ADDRESS)
+            return subject
+        shown = emailcodes.mask(address.address)
+        sent = await self._mail_code(subject.user, address.address, purpose)
+        if sent is None:
+            await self.conv.error(MSG_EMAIL_DOWN)
+            return subject
+        await self.conv.info(
+            MSG_RECOVERY_SENT.format(address=shown)
+            if sent
+            else MSG_EMAIL_STANDS.format(address=shown)
+        )
+        return replace(subject, mailed=purpose)
+
+    async def _suspend_after_recovery(self, user: str) -> None:
+        """A recovery code by email lets the user in once: the account is suspended (the
+        token kept, no second factor asked) until they enrol anew (lost_device.self_enrol)
+        or an administrator resumes it. Recorded first, which tells the administrators."""
+        await self.trail.record(
+            Event.STATE_CHANGED,
+            outcome=Recorded.SUCCESS,
+            state=State.SUSPENDED,
+            reason=emailcodes.METHODS[CodePurpose.RECOVERY],
+        )
+        await self.ctx.store.set_state(user, StateChange(State.SUSPENDED), self.ctx.clock())
+        if not self.silent:
+            await self.conv.info(MSG_SUSPENDED_AFTER_RECOVERY)
+            await self.conv.acknowledge(MSG_CONTINUE)
 
     async def _warn_low_codes(self, left: int) -> None:
         if self.silent:  # information, which PAM_SILENT turns off; `mfa status` tells it too

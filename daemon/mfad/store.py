@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 from mfad.errors import StoreError
 from mfad.model import (
     Account,
+    Address,
+    CodePurpose,
     Counter,
     GuardState,
     Kind,
@@ -118,6 +120,57 @@ class Store(abc.ABC):
 
         False if there was nothing. For an account whose owner was deleted or
         re-created with another uid; the audit trail keeps what happened."""
+
+    @abc.abstractmethod
+    async def get_address(self, user: str) -> Address | None:
+        """Where `user`'s email codes go, confirmed or not; None if no address is set."""
+
+    @abc.abstractmethod
+    async def addresses(self) -> dict[str, Address]:
+        """Every user's address, by user (for `mfa list`)."""
+
+    @abc.abstractmethod
+    async def set_address(self, address: Address, now: float) -> None:
+        """Set (or replace) a user's address; any code mailed to the old one is void."""
+
+    @abc.abstractmethod
+    async def confirm_address(self, user: str, address: str, now: float) -> bool:
+        """Mark `address` confirmed; False if the user's address is no longer that one."""
+
+    @abc.abstractmethod
+    async def put_email_code(
+        self,
+        user: str,
+        digest: bytes,
+        purpose: CodePurpose,
+        expires_at: float,
+        now: float,
+        interval: float,
+    ) -> bool:
+        """Keep `digest` as the user's one outstanding mailed code, replacing any other,
+        unless a code was mailed to them less than `interval` seconds ago: then False, and
+        nothing changes. Atomic: of two parallel logins, one mails."""
+
+    @abc.abstractmethod
+    async def take_email_code(
+        self, user: str, digest: bytes, purpose: CodePurpose, now: float, login: Site | None
+    ) -> bool:
+        """Spend the outstanding code if it is `digest`, for `purpose`, and not expired:
+        once, atomically. A login (`login` given) is kept in the history as method
+        ``email`` or, for a recovery code, ``email_recovery``."""
+
+    @abc.abstractmethod
+    async def void_email_code(self, user: str, digest: bytes) -> None:
+        """Drop the outstanding code `digest` that was never delivered: the resend interval
+        starts again from the last code that was."""
+
+    @abc.abstractmethod
+    async def email_code_sent_at(self, user: str) -> float | None:
+        """When the last code was mailed to `user` (spent or not), if one was."""
+
+    @abc.abstractmethod
+    async def activate_email(self, user: str, uid: int | None, now: float) -> None:
+        """Make `user` active on the email method: no token (any is erased), no deadline."""
 
     @abc.abstractmethod
     async def get_key_check(self) -> bytes | None:
@@ -275,6 +328,8 @@ COPIED_TABLES: dict[str, tuple[str, ...]] = {
     "logins": ("user", "at", "service", "rhost", "method"),
     "guard": ("user", "source", "failures", "first_at", "until", "total"),
     "meta": ("key", "value"),
+    "addresses": ("user", "address", "confirmed_at", "uid", "updated_at"),
+    "email_codes": ("user", "digest", "purpose", "expires_at", "sent_at"),
 }
 
 
@@ -352,8 +407,41 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE accounts ADD COLUMN kind TEXT NOT NULL DEFAULT 'totp'
         CHECK (kind IN ('totp', 'hotp'))
     """,
+    # 4: the email method (kind 'email': SQLite cannot change a CHECK, so the column is
+    # made again), users' addresses, and the one outstanding mailed code per user (its
+    # keyed digest; digest NULL once spent, sent_at kept for the resend interval).
+    """
+    ALTER TABLE accounts ADD COLUMN method TEXT NOT NULL DEFAULT 'totp'
+        CHECK (method IN ('totp', 'hotp', 'email'));
+    UPDATE accounts SET method = kind;
+    ALTER TABLE accounts DROP COLUMN kind;
+    ALTER TABLE accounts RENAME COLUMN method TO kind;
+    CREATE TABLE addresses (
+        user TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        confirmed_at REAL,
+        uid INTEGER,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE email_codes (
+        user TEXT PRIMARY KEY,
+        digest BLOB,
+        purpose TEXT NOT NULL CHECK (purpose IN ('login', 'confirm', 'recovery')),
+        expires_at REAL NOT NULL,
+        sent_at REAL NOT NULL
+    )
+    """,
 ]
 ACCOUNT_SOURCE = "*"
+USER_TABLES = (
+    "accounts",
+    "enrolments",
+    "recovery_codes",
+    "guard",
+    "logins",
+    "addresses",
+    "email_codes",
+)
 _ACCOUNT_COLUMNS = (
     "accounts.user, state, secret, algorithm, digits, period, enrolled_at, last_step,"
     " last_verified_at, last_rhost, clock_offset, deadline, exempt_reason, exempt_until,"
@@ -735,9 +823,11 @@ class SqliteStore(Store):
                     (user, c.state, now, now, c.deadline, c.exempt_reason, c.exempt_until, c.uid),
                 )
                 if c.erase:
+                    # a token's kind stays (re-enrolment sets it); the email method goes with
+                    # the rest, so an erased account asks for nothing
                     db.execute(
-                        "UPDATE accounts SET secret = NULL, last_step = NULL, enrolled_at = NULL"
-                        " WHERE user = ?",
+                        "UPDATE accounts SET secret = NULL, last_step = NULL, enrolled_at = NULL,"
+                        " kind = CASE WHEN kind = 'email' THEN 'totp' ELSE kind END WHERE user = ?",
                         (user,),
                     )
                     db.execute("DELETE FROM enrolments WHERE user = ?", (user,))
@@ -880,12 +970,132 @@ class SqliteStore(Store):
         def q(db: sqlite3.Connection) -> bool:
             with _transaction(db):
                 gone = 0
-                for table in ("accounts", "enrolments", "recovery_codes", "guard", "logins"):
+                for table in USER_TABLES:
                     sql = f"DELETE FROM {table} WHERE user = ?"  # noqa: S608 (constant names)
                     gone += db.execute(sql, (user,)).rowcount
                 return gone > 0
 
         return await self._run(q)
+
+    async def get_address(self, user: str) -> Address | None:
+        def q(db: sqlite3.Connection) -> Address | None:
+            row = db.execute(
+                "SELECT user, address, confirmed_at, uid FROM addresses WHERE user = ?", (user,)
+            ).fetchone()
+            return None if row is None else Address(*row)
+
+        return await self._run(q)
+
+    async def addresses(self) -> dict[str, Address]:
+        def q(db: sqlite3.Connection) -> dict[str, Address]:
+            rows = db.execute("SELECT user, address, confirmed_at, uid FROM addresses")
+            return {r[0]: Address(*r) for r in rows}
+
+        return await self._scan(q)
+
+    async def set_address(self, address: Address, now: float) -> None:
+        a = address
+
+        def q(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(
+                    "INSERT OR REPLACE INTO addresses (user, address, confirmed_at, uid,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?)",
+                    (a.user, a.address, a.confirmed_at, a.uid, now),
+                )
+                db.execute("UPDATE email_codes SET digest = NULL WHERE user = ?", (a.user,))
+
+        await self._run(q)
+
+    async def confirm_address(self, user: str, address: str, now: float) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE addresses SET confirmed_at = ?, updated_at = ?"
+                " WHERE user = ? AND address = ?",
+                (now, now, user, address),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(q)
+
+    async def put_email_code(
+        self,
+        user: str,
+        digest: bytes,
+        purpose: CodePurpose,
+        expires_at: float,
+        now: float,
+        interval: float,
+    ) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "INSERT INTO email_codes (user, digest, purpose, expires_at, sent_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (user) DO UPDATE SET"
+                " digest = excluded.digest, purpose = excluded.purpose,"
+                " expires_at = excluded.expires_at, sent_at = excluded.sent_at"
+                " WHERE email_codes.sent_at <= ?",
+                (user, digest, str(purpose), expires_at, now, now - interval),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(q)
+
+    async def take_email_code(
+        self, user: str, digest: bytes, purpose: CodePurpose, now: float, login: Site | None
+    ) -> bool:
+        method = "email_recovery" if purpose is CodePurpose.RECOVERY else "email"
+
+        def q(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                cur = db.execute(
+                    "UPDATE email_codes SET digest = NULL"
+                    " WHERE user = ? AND digest = ? AND purpose = ? AND expires_at > ?",
+                    (user, digest, str(purpose), now),
+                )
+                if cur.rowcount == 1 and login is not None:
+                    db.execute(
+                        "UPDATE accounts SET last_verified_at = ?, last_rhost = ?, updated_at = ?"
+                        " WHERE user = ?",
+                        (now, login.rhost, now, user),
+                    )
+                    db.execute(
+                        "INSERT INTO logins (user, at, service, rhost, method)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (user, now, login.service, login.rhost, method),
+                    )
+            return cur.rowcount == 1
+
+        return await self._run(q)
+
+    async def void_email_code(self, user: str, digest: bytes) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM email_codes WHERE user = ? AND digest = ?", (user, digest))
+
+        await self._run(q)
+
+    async def email_code_sent_at(self, user: str) -> float | None:
+        def q(db: sqlite3.Connection) -> float | None:
+            row = db.execute("SELECT sent_at FROM email_codes WHERE user = ?", (user,)).fetchone()
+            return None if row is None else float(row[0])
+
+        return await self._run(q)
+
+    async def activate_email(self, user: str, uid: int | None, now: float) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO accounts (user, state, kind, enrolled_at, updated_at,"
+                    " state_changed_at, uid) VALUES (?, 'active', 'email', ?, ?, ?, ?)"
+                    " ON CONFLICT (user) DO UPDATE SET state = 'active', kind = 'email',"
+                    " secret = NULL, last_step = NULL, clock_offset = 0,"
+                    " enrolled_at = excluded.enrolled_at, updated_at = excluded.updated_at,"
+                    " state_changed_at = excluded.state_changed_at, deadline = NULL,"
+                    " exempt_reason = NULL, exempt_until = NULL, uid = coalesce(uid, excluded.uid)",
+                    (user, now, now, now, uid),
+                )
+                db.execute("DELETE FROM enrolments WHERE user = ?", (user,))
+
+        await self._run(q)
 
     async def get_key_check(self) -> bytes | None:
         def q(db: sqlite3.Connection) -> bytes | None:

@@ -5,7 +5,9 @@ or by ``mfa enroll``), the code that proves the token before ``mfa
 recovery-codes --regenerate``: each goes through ``Verifier.check``; the two
 codes of ``mfa resync`` through ``Verifier.resync``. A token is TOTP (time
 steps, totp.py) or HOTP (a counter, hotp.py); both mark what they used with
-the one store.consume_step. There is no
+the one store.consume_step. A code mailed to the user (emailcodes: the email
+method's, a lost device's recovery code, an address's confirmation) is spent
+with store.take_email_code. There is no
 second way to test a code, so each of them gets the same per-user lock, the
 same counting, back-off, source block, account lock and lifetime cap
 (lockout.py), and the same audit records. A locked account gets no code check
@@ -28,9 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mfa_wire.events import Event, Outcome, Reason
-from mfad import hotp, recovery, totp
+from mfad import emailcodes, hotp, recovery, totp
 from mfad.lockout import FailureEffect, Refusal
-from mfad.model import Account, Kind, PendingEnrolment, Site, TokenParams
+from mfad.model import Account, CodePurpose, Kind, PendingEnrolment, Site, TokenParams
 from mfad.times import iso
 
 if TYPE_CHECKING:
@@ -54,12 +56,16 @@ class Subject:
     site: Site
     account: Account | None = None
     pending: PendingEnrolment | None = None  # Purpose.ENROL
+    # a code mailed to the user (emailcodes) that this answer may be, and what for
+    mailed: CodePurpose | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     reason: str | None  # None: accepted
-    method: str = ""  # "totp", "hotp", "recovery" or "enrolment" when accepted
+    # when accepted: "totp", "hotp", "recovery", "enrolment", or for a mailed code "email",
+    # "email_recovery" or "address" (emailcodes.METHODS)
+    method: str = ""
     refusal: Refusal | None = None  # locked or blocked, before or by this answer
     remaining: int | None = None  # recovery codes left after one was spent
     step: int | None = None  # the time step of an accepted TOTP code, an HOTP code's counter
@@ -174,6 +180,11 @@ class Verifier:
     ) -> tuple[Verdict, dict[str, Any]]:
         """The verdict on `answer`, and what an administrator should see about a wrong one."""
         window = self.ctx.config.totp.window
+        if subject.mailed is not None:
+            mailed = emailcodes.normalise(answer, self.ctx.config.email.digits)
+            if mailed is not None and await self._take_mailed(subject, mailed, purpose, now):
+                return Verdict(None, emailcodes.METHODS[subject.mailed]), {}
+            # not the mailed code: a token's code or a recovery code may still be right
         if purpose is Purpose.ENROL:
             return self._judge_pending(subject.pending, answer, now), {}
         account = subject.account
@@ -208,6 +219,16 @@ class Verifier:
                 **fields,
             )
         return Verdict(Reason.REPLAYED_CODE), {}
+
+    async def _take_mailed(self, subject: Subject, code: str, purpose: Purpose, now: float) -> bool:
+        """Whether `code` is the code mailed to the user: the outstanding one for this
+        purpose, unexpired; spent atomically (store.take_email_code), so it works once."""
+        assert subject.mailed is not None
+        digest = emailcodes.digest_of(self.ctx, subject.user, subject.mailed, code)
+        login = subject.site if purpose is Purpose.LOGIN else None
+        return await self.ctx.store.take_email_code(
+            subject.user, digest, subject.mailed, now, login
+        )
 
     async def _judge_hotp(
         self, account: Account, site: Site, code: str, purpose: Purpose, now: float

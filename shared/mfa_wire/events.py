@@ -43,6 +43,9 @@ class Event(enum.StrEnum):
     NOTICE_FAILED = "notice_failed"  # a try to send one failed (retried, or given up)
     AUDIT_SEAL_INIT = "audit_seal_init"  # sealing starts: the first record of epoch 0
     AUDIT_SEALED = "audit_sealed"  # an epoch ended; sealed with that epoch's key
+    # a code mailed to a user (mfad.emailcodes): success, refused (resend too soon, no
+    # confirmed address) or error (the mail server failed); `purpose` says what for
+    EMAIL_CODE = "email_code"
 
 
 class Outcome(enum.StrEnum):
@@ -90,3 +93,7 @@ class Reason(enum.StrEnum):
     DENY = "deny"
     LIFETIME_CAP = "lifetime_cap"
     EXEMPTION_EXPIRED = "exemption_expired"
+    # a mailed code (``email_code``, and ``login`` when it ends one)
+    EMAIL_UNAVAILABLE = "email_unavailable"  # the mail server did not take the code
+    RESEND_TOO_SOON = "resend_too_soon"  # within email.resend_interval of the last one
+    NO_ADDRESS = "no_address"  # the email method without a confirmed address
