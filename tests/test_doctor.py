@@ -234,6 +234,43 @@ def test_a_world_readable_key_fails(machine: Machine) -> None:
     assert f"chmod 600 {machine.mfad.key_path}" in checks["files.key"]["fix"]
 
 
+def test_a_sealing_key_or_mail_password_others_can_read_fails(machine: Machine) -> None:
+    """The audit sealing key (once seal-init made it) and the mail password are secrets
+    like the key file: readable by others, each is a FAIL with its chmod."""
+    assert machine.mfad.request("audit_seal_init")["ok"]
+    password = machine.mfad.tmp / "smtp-password"
+    password.write_text("not-used\n")
+    password.chmod(0o600)
+    machine.mfad.restart(
+        smtp={"host": "127.0.0.1", "username": "mfad", "password_file": str(password)}
+    )
+    code, checks = machine.doctor()
+    assert checks["files.seal_key"]["status"] == "OK", checks["files.seal_key"]
+    assert checks["files.smtp"]["status"] == "OK", checks["files.smtp"]
+
+    seal_key = Path(machine.mfad.request("health")["config"]["audit_seal_key"])
+    seal_key.chmod(0o644)
+    password.chmod(0o644)
+    code, checks = machine.doctor()
+    assert code == 1
+    for name, path in (("files.seal_key", seal_key), ("files.smtp", password)):
+        assert checks[name]["status"] == "FAIL", checks[name]
+        assert f"chmod 600 {path}" in checks[name]["fix"]
+
+
+def test_a_user_pam_socket_closed_to_users_is_a_warning(machine: Machine) -> None:
+    """The user PAM socket must be open to every user (mfad answers each for their own
+    account only): closed, screen lockers cannot check codes, a WARN naming them."""
+    user_socket = machine.mfad.pam_socket.with_name("pam-user.sock")
+    user_socket.chmod(0o600)
+
+    _, checks = machine.doctor()
+
+    assert checks["files.sockets"]["status"] == "WARN"
+    assert "screen lockers" in checks["files.sockets"]["summary"]
+    assert f"chmod 666 {user_socket}" in checks["files.sockets"]["fix"]
+
+
 def test_a_stopped_daemon_fails(machine: Machine) -> None:
     """mfad not running: daemon FAIL with how to start it; the rest is read from files."""
     machine.mfad.stop()

@@ -13,7 +13,8 @@ The checks, in the order printed:
 
     daemon          mfad answers, and its version
     key             the key file on disk is the key the store's secrets were sealed with
-    files.*         owners and modes of the key, config, store, audit log and sockets
+    files.*         owners and modes of the key, config, store, audit log, sealing key,
+                    mail password and the three sockets
     pam.SERVICE     pam_mfa.so in each service's auth stack where it cannot be bypassed
     sshd.pam        sshd runs PAM with a conversation (UsePAM, KbdInteractiveAuthentication)
     sshd.methods    AuthenticationMethods: which deployment is in force, who gets in without
@@ -73,10 +74,13 @@ class Settings:
     mode: str = "optional"
     services: dict[str, str] = field(default_factory=dict)
     pam_socket: str = "/run/mfad/pam.sock"
+    pam_user_socket: str = ""  # "": beside pam_socket (mfad's default)
     control_socket: str = "/run/mfad/control.sock"
     store_backend: str = "sqlite"
     store_path: str = "/var/lib/mfad/mfad.db"
     store_password_file: str = ""
+    smtp_password_file: str = ""
+    audit_seal_key: str = "/var/lib/mfad/audit-seal.key"
     key_file: str = "/etc/mfad/secret.key"
     audit_path: str = "/var/log/mfad/audit.jsonl"
     totp_window: int = 1
@@ -201,7 +205,20 @@ class Doctor:
             groups.append(("files.store", list(_file(Path(s.store_password_file), secret=True))))
         audit = Path(s.audit_path)
         groups.append(("files.audit", [*_file(audit, secret=False), *_directory(audit.parent)]))
-        groups.append(("files.sockets", list(_sockets(Path(s.pam_socket), Path(s.control_socket)))))
+        # the sealing key (only once `mfa audit seal-init` made it) and the mail password:
+        # secrets like the key file
+        seal = Path(s.audit_seal_key)
+        if seal.exists():
+            groups.append(("files.seal_key", list(_file(seal, secret=True))))
+        if s.smtp_password_file:
+            groups.append(("files.smtp", list(_file(Path(s.smtp_password_file), secret=True))))
+        user_socket = Path(s.pam_user_socket or Path(s.pam_socket).with_name("pam-user.sock"))
+        groups.append(
+            (
+                "files.sockets",
+                list(_sockets(Path(s.pam_socket), Path(s.control_socket), user_socket)),
+            )
+        )
         checks = []
         for name, problems in groups:
             worst = max((p.status for p in problems), key=_rank, default=OK)
@@ -503,8 +520,8 @@ def _directory(path: Path) -> Iterator[Problem]:
         )
 
 
-def _sockets(pam: Path, control: Path) -> Iterator[Problem]:
-    for path, private in ((pam, True), (control, False)):
+def _sockets(pam: Path, control: Path, user: Path) -> Iterator[Problem]:
+    for path, private in ((pam, True), (control, False), (user, False)):
         try:
             st = path.lstat()
         except FileNotFoundError:
@@ -522,9 +539,14 @@ def _sockets(pam: Path, control: Path) -> Iterator[Problem]:
                 f"chmod 600 {path}, and find out what changed it",
             )
         elif not private and mode & 0o006 != 0o006:
+            cannot = (
+                "screen lockers cannot check their user's code"
+                if path == user
+                else "users cannot run `mfa enroll` or `mfa status`"
+            )
             yield Problem(
                 WARN,
-                f"{path} is mode {mode:04o}: users cannot run `mfa enroll` or `mfa status`",
+                f"{path} is mode {mode:04o}: {cannot}",
                 f"chmod 666 {path} (each request is authorised by the caller's uid)",
             )
         yield from _directory(path.parent)
@@ -537,7 +559,9 @@ def _paths_summary(name: str, s: Settings, config: Path) -> str:
         "files.store": f"{s.store_path if s.store_backend == 'sqlite' else s.store_password_file}"
         ": root, not readable by others",
         "files.audit": f"{s.audit_path}: root, not writable by others",
-        "files.sockets": f"{s.pam_socket} 0600 and {s.control_socket}: root",
+        "files.sockets": f"{s.pam_socket} 0600, {s.control_socket} and the user PAM socket: root",
+        "files.seal_key": f"{s.audit_seal_key}: root, 0600",
+        "files.smtp": f"{s.smtp_password_file}: root, 0600",
     }[name]
 
 
@@ -566,10 +590,13 @@ def settings_from_file(path: Path) -> Settings:
         mode=raw.get("mode", s.mode),
         services=dict(raw.get("services") or {}),
         pam_socket=get("sockets", "pam", s.pam_socket),
+        pam_user_socket=get("sockets", "pam_user", s.pam_user_socket) or "",
         control_socket=get("sockets", "control", s.control_socket),
         store_backend=get("store", "backend", s.store_backend),
         store_path=get("store", "path", s.store_path),
         store_password_file=get("store", "password_file", s.store_password_file),
+        smtp_password_file=get("smtp", "password_file", s.smtp_password_file) or "",
+        audit_seal_key=get("audit", "seal_key", s.audit_seal_key),
         key_file=raw.get("key_file", s.key_file),
         audit_path=get("audit", "path", s.audit_path),
         totp_window=get("totp", "window", s.totp_window),
