@@ -301,7 +301,20 @@ def _insert_unsealed(mfad: Daemon, stolen: seal.SealState) -> int:
     return int(forged["seq"])
 
 
+def _delete_whole_epochs(mfad: Daemon, stolen: seal.SealState) -> int:
+    """Every record of epochs 1 and 2, their seals included, removed: epoch 0 ends with its
+    true seal and epoch 3's records follow it, resealed (review of 2026-11-30)."""
+    rows = lines(mfad)
+    epochs = [json.loads(r).get("epoch") for r in rows]
+    end0 = max(n for n, e in enumerate(epochs) if e == 0)
+    first3 = epochs.index(3)
+    kept = reseal(rows[: end0 + 1] + rows[first3:], end0 + 1, stolen)  # renumbered too
+    write(mfad, kept)
+    return int(json.loads(kept[end0 + 1])["seq"])
+
+
 CASES: dict[str, tuple[Callable[[Daemon, seal.SealState], int], str]] = {
+    "whole epochs deleted, chain recomputed": (_delete_whole_epochs, "deleted"),
     "inserted without a seal": (_insert_unsealed, "unsealed"),
     "edited": (_edit, "edited"),
     "inserted with a later epoch's key": (_insert, "edited"),

@@ -319,8 +319,18 @@ class _Sink:
         assert state is not None
         sealed_already = self.last_sealed and self.last_epoch == state.epoch
         lagging = self.last_epoch is not None and self.last_epoch > state.epoch
+        if sealed_already and now > state.epoch + 1:
+            # The seal is written but the evolved key was not saved (killed in between):
+            # that seal names the next epoch as the trail's next, so the next epoch gets a
+            # seal of its own, made now, naming where the trail really goes on.
+            state.advance(state.epoch + 1)
+            sealed_already = False
         if not sealed_already and not lagging:
-            self._write(Event.AUDIT_SEALED, {"outcome": Outcome.SUCCESS}, us)
+            # next_epoch: where the trail goes on, under this (soon erased) key. Epochs
+            # between are empty only because mfad was not running: root holding a later
+            # key cannot claim that for epochs it deleted (auditread's SealCheck).
+            fields = {"outcome": Outcome.SUCCESS, "next_epoch": now}
+            self._write(Event.AUDIT_SEALED, fields, us)
         state.advance(now)
         self.key_dirty = True
 

@@ -443,6 +443,17 @@ class _SealWalk:
                 f"epoch {self.last_epoch} ends at record {seq - 1} without its seal record: "
                 f"records at the end of epoch {self.last_epoch} were deleted before this one",
             )
+        if epoch > self.last_epoch and self.last_seal is not None and self.last_was_seal:
+            goes_on = self.last_seal.get("next_epoch", self.last_epoch + 1)
+            if goes_on != epoch:
+                return self._bad(
+                    line,
+                    seq,
+                    "deleted",
+                    f"the seal of epoch {self.last_epoch} says the trail goes on in epoch "
+                    f"{goes_on}, but record {seq} is of epoch {epoch}: the records of the "
+                    "epochs between were deleted",
+                )
         if epoch == self.last_epoch and self.last_was_seal:
             return self._bad(
                 line,
