@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SEEN, Daemon, MakeUser
+from conftest import SEEN, Daemon, MakeUser, totp_now
 from fakeclock import FakeClock
 from smtpserver import Received, SmtpServer, TestCA
 from wire import PamWire, start_payload
@@ -250,13 +250,35 @@ def test_a_user_on_email_cannot_send_their_codes_elsewhere(
     on_email(emailing, user, "erin@example.com")
     moved = emailing.mfa_as(user, "email", "mallory@example.org")
     assert moved.returncode == 4, moved.stdout + moved.stderr
-    assert "only an administrator may change it" in moved.stderr
+    assert "only an administrator may change" in moved.stderr
+    back = emailing.mfa_as(user, "method", "totp")  # then enrol an app of their own
+    assert back.returncode == 4, back.stdout + back.stderr
+    assert emailing.request("status", user=user)["method"] == "email"
     assert emailing.request("status", user=user)["address"].startswith("e•••@")
     refusals = [
         r for r in emailing.audit() if r["event"] == "control" and r["outcome"] == "refused"
     ]
-    assert [(r["op"], r["user"]) for r in refusals] == [("email_set", user)]
+    assert [(r["op"], r["user"]) for r in refusals] == [("email_set", user), ("method", user)]
     assert emailing.request("email_set", user=user, address="erin2@example.com")["ok"]
+
+
+def test_a_user_with_an_app_cannot_swap_it_for_a_mailbox_of_their_choosing(
+    emailing: Daemon, smtp: SmtpServer, make_user: MakeUser
+) -> None:
+    """An active authenticator user's shell cannot set an address, confirm it from its own
+    mailbox and switch the account to email (review of 2026-11-30): each step past the
+    first factor is an administrator's; the token stays and still logs in."""
+    user = make_user()
+    secret = emailing.enroll(user)
+    for args in (["email", "mallory@example.org"], ["method", "email"]):
+        refused = emailing.mfa_as(user, *args)
+        assert refused.returncode == 4, refused.stdout + refused.stderr
+        assert "has a second factor already" in refused.stderr
+    assert smtp.messages == []
+    status = emailing.request("status", user=user)
+    assert status["method"] == "totp" and status["state"] == "active"
+    frames = converse(emailing, user, lambda _: totp_now(secret))
+    assert result(frames) == "success"
 
 
 def test_totp_only_group_cannot_switch_to_email(

@@ -70,14 +70,7 @@ class EmailOps:
         ident = await self.accounts.target(caller, request)
         address = self._check_address(request.get("address"))
         if not caller.is_admin:
-            # As with a token (no one enrols again on an active account by themselves):
-            # whoever has the user's shell must not redirect the user's login codes.
-            account = await self.ctx.store.get_account(ident.name)
-            if account is not None and account.params.kind is Kind.EMAIL:
-                raise Forbidden(
-                    f"{ident.name}'s login codes go to the confirmed address; only an "
-                    "administrator may change it (`mfa email USER ADDRESS`)"
-                )
+            await self._no_factor_yet(ident, "the address codes are mailed to")
         now, shown = self.ctx.clock(), emailcodes.mask(address)
         confirmed = now if caller.is_admin else None
         await self.accounts._audited(
@@ -133,7 +126,9 @@ class EmailOps:
         if caller.is_admin:
             names = await lifecycle.targets(self.ctx, _with_user(request))
         else:
-            names = [(await self.accounts.target(caller, request)).name]
+            own = await self.accounts.target(caller, request)
+            await self._no_factor_yet(own, "the method")
+            names = [own.name]
         changed, refused = [], []
         for name in names:
             try:
@@ -153,6 +148,20 @@ class EmailOps:
             await self.accounts._audited(caller, "method", ident.name, change, method=wanted)
             changed.append({"user": ident.name, "method": wanted})
         return {"changed": changed, "refused": refused}
+
+    async def _no_factor_yet(self, ident: Identity, what: str) -> None:
+        """Refuse a user changing `what` of their own account once it has a second factor.
+
+        As no one enrols again on an active account by themselves: whoever has a user's
+        shell (an unlocked session, a cron job) must not swap the factor for one they
+        hold, nor point the lost-device recovery code at their own mailbox. Before the
+        first factor, the user sets things up alone; after it, an administrator does."""
+        account = await self.ctx.store.get_account(ident.name)
+        if account is not None and account.has_factor:
+            raise Forbidden(
+                f"{ident.name} has a second factor already: only an administrator may change "
+                f"{what} (`mfa email USER ADDRESS`, `mfa method METHOD USER`)"
+            )
 
     async def _plan(self, ident: Identity, wanted: str) -> Any:
         """The change to `wanted` for one user (a coroutine function), None if already on
