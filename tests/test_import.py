@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from conftest import SEEN, Daemon, MakeUser, PamLogin
+from conftest import SEEN, Daemon, MakeGroup, MakeUser, PamLogin
 from sshd import PrivateSshd
 
 PASSWORD = "correct horse battery staple 42"
@@ -195,6 +195,23 @@ def test_unsafe_or_broken_files_are_skipped_with_the_reason(
     assert bad.secret not in out and target.secret not in out
     states = {u: mfad.request("status", user=u)["state"] for u in (linked, loose, broken)}
     assert set(states.values()) == {"none"}
+
+
+def test_a_fifo_is_never_opened_and_an_admin_group_member_reads_only_under_homes(
+    mfad: Daemon, make_user: MakeUser, make_group: MakeGroup
+) -> None:
+    """A FIFO at the path is refused as not a regular file, and the import goes on. A
+    member of admin_group, not root, may import only from under each user's home: a path
+    elsewhere (here /etc/shadow for root) is refused before it is read, and the answer
+    says nothing of what is there (review of 2026-11-30)."""
+    piped, admin = make_user(), make_user()
+    os.mkfifo(Path(os.path.expanduser(f"~{piped}")) / ".google_authenticator")
+    done = mfa(mfad, "import", "google-authenticator", piped)
+    assert f"Skipped {piped}: " in done.stdout and "not a regular file" in done.stdout
+    mfad.restart(admin_group=make_group(admin))
+    outside = mfad.mfa_as(admin, "import", "google-authenticator", "root", "--path", "/etc/shadow")
+    assert "outside root's home: only root may import from there" in outside.stdout, outside
+    assert "owned by" not in outside.stdout and "line 1" not in outside.stdout
 
 
 def test_only_administrators_may_import(mfad: Daemon, make_user: MakeUser) -> None:

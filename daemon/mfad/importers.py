@@ -296,9 +296,11 @@ def read_owned(path: Path, uid: int) -> str:
     link, nor writable by group or others), as google-authenticator's module demands.
 
     Read as root, so every user's file is readable; O_NOFOLLOW refuses a link in the last
-    component, O_NONBLOCK a FIFO that would never answer, and the checks run on the open
-    descriptor (fstat), so the file cannot be swapped between check and read."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    component. The path is first opened with O_PATH, which reads nothing and opens no
+    device (a FIFO, a tape or a watchdog named as the path is never opened for real), and
+    the checks run on that descriptor; only a regular file that passes them is reopened,
+    through the descriptor itself, so it cannot be swapped between check and read."""
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
     except OSError as exc:
@@ -312,6 +314,8 @@ def read_owned(path: Path, uid: int) -> str:
         raise kind(f"{path} {why}") from None
     try:
         st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):  # O_PATH with O_NOFOLLOW opens the link itself
+            raise ImportFileError(f"{path} is a symbolic link")
         if not stat.S_ISREG(st.st_mode):
             raise ImportFileError(f"{path} is not a regular file")
         if st.st_uid != uid:
@@ -320,7 +324,14 @@ def read_owned(path: Path, uid: int) -> str:
             raise ImportFileError(f"{path} is writable by group or others")
         if st.st_size > MAX_FILE:
             raise ImportFileError(f"{path} is larger than {MAX_FILE} bytes")
-        data = os.read(fd, MAX_FILE + 1)
+        opened = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            again = os.fstat(opened)
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                raise ImportFileError(f"{path} changed while it was read")
+            data = os.read(opened, MAX_FILE + 1)
+        finally:
+            os.close(opened)
     finally:
         os.close(fd)
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import pwd
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from mfa_wire.events import Outcome
@@ -141,6 +142,12 @@ class TokenOps:
             user, uid, home = found
             try:
                 path = importers.expand(pattern, user, home)
+                if caller.uid != 0 and not path.is_relative_to(Path(home)):
+                    # root reads every file anyway; a member of admin_group must not have
+                    # mfad open (or say whether there is) any path they could not read
+                    raise importers.ImportFileError(
+                        f"{path} is outside {user}'s home: only root may import from there"
+                    )
                 text = await asyncio.to_thread(importers.read_owned, path, uid)
             except importers.NoFile as exc:
                 if every:
