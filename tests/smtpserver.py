@@ -10,6 +10,7 @@ again on the same port, to play a mail server that goes away and comes back.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email
 import email.policy
@@ -18,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -253,3 +255,19 @@ class SmtpServer:
     def received(self) -> list[Received]:
         with self.lock:
             return list(self.messages)
+
+
+@contextlib.contextmanager
+def running_smtp(ca: TestCA) -> Iterator[SmtpServer]:
+    """A mail server with a certificate from `ca`, STARTTLS required; stopped on leaving."""
+    cert, key = ca.issue("smtp")
+    server = SmtpServer(cert, key).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def smtp_settings(ca: TestCA, port: int, timeout: float = 3) -> dict[str, Any]:
+    """mfad.yaml's `smtp` section for the server on `port` that `ca` signed."""
+    return {"host": "127.0.0.1", "port": port, "ca_file": str(ca.path), "timeout": timeout}

@@ -11,6 +11,13 @@ so `set_pam()` between two logins takes effect on the next one.
 `login()` drives the real OpenSSH client under a pseudo-terminal (pexpect) and
 answers the prompts a person would see, returning everything the terminal
 showed.
+
+The fixtures, for a test module that says `pytest_plugins = ["sshd"]`: `sshd` (one
+server per module) and `mfa_sshd` (its PAM stack: pam_unix, then pam_mfa.so talking
+to the test's mfad). `running_sshd()` is the same server for a fixture of its own.
+
+PYTEST_DONT_REWRITE: a test module imports PrivateSshd before its pytest_plugins loads
+this module as a plugin (as with pgcluster.py); nothing here asserts.
 """
 
 from __future__ import annotations
@@ -27,8 +34,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pexpect
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Daemon
 
 SSHD = Path("/usr/sbin/sshd")
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
@@ -368,3 +380,36 @@ def private_sshd(workdir: Path) -> Iterator[PrivateSshd]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def running_sshd(root: Path, edit: Callable[[str], str] | None = None) -> Iterator[PrivateSshd]:
+    """A started PrivateSshd in `root` (its sshd_config first passed through `edit`),
+    stopped on leaving."""
+    server = PrivateSshd(root)
+    if edit is not None:
+        server.config.write_text(edit(server.config.read_text()))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def mfa_stack(pam_module: Path, socket_path: Path) -> list[str]:
+    """The auth stack of the login tests: the password, then the code."""
+    return ["auth required pam_unix.so", f"auth required {pam_module} socket={socket_path}"]
+
+
+@pytest.fixture(scope="module", name="sshd")
+def sshd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSshd]:
+    """One private sshd for the test module, stopped after it."""
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture
+def mfa_sshd(sshd: PrivateSshd, pam_module: Path, mfad: Daemon) -> PrivateSshd:
+    """The module's sshd with pam_unix, then pam_mfa.so talking to this test's mfad."""
+    sshd.set_pam(mfa_stack(pam_module, mfad.pam_socket))
+    return sshd

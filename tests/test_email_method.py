@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import SEEN, Daemon, MakeUser, totp_now
 from fakeclock import FakeClock
-from smtpserver import Received, SmtpServer, TestCA
+from smtpserver import Received, SmtpServer, TestCA, running_smtp, smtp_settings
 from wire import PamWire, start_payload
 
 from mfa_wire.frametypes import Outcome
@@ -42,15 +42,13 @@ def ca(tmp_path: Path) -> TestCA:
 
 @pytest.fixture
 def smtp(ca: TestCA) -> Iterator[SmtpServer]:
-    cert, key = ca.issue("smtp")
-    server = SmtpServer(cert, key).start()
-    yield server
-    server.stop()
+    with running_smtp(ca) as server:
+        yield server
 
 
 def email_config(ca: TestCA, smtp: SmtpServer, **email: Any) -> dict[str, Any]:
     return {
-        "smtp": {"host": "127.0.0.1", "port": smtp.port, "ca_file": str(ca.path), "timeout": 3},
+        "smtp": smtp_settings(ca, smtp.port),
         "email": {"enabled": True, "resend_interval": 0, **email},
         "lockout": {"delay": 0, "deny": 5, "source_deny": 100},
     }

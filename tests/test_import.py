@@ -16,13 +16,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pyotp
 import pytest
 from conftest import SEEN, Daemon, MakeGroup, MakeUser, PamLogin
 from sshd import PrivateSshd
+
+pytest_plugins = ["sshd"]
 
 PASSWORD = "correct horse battery staple 42"
 COMMAND = "echo logged-in-as-$(id -un)"
@@ -74,24 +76,6 @@ class GaFile:
 
 def no_secret_in(text: str, ga: GaFile) -> bool:
     return ga.secret not in text and not any(c in text for c in ga.scratch)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSshd]:
-    server = PrivateSshd(tmp_path_factory.mktemp("sshd"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def mfa_sshd(sshd: PrivateSshd, pam_module: Path, mfad: Daemon) -> PrivateSshd:
-    sshd.set_pam(
-        ["auth required pam_unix.so", f"auth required {pam_module} socket={mfad.pam_socket}"]
-    )
-    return sshd
 
 
 GA_OPTIONS = {

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import Daemon, MakeUser
-from smtpserver import SmtpServer, TestCA
+from smtpserver import SmtpServer, TestCA, running_smtp, smtp_settings
 
 ADMINS = ["security@example.com"]
 
@@ -23,16 +23,14 @@ ADMINS = ["security@example.com"]
 @pytest.fixture
 def smtp(tmp_path: Path) -> Iterator[tuple[TestCA, SmtpServer]]:
     ca = TestCA(tmp_path)
-    cert, key = ca.issue("smtp")
-    server = SmtpServer(cert, key).start()
-    yield ca, server
-    server.stop()
+    with running_smtp(ca) as server:
+        yield ca, server
 
 
 def optional(ca: TestCA, smtp: SmtpServer, **lost_device: Any) -> dict[str, Any]:
     return {
         "mode": "optional",
-        "smtp": {"host": "127.0.0.1", "port": smtp.port, "ca_file": str(ca.path), "timeout": 3},
+        "smtp": smtp_settings(ca, smtp.port),
         "notify": {"admins": ADMINS, "batch_seconds": 0.2},
         "lost_device": lost_device,
     }

@@ -25,7 +25,7 @@ import pyotp
 import pytest
 import yaml
 from conftest import SEEN, Daemon, MakeUser, running_daemon, totp_now
-from smtpserver import Received, SmtpServer, TestCA
+from smtpserver import Received, SmtpServer, TestCA, running_smtp, smtp_settings
 from wire import PamWire
 
 from mfa_wire.events import Event, Outcome
@@ -49,15 +49,13 @@ def ca(tmp_path: Path) -> TestCA:
 @pytest.fixture
 def smtp(ca: TestCA) -> Iterator[SmtpServer]:
     """The administrators' mail server: STARTTLS required, certificate from `ca`."""
-    cert, key = ca.issue("smtp")
-    server = SmtpServer(cert, key).start()
-    yield server
-    server.stop()
+    with running_smtp(ca) as server:
+        yield server
 
 
 def mail_config(ca: TestCA, port: int, **notify: Any) -> dict[str, Any]:
     return {
-        "smtp": {"host": "127.0.0.1", "port": port, "ca_file": str(ca.path), "timeout": 5},
+        "smtp": smtp_settings(ca, port, timeout=5),
         "notify": {"admins": ADMINS, "batch_seconds": BATCH, **notify},
     }
 

@@ -61,6 +61,8 @@ from sshd import (
 
 from mfad.qrtext import render_qr
 
+pytest_plugins = ["sshd"]
+
 pytestmark = pytest.mark.ssh
 
 PASSWORD = "correct horse battery staple 42"
@@ -72,28 +74,6 @@ ENROLLED = "Enrolment complete. Your recovery codes"
 # As the daemon lists them: indented, three groups of five of the unambiguous alphabet.
 _GROUP = "[2-9A-HJKMNP-TV-Z]{5}"
 RECOVERY_CODE = re.compile(rf"^  ({_GROUP}-{_GROUP}-{_GROUP})$", re.M)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSshd]:
-    server = PrivateSshd(tmp_path_factory.mktemp("sshd"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def mfa_sshd(sshd: PrivateSshd, pam_module: Path, mfad: Daemon) -> PrivateSshd:
-    """The shared sshd with pam_unix, then pam_mfa.so talking to this test's mfad."""
-    sshd.set_pam(
-        [
-            "auth required pam_unix.so",
-            f"auth required {pam_module} socket={mfad.pam_socket}",
-        ]
-    )
-    return sshd
 
 
 def logged_in(user: str) -> str:

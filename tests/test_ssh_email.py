@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 from conftest import SEEN, Daemon, MakeUser, totp_from_uri, totp_now
-from smtpserver import Received, SmtpServer, TestCA
+from smtpserver import Received, SmtpServer, TestCA, running_smtp, smtp_settings
 from sshd import CODE_PROMPT, CONTINUE_PROMPT, PASSWORD_PROMPT, PrivateSshd
+
+pytest_plugins = ["sshd"]
 
 pytestmark = pytest.mark.ssh
 
@@ -33,43 +35,20 @@ HINT = "Lost your authenticator? Type `email`"
 INCORRECT = "Incorrect verification code."
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSshd]:
-    server = PrivateSshd(tmp_path_factory.mktemp("sshd"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def smtp(tmp_path: Path) -> Iterator[tuple[TestCA, SmtpServer]]:
     ca = TestCA(tmp_path)
-    cert, key = ca.issue("smtp")
-    server = SmtpServer(cert, key).start()
-    yield ca, server
-    server.stop()
+    with running_smtp(ca) as server:
+        yield ca, server
 
 
 def mail_config(ca: TestCA, smtp: SmtpServer, **lost_device: bool) -> dict[str, Any]:
     return {
-        "smtp": {"host": "127.0.0.1", "port": smtp.port, "ca_file": str(ca.path), "timeout": 3},
+        "smtp": smtp_settings(ca, smtp.port),
         "email": {"enabled": True, "resend_interval": 0},
         "notify": {"admins": ADMINS, "batch_seconds": 0.2},
         "lost_device": lost_device,
     }
-
-
-@pytest.fixture
-def mfa_sshd(sshd: PrivateSshd, pam_module: Path, mfad: Daemon) -> PrivateSshd:
-    sshd.set_pam(
-        [
-            "auth required pam_unix.so",
-            f"auth required {pam_module} socket={mfad.pam_socket}",
-        ]
-    )
-    return sshd
 
 
 def to_user(smtp: SmtpServer) -> list[Received]:

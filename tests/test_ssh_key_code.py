@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import Daemon, MakeUser, totp_now
-from sshd import CODE_PROMPT, PrivateSshd
+from sshd import CODE_PROMPT, PrivateSshd, running_sshd
 
 from mfa_cli import pamstack
 from mfa_cli.main import cli
@@ -32,19 +32,16 @@ COMMAND = "echo logged-in-as-$(id -un)"
 @pytest.fixture
 def key_sshd(tmp_path: Path) -> Iterator[PrivateSshd]:
     """A private sshd that wants a public key and then keyboard-interactive (PAM)."""
-    server = PrivateSshd(tmp_path / "sshd")
-    text = server.config.read_text()
-    text = text.replace("PubkeyAuthentication no\n", "PubkeyAuthentication yes\n")
-    text = text.replace(
-        "AuthenticationMethods keyboard-interactive\n",
-        "AuthenticationMethods publickey,keyboard-interactive\n",
-    )
-    server.config.write_text(text)
-    server.start()
-    try:
+
+    def key_then_pam(text: str) -> str:
+        text = text.replace("PubkeyAuthentication no\n", "PubkeyAuthentication yes\n")
+        return text.replace(
+            "AuthenticationMethods keyboard-interactive\n",
+            "AuthenticationMethods publickey,keyboard-interactive\n",
+        )
+
+    with running_sshd(tmp_path / "sshd", key_then_pam) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
