@@ -40,14 +40,13 @@ from mfa_cli import __version__, clocksync, pamstack, sshdconf
 from mfa_cli.client import DaemonClient, pass_client
 from mfa_cli.display import json_text, safe
 from mfa_cli.errors import CliError, DaemonUnreachable
+from mfa_wire import services as pam_services
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 DEFAULT_CONFIG = Path("/etc/mfad/mfad.yaml")
 DEFAULT_SSHD = Path("/usr/sbin/sshd")
 DEFAULT_SSHD_CONFIG = Path("/etc/ssh/sshd_config")
 DEFAULT_SERVICES = ("sshd", "login", "sudo", "su", "su-l")
-SERVICE_VARIANTS = {"su-l": "su", "sudo-i": "sudo"}
-"""As mfad's config.SERVICE_VARIANTS: a `services` entry for su covers su-l."""
 MODULE_DIRS = (
     Path("/usr/lib/x86_64-linux-gnu/security"),
     Path("/lib/x86_64-linux-gnu/security"),
@@ -87,9 +86,7 @@ class Settings:
     totp_period: int = 30
 
     def mode_for(self, service: str) -> str:
-        if service in self.services:
-            return self.services[service]
-        return self.services.get(SERVICE_VARIANTS.get(service, ""), self.mode)
+        return pam_services.mode_for(self.services, service, self.mode)
 
 
 @dataclass(slots=True)
@@ -251,7 +248,7 @@ class Doctor:
         name = f"pam.{service}"
         path = self.pam_dir / service
         configured = service in self.settings.services or (
-            SERVICE_VARIANTS.get(service) in self.settings.services
+            pam_services.SERVICE_VARIANTS.get(service) in self.settings.services
         )
         mode = self.settings.mode_for(service)
         if not path.exists():
@@ -268,7 +265,7 @@ class Doctor:
         if not report.mfa:
             if mode == "off":
                 return Check(name, OK, f"no pam_mfa.so, and mfad.yaml says `{service}: off`")
-            base = SERVICE_VARIANTS.get(service)
+            base = pam_services.SERVICE_VARIANTS.get(service)
             install = (
                 f"`mfa pam install {base}` (Debian's {service} includes {base}) or "
                 f"`mfa pam install {service}`"

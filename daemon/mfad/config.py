@@ -18,14 +18,11 @@ from typing import Any
 
 import yaml
 
+from mfa_wire import services as pam_services
 from mfad.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/mfad/mfad.yaml")
 MODES = ("off", "optional", "required")
-SERVICE_VARIANTS = {"su-l": "su", "sudo-i": "sudo"}
-"""PAM services that are the login-shell form of another: `su -` runs su-l and `sudo -i`
-runs sudo-i. A `services` entry for the base name covers the variant too, unless the
-variant has an entry of its own: a rule for `su` that `su -` escaped would be a hole."""
 ALGORITHMS = ("SHA1", "SHA256", "SHA512")
 SMTP_TLS = ("starttls", "implicit", "none")
 NOTICES = (
@@ -197,11 +194,8 @@ class Config:
         return self.pam_user_socket_setting or self.pam_socket.with_name("pam-user.sock")
 
     def mode_for(self, service: str) -> str:
-        """The mode for logins through PAM service `service`: its `services` entry, else
-        that of the service it is a variant of (SERVICE_VARIANTS), else `mode`."""
-        if service in self.services:
-            return self.services[service]
-        return self.services.get(SERVICE_VARIANTS.get(service, ""), self.mode)
+        """The mode for logins through PAM service `service` (mfa_wire.services)."""
+        return pam_services.mode_for(self.services, service, self.mode)
 
 
 # --- validators: each takes the raw YAML value and returns the typed one or raises ValueError ---
